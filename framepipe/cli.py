@@ -1,0 +1,115 @@
+"""Command line: ``framepipe extract SOURCE --out DEST [--models PACK] [--json]``.
+
+Exit codes: 0 success, 1 the video failed (one line on stderr says why), 2 bad usage, 70 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from pydantic import ValidationError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="framepipe", description="Find the people in videos.")
+    parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("extract", help="process one video: talent frames, representative frames, manifest")
+    ex.add_argument("source", help="local path, http(s) URL or s3://bucket/key")
+    ex.add_argument("--out", required=True, help="local directory or s3://bucket/prefix")
+    ex.add_argument("--models", help="InsightFace pack name or folder (env FRAMEPIPE_MODELS; default buffalo_l)")
+    ex.add_argument("--json", action="store_true", help="print result.json to stdout")
+    ex.add_argument("--sample-fps", type=float, help="frames analysed per second of video (default 1)")
+    ex.add_argument("--sampling", choices=["exact", "keyframes"], help="exact frames or nearest keyframes")
+    ex.add_argument("--backend", choices=["auto", "decord", "pyav"], help="decoder (default auto)")
+    ex.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the models run (default auto)")
+    ex.add_argument("--det-size", type=int, help="detector input size (default 640)")
+    ex.add_argument("--require-faces", action="store_true", default=None, help="fail when no person is found")
+    return parser
+
+
+def _progress_bar(enabled: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="frame", desc="analysing", disable=not enabled, file=sys.stderr, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def _summary(result) -> str:
+    v, p = result.video, result.processing
+    lines = [
+        f"{result.video_id}: {len(result.talent_frames)} people, {len(result.representative_frames)} "
+        f"representative frames",
+        f"  video: {v.width}x{v.height}, {v.fps} fps, {v.total_frames} frames, {v.duration_s} s, {v.codec}",
+        f"  took {p.duration_s:.1f} s on {p.device} ({p.frames_sampled} frames analysed, {p.faces_detected} faces), "
+        f"est. ${p.estimated_cost_usd:.5f}",
+    ]
+    for t in result.talent_frames:
+        lines.append(
+            f"  person {t.person_id}: best at {t.timestamp_s:.2f} s (quality {t.quality:.2f}), "
+            f"seen {t.appearances}x from {t.first_seen_s:.1f} to {t.last_seen_s:.1f} s"
+        )
+    lines += [f"  note: {w}" for w in result.warnings]
+    if result.talent_frames or result.representative_frames:
+        lines.append(f"  outputs: {result.representative_frames[0].url.rsplit('/representative/', 1)[0]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.debug:
+        warnings.filterwarnings("ignore")
+    try:
+        from framepipe import engine
+        from framepipe.config import Settings
+
+        try:
+            settings = Settings().with_overrides(
+                models=args.models,
+                sample_fps=args.sample_fps,
+                sampling=args.sampling,
+                backend=args.backend,
+                device=args.device,
+                det_size=args.det_size,
+                require_faces=args.require_faces,
+            )
+        except ValidationError as e:
+            first = e.errors()[0]
+            print(f"framepipe: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+            return EXIT_USAGE
+        bar, update = _progress_bar(sys.stderr.isatty())
+        try:
+            result = engine.extract(args.source, args.out, settings, progress=update)
+        finally:
+            bar.close()
+        if args.json:
+            print(engine.result_json(result))
+        if result.status != "succeeded":
+            print(f"framepipe: failed: {result.error.type}: {result.error.message}", file=sys.stderr)
+            return EXIT_FAILED
+        print(_summary(result), file=sys.stderr if args.json else sys.stdout)
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("framepipe: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug of ours: one line unless --debug
+        if args.debug:
+            raise
+        print(f"framepipe: internal error: {type(e).__name__}: {e} (rerun with --debug for details)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

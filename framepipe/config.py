@@ -1,0 +1,91 @@
+"""The one place for framepipe's configuration.
+
+Every setting has a default, can be set from the environment as ``FRAMEPIPE_<NAME>`` (for example
+``FRAMEPIPE_MODELS=/models/buffalo_l``), and can be overridden per call (CLI flags, job options, HTTP
+request settings) with :meth:`Settings.with_overrides`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FRAMEPIPE_", frozen=True, extra="forbid")
+
+    # --- models -------------------------------------------------------------------------------------
+    models: str = Field(
+        "buffalo_l",
+        description="InsightFace model pack: a folder path, or a pack name looked up under model_root "
+        "(insightface downloads known names such as buffalo_l on first use).",
+    )
+    model_root: str = Field("~/.insightface", description="Where named packs live: <model_root>/models/<name>/.")
+    det_size: int = Field(640, ge=128, le=1920, description="Detector input size (square, multiple of 32).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when onnxruntime has it.")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per model; 0 = number of cores.")
+
+    # --- sampling -----------------------------------------------------------------------------------
+    sample_fps: float = Field(1.0, gt=0, le=30, description="Frames analysed per second of video.")
+    min_samples: int = Field(
+        20, ge=10, description="Short videos are sampled more densely so that at least this many frames "
+        "(or all of them) are analysed."
+    )
+    sampling: Literal["exact", "keyframes"] = Field(
+        "exact", description="exact = the frame at each sample time; keyframes = the nearest keyframe (faster)."
+    )
+    backend: Literal["auto", "decord", "pyav"] = Field(
+        "auto", description="Decoder: auto = decord, PyAV where decord cannot open the file."
+    )
+
+    # --- faces --------------------------------------------------------------------------------------
+    min_det_score: float = Field(0.5, ge=0, le=1, description="Detector confidence below which a face is dropped.")
+    min_face_px: int = Field(28, ge=8, description="Faces whose shorter bbox side is smaller are dropped.")
+
+    require_faces: bool = Field(False, description="Treat a video in which no person is found as failed.")
+
+    # --- people (clustering) ------------------------------------------------------------------------
+    cluster_eps: float = Field(0.5, gt=0, lt=2, description="DBSCAN radius in cosine distance (1 - cos).")
+    cluster_min_samples: int = Field(2, ge=1, description="DBSCAN min_samples.")
+    singleton_min_quality: float = Field(
+        0.45, ge=0, le=1, description="A person seen in one sample only is kept if that face scores at least this."
+    )
+
+    # --- representative frames ----------------------------------------------------------------------
+    representative_count: int = Field(10, ge=1, le=100)
+    black_luma: float = Field(20.0, description="Frames darker than this mean luma (0-255) count as black.")
+    blur_min: float = Field(
+        20.0, description="Frames whose Laplacian variance (at 320 px wide) is below this count as blurred."
+    )
+    duplicate_max_distance: int = Field(
+        6, ge=0, le=64, description="Frames whose 64-bit difference hashes differ in fewer bits are duplicates."
+    )
+
+    # --- output -------------------------------------------------------------------------------------
+    jpeg_quality: int = Field(90, ge=10, le=100)
+
+    # --- caps (bad input) ---------------------------------------------------------------------------
+    max_bytes: int = Field(20 * 1024**3, gt=0, description="Inputs larger than this are refused.")
+    max_duration_s: float = Field(4 * 3600.0, gt=0, description="Videos longer than this are refused.")
+    max_pixels: int = Field(7680 * 4320, gt=0, description="Frames larger than 8K are refused.")
+    http_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout for http(s) and S3 sources.")
+
+    # --- cost ---------------------------------------------------------------------------------------
+    hourly_price_usd: float | None = Field(
+        None, ge=0, description="Price of the device per hour; None = the default for the device in use."
+    )
+    price_gpu_usd_per_hour: float = Field(0.526, ge=0, description="AWS g4dn.xlarge (1x T4) on-demand, us-east-1.")
+    price_cpu_usd_per_hour: float = Field(0.17, ge=0, description="AWS c6i.xlarge (4 vCPU) on-demand, us-east-1.")
+
+    def with_overrides(self, **overrides) -> "Settings":
+        """A copy with the given non-None fields replaced (validated)."""
+        data = self.model_dump()
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return Settings.model_validate(data)
+
+    def hourly_price(self, device: str) -> float:
+        if self.hourly_price_usd is not None:
+            return self.hourly_price_usd
+        return self.price_gpu_usd_per_hour if device == "cuda" else self.price_cpu_usd_per_hour

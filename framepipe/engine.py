@@ -1,0 +1,374 @@
+"""The single-video engine: source -> sampled frames -> faces -> people + representative frames -> outputs.
+
+The steps are separate functions so that the Ray job (``jobs/``) and the HTTP service (``serve/``) run the
+same code in their own places:
+
+* :func:`plan`        resolve the source, probe the video, choose the sample times;
+* :class:`VideoAccumulator`  takes each decoded frame and its faces (:meth:`FaceModel.analyze`);
+* :meth:`VideoAccumulator.finish`  clusters the faces into people and picks the frames;
+* :func:`write_outputs`  writes JPEGs, the Parquet manifest and ``result.json``.
+
+:func:`extract` runs them all in one process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+
+from framepipe import clustering, schema, selection, sources
+from framepipe.config import Settings
+from framepipe.errors import FramepipeError, NoFacesFound, NoFrames
+from framepipe.faces import Face, FaceModel, load_face_model
+from framepipe.storage import Destination
+from framepipe.video import Frame, VideoInfo, VideoStream, open_video, sample_times
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (frames done, frames planned)
+
+
+def video_id_for(source: sources.Source) -> str:
+    """A stable, readable id: the file's name plus a hash of where it lives."""
+    where = source.uri if "://" not in source.source else source.source
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.name)[:60].strip("._") or "video"
+    return f"{slug}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def face_crop(image: np.ndarray, bbox: np.ndarray, margin: float = 0.25) -> np.ndarray:
+    """The face's bbox grown by ``margin`` on each side, clipped to the frame."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+    x1, y1 = int(max(0, x1 - mx)), int(max(0, y1 - my))
+    x2, y2 = int(min(w, x2 + mx)), int(min(h, y2 + my))
+    return image[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
+
+
+# --------------------------------------------------------------------------------------------------
+# accumulating a video's frames
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FaceRecord:
+    pts_s: float
+    face: Face
+
+
+@dataclass
+class Person:
+    person_id: int
+    best: FaceRecord
+    appearances: int
+    first_seen_s: float
+    last_seen_s: float
+    mean_embedding: np.ndarray
+
+
+@dataclass
+class VideoReduction:
+    people: list[Person]
+    representatives: selection.Representatives
+    frames: dict[float, bytes]  # JPEG of each frame an output needs, by pts
+    frames_sampled: int
+    faces_detected: int
+
+
+@dataclass
+class VideoAccumulator:
+    """Collects what the engine needs from each analysed frame, keeping only small data plus the JPEGs of
+    frames that hold faces or may become representative frames."""
+
+    info: VideoInfo
+    settings: Settings
+    records: list[FaceRecord] = field(default_factory=list)
+    face_frames: dict[float, bytes] = field(default_factory=dict)
+    frames_sampled: int = 0
+
+    def __post_init__(self):
+        s = self.settings
+        self.picker = selection.RepresentativePicker(
+            self.info.start_s,
+            self.info.duration_s,
+            count=s.representative_count,
+            black_luma=s.black_luma,
+            blur_min=s.blur_min,
+            duplicate_max_distance=s.duplicate_max_distance,
+        )
+
+    def add(self, frame: Frame, faces: list[Face]) -> None:
+        self.frames_sampled += 1
+        jpeg = b""
+        stats = selection.measure(frame.image)
+        if faces:
+            jpeg = encode_jpeg(frame.image, self.settings.jpeg_quality)
+            self.face_frames[frame.pts_s] = jpeg
+            self.records.extend(FaceRecord(frame.pts_s, f) for f in faces)
+        if self.picker.wants(frame.pts_s, stats):
+            jpeg = jpeg or encode_jpeg(frame.image, self.settings.jpeg_quality)
+            self.picker.offer(selection.FrameStats(frame.pts_s, *stats, jpeg=jpeg))
+
+    def finish(self) -> VideoReduction:
+        if self.frames_sampled == 0:
+            raise NoFrames("no frame of the video could be decoded")
+        s = self.settings
+        people: list[Person] = []
+        if self.records:
+            emb = np.stack([r.face.embedding for r in self.records])
+            qual = np.array([r.face.quality for r in self.records])
+            labels = clustering.cluster_faces(emb, qual, s.cluster_eps, s.cluster_min_samples, s.singleton_min_quality)
+            for pid in range(int(labels.max()) + 1 if len(labels) else 0):
+                members = [r for r, lab in zip(self.records, labels) if lab == pid]
+                best = max(members, key=lambda r: r.face.quality)
+                mean = np.mean([r.face.embedding for r in members], axis=0)
+                people.append(
+                    Person(
+                        person_id=pid,
+                        best=best,
+                        appearances=len({r.pts_s for r in members}),
+                        first_seen_s=min(r.pts_s for r in members),
+                        last_seen_s=max(r.pts_s for r in members),
+                        mean_embedding=(mean / (np.linalg.norm(mean) + 1e-12)).astype(np.float32),
+                    )
+                )
+        reps = self.picker.pick()
+        frames = {p.best.pts_s: self.face_frames[p.best.pts_s] for p in people}
+        frames.update({f.pts_s: f.jpeg for f in reps.frames})
+        return VideoReduction(people, reps, frames, self.frames_sampled, len(self.records))
+
+
+# --------------------------------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------------------------------
+
+
+def write_outputs(
+    dest: Destination,
+    video_id: str,
+    result: schema.Result,
+    reduction: VideoReduction | None,
+    embedding_model: str | None,
+    jpeg_quality: int,
+) -> schema.Result:
+    """Write the JPEGs, ``people.parquet``, ``video.parquet`` and, last, ``result.json``. Fills the URLs."""
+    out = dest.child(video_id)
+    person_rows = []
+    if reduction is not None:
+        talent, reps = [], []
+        for p in reduction.people:
+            jpeg = reduction.frames[p.best.pts_s]
+            url = out.write(f"talent/person_{p.person_id:03d}.jpg", jpeg)
+            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            crop = encode_jpeg(face_crop(image, p.best.face.bbox), jpeg_quality)
+            face_url = out.write(f"talent/person_{p.person_id:03d}_face.jpg", crop)
+            bbox = [round(float(v), 1) for v in p.best.face.bbox]
+            talent.append(
+                schema.TalentFrame(
+                    person_id=p.person_id,
+                    url=url,
+                    face_url=face_url,
+                    timestamp_s=round(p.best.pts_s, 3),
+                    bbox=bbox,
+                    quality=round(p.best.face.quality, 4),
+                    appearances=p.appearances,
+                    first_seen_s=round(p.first_seen_s, 3),
+                    last_seen_s=round(p.last_seen_s, 3),
+                )
+            )
+            person_rows.append(
+                {
+                    "video_id": video_id,
+                    "source": result.video.source,
+                    "person_id": p.person_id,
+                    "frame_url": url,
+                    "face_url": face_url,
+                    "timestamp_s": p.best.pts_s,
+                    "bbox": bbox,
+                    "quality": p.best.face.quality,
+                    "det_score": p.best.face.det_score,
+                    "appearances": p.appearances,
+                    "first_seen_s": p.first_seen_s,
+                    "last_seen_s": p.last_seen_s,
+                    "embedding": p.mean_embedding.tolist(),
+                    "embedding_model": embedding_model,
+                    "schema_version": schema.SCHEMA_VERSION,
+                }
+            )
+        for i, f in enumerate(reduction.representatives.frames):
+            url = out.write(f"representative/frame_{i:02d}.jpg", f.jpeg)
+            reps.append(schema.RepresentativeFrame(url=url, timestamp_s=round(f.pts_s, 3)))
+        result = result.model_copy(update={"talent_frames": talent, "representative_frames": reps})
+    now = dt.datetime.now(dt.timezone.utc)
+    result_url = out.url("result.json")
+    out.write("people.parquet", _parquet(schema.people_table(person_rows)))
+    out.write("video.parquet", _parquet(schema.videos_table([schema.video_row(result, result_url, now)])))
+    out.write("result.json", result.model_dump_json(indent=2).encode())
+    return result
+
+
+def _parquet(table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# one video, start to end
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    source: sources.Source
+    video_id: str
+    stream: VideoStream
+    times: list[float]
+
+
+def plan(source: str, settings: Settings) -> Plan:
+    src = sources.resolve(source, timeout_s=settings.http_timeout_s, max_bytes=settings.max_bytes)
+    stream = open_video(
+        src.uri,
+        backend=settings.backend,
+        timeout_s=settings.http_timeout_s,
+        max_pixels=settings.max_pixels,
+        max_duration_s=settings.max_duration_s,
+    )
+    times = sample_times(stream.info, settings.sample_fps, settings.min_samples)
+    return Plan(src, video_id_for(src), stream, times)
+
+
+def _video_meta(source: str, p: Plan | None) -> schema.VideoMeta:
+    if p is None:
+        return schema.VideoMeta(source=source)
+    i = p.stream.info
+    return schema.VideoMeta(
+        source=source,
+        width=i.width,
+        height=i.height,
+        fps=round(i.fps, 3),
+        total_frames=i.total_frames,
+        duration_s=round(i.duration_s, 3),
+        codec=i.codec,
+        start_s=round(i.start_s, 3),
+        size_bytes=p.source.size_bytes,
+    )
+
+
+def _fallback_video_id(source: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", source.rstrip("/").rsplit("/", 1)[-1])[:60].strip("._") or "video"
+    return f"{name}-{hashlib.sha1(source.encode()).hexdigest()[:8]}"
+
+
+def extract(
+    source: str,
+    dest: str,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+    model: FaceModel | None = None,
+    raise_errors: bool = False,
+) -> schema.Result:
+    """Process one video and write its outputs under ``dest/<video_id>/``.
+
+    Bad input never raises (unless ``raise_errors``): the result has ``status: failed`` and ``error``, and
+    ``result.json`` plus the one-row ``video.parquet`` are written for it too.
+    """
+    settings = settings or Settings()
+    t0 = time.perf_counter()
+    destination = Destination(dest, timeout_s=settings.http_timeout_s)
+    p: Plan | None = None
+    device, backend = "cpu", None
+    model_name = None
+    try:
+        model = model or load_face_model(settings)
+        device, model_name = model.device, model.pack
+        p = plan(source, settings)
+        backend = p.stream.backend
+        acc = VideoAccumulator(p.stream.info, settings)
+        keyframes = settings.sampling == "keyframes"
+        try:
+            for frame in p.stream.read(p.times, keyframes=keyframes):
+                acc.add(frame, model.analyze(frame.image))
+                if progress:
+                    progress(acc.frames_sampled, len(p.times))
+        finally:
+            p.stream.close()
+        reduction = acc.finish()
+        warnings = []
+        if not reduction.people:
+            warnings.append("no faces found" if not reduction.faces_detected else "no face good enough for a person")
+        if reduction.representatives.short_video:
+            warnings.append(f"short video: {len(reduction.representatives.frames)} representative frames")
+        if settings.require_faces and not reduction.people:
+            raise NoFacesFound("no person found in the video")
+        result = schema.Result(
+            video_id=p.video_id,
+            status="succeeded",
+            video=_video_meta(source, p),
+            processing=_processing(settings, t0, device, backend, model_name, acc.frames_sampled, len(acc.records)),
+            short_video=reduction.representatives.short_video,
+            relaxed_rules=reduction.representatives.relaxed,
+            warnings=warnings,
+        )
+        result = write_outputs(destination, p.video_id, result, reduction, model_name, settings.jpeg_quality)
+        # the processing time includes writing; rewrite result.json with the final figure
+        final = result.model_copy(
+            update={"processing": _processing(settings, t0, device, backend, model_name, acc.frames_sampled, len(acc.records))}
+        )
+        destination.child(p.video_id).write("result.json", final.model_dump_json(indent=2).encode())
+        return final
+    except FramepipeError as e:
+        if raise_errors:
+            raise
+        video_id = p.video_id if p else _fallback_video_id(source)
+        result = schema.Result(
+            video_id=video_id,
+            status="failed",
+            video=_video_meta(source, p),
+            processing=_processing(settings, t0, device, backend, model_name, 0, 0),
+            error=schema.ErrorInfo(**e.to_dict()),
+        )
+        try:
+            write_outputs(destination, video_id, result, None, model_name, settings.jpeg_quality)
+        except FramepipeError as werr:
+            log.error("could not record the failure of %s: %s", source, werr.message)
+        return result
+
+
+def _processing(settings: Settings, t0: float, device, backend, models, frames: int, faces: int) -> schema.Processing:
+    elapsed = time.perf_counter() - t0
+    price = settings.hourly_price(device)
+    return schema.Processing(
+        duration_s=round(elapsed, 3),
+        estimated_cost_usd=round(elapsed / 3600.0 * price, 6),
+        hourly_price_usd=price,
+        device=device,
+        backend=backend,
+        models=models,
+        frames_sampled=frames,
+        faces_detected=faces,
+        sampling=settings.sampling,
+    )
+
+
+def result_json(result: schema.Result) -> str:
+    return json.dumps(result.model_dump(mode="json"), indent=2)

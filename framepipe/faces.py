@@ -1,0 +1,174 @@
+"""Face detection, embedding and the face quality score.
+
+:class:`FaceModel` loads an InsightFace model pack (a detector such as SCRFD and an ArcFace-style recognizer)
+once per process and turns a BGR frame into :class:`Face` records.
+
+Quality score
+-------------
+Each face gets ``quality`` in [0, 1], the weighted geometric mean of five factors, each in [0, 1]:
+
+============  ======  ==========================================================================================
+factor        weight  definition
+============  ======  ==========================================================================================
+confidence    0.20    detector score mapped linearly from 0.5 (-> 0) to 0.9 (-> 1)
+size          0.20    shorter side of the bbox / 112 px (the recognizer's input size), capped at 1
+sharpness     0.20    variance of the Laplacian of the aligned 112x112 grey face, v / (v + 100)
+frontal       0.25    from the 5 landmarks: yaw (nose off the eyes' midpoint, relative to half the eye
+                      distance; 0 at 1.5 = profile) times pitch (nose height between the eye line and the
+                      mouth line, 0.5 ideal)
+exposure      0.15    mean grey level of the aligned face near mid-grey, times its contrast (std / 40, capped)
+============  ======  ==========================================================================================
+
+A geometric mean means one very bad factor (a blurred or profile face) sinks the score, whatever the others;
+each factor is floored at 0.05 so that none alone takes the score to zero.
+The best frame of a person is the frame holding that person's face with the highest quality.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from framepipe import providers
+from framepipe.config import Settings
+from framepipe.errors import ModelNotFound
+
+log = logging.getLogger(__name__)
+
+QUALITY_WEIGHTS = {"confidence": 0.20, "size": 0.20, "sharpness": 0.20, "frontal": 0.25, "exposure": 0.15}
+
+
+@dataclass
+class Face:
+    bbox: np.ndarray  # x1, y1, x2, y2 in frame pixels
+    kps: np.ndarray  # 5 x 2 landmarks: eyes, nose, mouth corners
+    det_score: float
+    quality: float = 0.0
+    factors: dict = field(default_factory=dict)
+    embedding: np.ndarray | None = field(default=None, repr=False)  # L2-normalised
+
+    @property
+    def size_px(self) -> float:
+        return float(min(self.bbox[2] - self.bbox[0], self.bbox[3] - self.bbox[1]))
+
+
+def _clip01(x: float) -> float:
+    return float(min(1.0, max(0.0, x)))
+
+
+def quality_factors(det_score: float, bbox: np.ndarray, kps: np.ndarray, aligned_bgr: np.ndarray) -> dict:
+    """The five factors of the quality score (see the module docstring)."""
+    size = min(bbox[2] - bbox[0], bbox[3] - bbox[1])
+    grey = cv2.cvtColor(aligned_bgr, cv2.COLOR_BGR2GRAY)
+    lap_var = float(cv2.Laplacian(grey, cv2.CV_64F).var())
+    left_eye, right_eye, nose, mouth_l, mouth_r = kps
+    eye_mid = (left_eye + right_eye) / 2
+    eye_dist = float(np.linalg.norm(right_eye - left_eye)) + 1e-6
+    yaw = abs(float(nose[0] - eye_mid[0])) / (eye_dist / 2)
+    mouth_mid = (mouth_l + mouth_r) / 2
+    span = float(mouth_mid[1] - eye_mid[1])
+    pitch = abs((float(nose[1] - eye_mid[1]) / span) - 0.5) / 0.5 if span > 1e-6 else 1.0
+    mean, std = float(grey.mean()), float(grey.std())
+    return {
+        "confidence": _clip01((det_score - 0.5) / 0.4),
+        "size": _clip01(size / 112.0),
+        "sharpness": lap_var / (lap_var + 100.0),
+        "frontal": _clip01(1.0 - yaw / 1.5) * _clip01(1.0 - pitch),
+        "exposure": _clip01(1.0 - abs(mean - 128.0) / 128.0) * _clip01(std / 40.0),
+    }
+
+
+def quality_score(factors: dict) -> float:
+    total = sum(QUALITY_WEIGHTS.values())
+    log_q = sum(w * np.log(max(factors[k], 0.05)) for k, w in QUALITY_WEIGHTS.items())
+    return float(np.exp(log_q / total))
+
+
+def resolve_pack(models: str, model_root: str) -> tuple[str, str]:
+    """(name-or-path for insightface, root): a folder path is used as it is; a name is looked up under root."""
+    expanded = os.path.expanduser(models)
+    if os.path.isdir(expanded):
+        return os.path.abspath(expanded), os.path.expanduser(model_root)
+    if os.sep in models or models.startswith("."):
+        raise ModelNotFound(f"model pack folder {models!r} does not exist")
+    return models, os.path.expanduser(model_root)
+
+
+class FaceModel:
+    """An InsightFace pack (detector + recognizer) on onnxruntime, loaded once per process."""
+
+    def __init__(self, settings: Settings):
+        from insightface.app import FaceAnalysis
+        from insightface.utils import face_align
+
+        self._norm_crop = face_align.norm_crop
+        name, root = resolve_pack(settings.models, settings.model_root)
+        wanted = providers.choose_providers(settings.device)
+        try:
+            app = FaceAnalysis(
+                name=name,
+                root=root,
+                allowed_modules=["detection", "recognition"],
+                providers=wanted,
+                sess_options=providers.session_options(settings.intra_op_threads),
+            )
+            app.prepare(ctx_id=0 if wanted[0] == providers.CUDA else -1, det_size=(settings.det_size,) * 2)
+        except ModelNotFound:
+            raise
+        except Exception as e:  # insightface raises assorted errors for missing or broken packs
+            raise ModelNotFound(f"cannot load model pack {settings.models!r}: {e}") from None
+        if "detection" not in app.models or "recognition" not in app.models:
+            raise ModelNotFound(f"model pack {settings.models!r} needs a detector and a recognizer")
+        self.detector = app.det_model
+        self.recognizer = app.models["recognition"]
+        self.pack = os.path.basename(name.rstrip("/"))
+        self.device = providers.active_device(self.detector.session)
+        if settings.device == "cuda" and self.device != "cuda":
+            log.warning("CUDA was asked for but onnxruntime runs on %s", self.detector.session.get_providers())
+        self.embedding_dim = int(self.recognizer.session.get_outputs()[0].shape[-1])
+        self.min_det_score = settings.min_det_score
+        self.min_face_px = settings.min_face_px
+        self.detector.det_thresh = settings.min_det_score
+        log.info("model pack %s on %s (%d-d embeddings)", self.pack, self.device, self.embedding_dim)
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in a BGR frame that pass the confidence and size filters (no embedding yet)."""
+        bboxes, kpss = self.detector.detect(image, max_num=0, metric="default")
+        faces = []
+        for box, kps in zip(bboxes, kpss if kpss is not None else [None] * len(bboxes)):
+            if kps is None:
+                continue
+            face = Face(bbox=box[:4].astype(np.float32), kps=kps.astype(np.float32), det_score=float(box[4]))
+            if face.det_score >= self.min_det_score and face.size_px >= self.min_face_px:
+                faces.append(face)
+        return faces
+
+    def embed(self, image: np.ndarray, face: Face) -> None:
+        """Align, score and embed one face in place."""
+        aligned = self._norm_crop(image, landmark=face.kps, image_size=112)
+        face.factors = quality_factors(face.det_score, face.bbox, face.kps, aligned)
+        face.quality = quality_score(face.factors)
+        feat = self.recognizer.get_feat(aligned).reshape(-1).astype(np.float32)
+        face.embedding = feat / (np.linalg.norm(feat) + 1e-12)
+
+    def analyze(self, image: np.ndarray) -> list[Face]:
+        faces = self.detect(image)
+        for face in faces:
+            self.embed(image, face)
+        return faces
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(settings_key: tuple) -> FaceModel:
+    return FaceModel(Settings.model_validate(dict(settings_key)))
+
+
+def load_face_model(settings: Settings) -> FaceModel:
+    """The process-wide model for these settings (loaded on first use)."""
+    keys = ("models", "model_root", "det_size", "device", "intra_op_threads", "min_det_score", "min_face_px")
+    return _cached(tuple((k, getattr(settings, k)) for k in keys))

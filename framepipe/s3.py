@@ -1,0 +1,25 @@
+"""Small S3 helpers (boto3). Endpoint and credentials come from the usual AWS settings
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_REGION``, profiles...), so tests can point them at a
+local S3 server."""
+
+from __future__ import annotations
+
+import functools
+from urllib.parse import urlparse
+
+import boto3
+from botocore.config import Config
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """'s3://bucket/key/part' -> ('bucket', 'key/part')."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URL: {url!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def client(timeout_s: float = 30.0):
+    cfg = Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 3, "mode": "standard"})
+    return boto3.session.Session().client("s3", config=cfg)

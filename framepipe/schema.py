@@ -1,0 +1,182 @@
+"""The one place for framepipe's output schemas: ``result.json`` and the Parquet manifest.
+
+Per video, the manifest is two Parquet files with the explicit schemas below:
+
+* ``video.parquet``: one row per input video (succeeded or failed), :data:`VIDEO_SCHEMA`;
+* ``people.parquet``: one row per person found, with the mean embedding, :data:`PERSON_SCHEMA`.
+
+Backfills write the same rows into ``videos/`` and ``people/`` Parquet datasets. ``SCHEMA_VERSION`` is stored
+in each file's schema metadata and in every row; bump it on any change to these schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = "1.0"
+
+
+# --------------------------------------------------------------------------------------------------
+# result.json (also the webhook payload)
+# --------------------------------------------------------------------------------------------------
+
+
+class VideoMeta(BaseModel):
+    source: str
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    total_frames: int | None = None
+    duration_s: float | None = None
+    codec: str | None = None
+    start_s: float | None = Field(None, description="Presentation time of the first video frame.")
+    size_bytes: int | None = None
+
+
+class Processing(BaseModel):
+    duration_s: float
+    estimated_cost_usd: float
+    hourly_price_usd: float
+    device: str
+    backend: str | None = None
+    models: str | None = None
+    frames_sampled: int = 0
+    faces_detected: int = 0
+    sampling: str = "exact"
+
+
+class TalentFrame(BaseModel):
+    person_id: int
+    url: str
+    face_url: str
+    timestamp_s: float
+    bbox: list[float] = Field(description="x1, y1, x2, y2 in frame pixels")
+    quality: float
+    appearances: int = Field(description="Number of analysed frames in which the person's face was found.")
+    first_seen_s: float
+    last_seen_s: float
+
+
+class RepresentativeFrame(BaseModel):
+    url: str
+    timestamp_s: float
+
+
+class ErrorInfo(BaseModel):
+    type: str
+    message: str
+
+
+class Result(BaseModel):
+    schema_version: str = SCHEMA_VERSION
+    video_id: str
+    status: Literal["succeeded", "failed"]
+    video: VideoMeta
+    processing: Processing
+    talent_frames: list[TalentFrame] = []
+    representative_frames: list[RepresentativeFrame] = []
+    short_video: bool = Field(False, description="Fewer decodable frames than representative frames asked for.")
+    relaxed_rules: list[str] = Field([], description="Representative-frame rules relaxed to reach the count.")
+    warnings: list[str] = []
+    error: ErrorInfo | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Parquet manifest
+# --------------------------------------------------------------------------------------------------
+
+_META = {b"framepipe_schema_version": SCHEMA_VERSION.encode()}
+
+VIDEO_SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error_type", pa.string()),
+        pa.field("error_message", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("fps", pa.float64()),
+        pa.field("total_frames", pa.int64()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("codec", pa.string()),
+        pa.field("start_s", pa.float64()),
+        pa.field("size_bytes", pa.int64()),
+        pa.field("frames_sampled", pa.int32()),
+        pa.field("faces_detected", pa.int32()),
+        pa.field("people", pa.int32()),
+        pa.field("representative_urls", pa.list_(pa.string())),
+        pa.field("representative_timestamps_s", pa.list_(pa.float64())),
+        pa.field("processing_s", pa.float64()),
+        pa.field("estimated_cost_usd", pa.float64()),
+        pa.field("device", pa.string()),
+        pa.field("models", pa.string()),
+        pa.field("result_url", pa.string()),
+        pa.field("processed_at", pa.timestamp("ms", tz="UTC")),
+        pa.field("schema_version", pa.string(), nullable=False),
+    ],
+    metadata=_META,
+)
+
+PERSON_SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("person_id", pa.int32(), nullable=False),
+        pa.field("frame_url", pa.string(), nullable=False),
+        pa.field("face_url", pa.string(), nullable=False),
+        pa.field("timestamp_s", pa.float64(), nullable=False),
+        pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),
+        pa.field("quality", pa.float32(), nullable=False),
+        pa.field("det_score", pa.float32()),
+        pa.field("appearances", pa.int32(), nullable=False),
+        pa.field("first_seen_s", pa.float64(), nullable=False),
+        pa.field("last_seen_s", pa.float64(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+        pa.field("embedding_model", pa.string()),
+        pa.field("schema_version", pa.string(), nullable=False),
+    ],
+    metadata=_META,
+)
+
+
+def video_row(result: Result, result_url: str | None, processed_at) -> dict:
+    v, p = result.video, result.processing
+    return {
+        "video_id": result.video_id,
+        "source": v.source,
+        "status": result.status,
+        "error_type": result.error.type if result.error else None,
+        "error_message": result.error.message if result.error else None,
+        "width": v.width,
+        "height": v.height,
+        "fps": v.fps,
+        "total_frames": v.total_frames,
+        "duration_s": v.duration_s,
+        "codec": v.codec,
+        "start_s": v.start_s,
+        "size_bytes": v.size_bytes,
+        "frames_sampled": p.frames_sampled,
+        "faces_detected": p.faces_detected,
+        "people": len(result.talent_frames),
+        "representative_urls": [r.url for r in result.representative_frames],
+        "representative_timestamps_s": [r.timestamp_s for r in result.representative_frames],
+        "processing_s": p.duration_s,
+        "estimated_cost_usd": p.estimated_cost_usd,
+        "device": p.device,
+        "models": p.models,
+        "result_url": result_url,
+        "processed_at": processed_at,
+        "schema_version": SCHEMA_VERSION,
+    }
+
+
+def videos_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=VIDEO_SCHEMA)
+
+
+def people_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=PERSON_SCHEMA)

@@ -1,0 +1,70 @@
+"""Where outputs go: a local directory or ``s3://bucket/prefix``, behind one small interface."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from framepipe import s3
+from framepipe.errors import DestinationError
+
+CONTENT_TYPES = {".jpg": "image/jpeg", ".json": "application/json", ".parquet": "application/vnd.apache.parquet"}
+
+
+class Destination:
+    """Writes files under a root and returns the URL (S3) or absolute path (local) of each."""
+
+    def __init__(self, root: str, timeout_s: float = 30.0):
+        self.root = root.rstrip("/")
+        self.is_s3 = root.startswith("s3://")
+        if self.is_s3:
+            self.bucket, self.prefix = s3.split_s3_url(self.root)
+            self._s3 = s3.client(timeout_s)
+        else:
+            self.root = os.path.abspath(os.path.expanduser(self.root))
+
+    def url(self, relpath: str) -> str:
+        if self.is_s3:
+            return f"s3://{self.bucket}/{posixpath.join(self.prefix, relpath) if self.prefix else relpath}"
+        return os.path.join(self.root, relpath)
+
+    def child(self, relpath: str) -> "Destination":
+        return Destination(self.url(relpath))
+
+    def write(self, relpath: str, data: bytes) -> str:
+        url = self.url(relpath)
+        try:
+            if self.is_s3:
+                _, key = s3.split_s3_url(url)
+                ctype = CONTENT_TYPES.get(os.path.splitext(relpath)[1], "application/octet-stream")
+                self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=ctype)
+            else:
+                os.makedirs(os.path.dirname(url), exist_ok=True)
+                tmp = f"{url}.part"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, url)  # readers never see half a file
+        except (OSError, ClientError, BotoCoreError) as e:
+            raise DestinationError(f"cannot write {url}: {e}") from None
+        return url
+
+    def read(self, relpath: str) -> bytes:
+        url = self.url(relpath)
+        if self.is_s3:
+            _, key = s3.split_s3_url(url)
+            return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        with open(url, "rb") as f:
+            return f.read()
+
+    def exists(self, relpath: str) -> bool:
+        url = self.url(relpath)
+        if self.is_s3:
+            _, key = s3.split_s3_url(url)
+            try:
+                self._s3.head_object(Bucket=self.bucket, Key=key)
+                return True
+            except ClientError:
+                return False
+        return os.path.exists(url)

@@ -1,0 +1,358 @@
+"""Video probing, sampling and decoding, behind one small interface.
+
+``open_video(uri)`` returns a :class:`VideoStream` whose ``info`` holds the metadata and whose
+``read(times)`` yields :class:`Frame` objects (BGR ``uint8``, rotated upright) for the requested
+presentation times. Two backends implement it:
+
+* ``DecordStream`` (default): decord's frame index gives every frame's timestamp without decoding; frames
+  are read one index at a time, in increasing order, so decord decodes forward and seeks only across
+  keyframes. ``get_batch`` is never called: it can spin forever, holding the GIL, when a header over-reports
+  the frame count (dmlc/decord#373, #375). Sample times are bounded by the probed duration for the same reason.
+* ``PyAVStream``: FFmpeg through PyAV, used where decord cannot open the file (AV1, for example). It seeks
+  only when a keyframe lies between the current position and the next sample, and otherwise decodes forward.
+
+Timestamps (``Frame.pts_s``) are the frame's presentation time in seconds as ``ffprobe`` reports it
+(``pts * time_base`` of the video stream): correct for streams that start late, variable frame rate and
+files whose video is not stream 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, Sequence
+
+import av
+import cv2
+import numpy as np
+
+from framepipe.errors import CorruptVideo, FramepipeError, InputTooLarge, NoFrames, NotAVideo, SourceUnreachable
+
+log = logging.getLogger(__name__)
+
+av.logging.set_level(av.logging.PANIC)  # FFmpeg's own chatter; failures surface as exceptions
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int  # after rotation
+    height: int  # after rotation
+    fps: float  # average frame rate
+    total_frames: int
+    duration_s: float  # of the video stream
+    start_s: float  # presentation time of the first video frame
+    codec: str
+    rotation: int  # degrees the frames are turned to display upright (0, 90, 180, 270)
+    stream_index: int
+    frame_count_source: str = "container"  # "container", or "index" when the container had no count
+
+    def to_dict(self) -> dict:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "fps": round(self.fps, 3),
+            "total_frames": self.total_frames,
+            "duration_s": round(self.duration_s, 3),
+            "start_s": round(self.start_s, 3),
+            "codec": self.codec,
+            "rotation": self.rotation,
+            "stream_index": self.stream_index,
+        }
+
+
+@dataclass
+class Frame:
+    index: int  # frame number in presentation order (-1 where the backend does not know it)
+    pts_s: float
+    image: np.ndarray = field(repr=False)  # H x W x 3, BGR, uint8, upright
+
+
+class VideoStream(Protocol):
+    info: VideoInfo
+    backend: str
+
+    def read(self, times: Sequence[float], keyframes: bool = False) -> Iterator[Frame]: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# probing
+# --------------------------------------------------------------------------------------------------
+
+
+def _open_container(uri: str, timeout_s: float) -> av.container.InputContainer:
+    try:
+        return av.open(uri, mode="r", timeout=(timeout_s, timeout_s))
+    except FileNotFoundError as e:
+        raise NotAVideo(f"cannot open {uri!r}: {e.strerror or e}") from None
+    except av.error.InvalidDataError:
+        raise NotAVideo("not a video file (FFmpeg found no media in it)") from None
+    except av.error.HTTPError as e:
+        raise SourceUnreachable(f"HTTP error while opening the video: {e}") from None
+    except (av.error.ExitError, av.error.OSError, TimeoutError, OSError) as e:
+        raise SourceUnreachable(f"cannot read the video: {e}") from None
+    except av.error.FFmpegError as e:
+        raise NotAVideo(f"cannot open as a video: {e}") from None
+
+
+def _rotation_of(frame: av.VideoFrame) -> int:
+    # PyAV's rotation is counter-clockwise degrees from the display matrix; normalise to 0/90/180/270.
+    return int(round((frame.rotation or 0) / 90.0)) % 4 * 90
+
+
+def probe(uri: str, timeout_s: float = 30.0, max_pixels: int | None = None) -> tuple[VideoInfo, list[float]]:
+    """Read the metadata of the first video stream, and the keyframe times where the container indexes them."""
+    container = _open_container(uri, timeout_s)
+    try:
+        if not container.streams.video:
+            raise NotAVideo("the file has no video stream")
+        stream = container.streams.video[0]
+        tb = float(stream.time_base)
+        codec = stream.codec_context.name
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if max_pixels and width * height > max_pixels:
+            raise InputTooLarge(f"frame size {width}x{height} exceeds the cap of {max_pixels} pixels")
+        first_frame = None
+        try:
+            for first_frame in container.decode(stream):
+                break
+        except av.error.FFmpegError as e:
+            raise CorruptVideo(f"cannot decode the first frame: {e}") from None
+        if first_frame is None:
+            raise NoFrames("the video stream holds no decodable frame")
+        start_s = float(first_frame.pts * tb) if first_frame.pts is not None else 0.0
+        rotation = _rotation_of(first_frame)
+        if rotation in (90, 270):
+            width, height = height, width
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        if stream.duration:
+            duration_s = float(stream.duration * tb)
+        elif container.duration:
+            duration_s = container.duration / 1e6 - max(0.0, start_s - (container.start_time or 0) / 1e6)
+        else:
+            duration_s = 0.0
+        total, count_source = int(stream.frames or 0), "container"
+        keyframes: list[float] = []
+        entries = stream.index_entries
+        if entries:
+            keyframes = [e.timestamp * tb for e in entries if e.is_keyframe]
+            if not total:
+                total, count_source = len(entries), "index"
+        if not total and fps and duration_s:
+            total, count_source = int(round(duration_s * fps)), "estimate"
+        if not fps and total and duration_s:
+            fps = total / duration_s
+        if not duration_s and total and fps:
+            duration_s = total / fps
+        info = VideoInfo(
+            width=width,
+            height=height,
+            fps=fps,
+            total_frames=total,
+            duration_s=duration_s,
+            start_s=start_s,
+            codec=codec,
+            rotation=rotation,
+            stream_index=stream.index,
+            frame_count_source=count_source,
+        )
+        return info, keyframes
+    finally:
+        container.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# sampling plan
+# --------------------------------------------------------------------------------------------------
+
+
+def sample_times(info: VideoInfo, sample_fps: float, min_samples: int) -> list[float]:
+    """Presentation times to analyse: one every 1/sample_fps seconds from the first frame; short videos get
+    ``min_samples`` evenly spread times (or every frame, if they have fewer)."""
+    end = info.start_s + max(info.duration_s, 0.0)
+    n = max(1, int(math.floor(info.duration_s * sample_fps + 1e-6)))
+    times = [info.start_s + k / sample_fps for k in range(n)]
+    if len(times) < min_samples and info.duration_s > 0:
+        n = min(min_samples, max(info.total_frames, 1))
+        step = info.duration_s / n
+        times = [info.start_s + k * step for k in range(n)]
+    return [t for t in times if t < end or t == info.start_s]
+
+
+def _rotate(image: np.ndarray, rotation: int) -> np.ndarray:
+    if rotation == 90:
+        return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    if rotation == 180:
+        return cv2.rotate(image, cv2.ROTATE_180)
+    if rotation == 270:
+        return cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    return image
+
+
+def _nearest_keyframes(targets: Sequence[float], keyframe_times: Sequence[float]) -> list[float]:
+    if not keyframe_times:
+        return list(targets)
+    k = np.asarray(sorted(keyframe_times))
+    out = []
+    for t in targets:
+        i = int(np.searchsorted(k, t))
+        cands = [k[j] for j in (i - 1, i) if 0 <= j < len(k)]
+        out.append(float(min(cands, key=lambda c: abs(c - t))))
+    return sorted(set(out))
+
+
+# --------------------------------------------------------------------------------------------------
+# decord backend
+# --------------------------------------------------------------------------------------------------
+
+
+class DecordStream:
+    backend = "decord"
+
+    def __init__(self, uri: str, info: VideoInfo, keyframe_times: list[float], num_threads: int = 0):
+        import decord
+
+        self.info = info
+        try:
+            self._vr = decord.VideoReader(uri, ctx=decord.cpu(0), num_threads=num_threads)
+        except Exception as e:  # decord raises RuntimeError/DECORDError for anything it cannot open
+            raise NotAVideo(f"decord cannot open the video: {str(e).splitlines()[0][:200]}") from None
+        n = len(self._vr)
+        if n == 0:
+            raise NoFrames("the video stream holds no decodable frame")
+        # decord's timestamps start at 0 for the stream's first frame; add the real start.
+        self._pts = self._vr.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64) + info.start_s
+        self._keyframe_idx = np.asarray(self._vr.get_key_indices(), dtype=np.int64)
+        if info.frame_count_source != "container":
+            self.info = _replace(info, total_frames=n, frame_count_source="index")
+
+    def _indices(self, times: Sequence[float], keyframes: bool) -> list[int]:
+        # Never ask for a frame beyond the probed duration: indices past the real end hang decord.
+        end = self.info.start_s + self.info.duration_s
+        last = int(np.searchsorted(self._pts, end - 1e-6, side="left")) - 1
+        last = min(max(last, 0), len(self._pts) - 1)
+        idx = np.searchsorted(self._pts, np.asarray(times) - 1e-6, side="left")
+        idx = np.clip(idx, 0, last)
+        if keyframes and len(self._keyframe_idx):
+            kpts = self._pts[self._keyframe_idx]
+            ktimes = _nearest_keyframes([float(self._pts[i]) for i in idx], kpts.tolist())
+            idx = [int(self._keyframe_idx[np.argmin(np.abs(kpts - t))]) for t in ktimes]
+        return sorted(set(int(i) for i in idx))
+
+    def read(self, times: Sequence[float], keyframes: bool = False) -> Iterator[Frame]:
+        import decord
+
+        done = 0
+        for i in self._indices(times, keyframes):
+            try:
+                rgb = self._vr[i].asnumpy()
+            except decord.DECORDError as e:
+                if done == 0:
+                    raise CorruptVideo(f"cannot decode frame {i}: {str(e).splitlines()[0][:160]}") from None
+                log.warning("stopping at frame %d of a damaged video: %s", i, str(e).splitlines()[0][:160])
+                return
+            done += 1
+            bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+            yield Frame(index=i, pts_s=float(self._pts[i]), image=_rotate(bgr, self.info.rotation))
+
+    def close(self) -> None:
+        self._vr = None
+
+
+# --------------------------------------------------------------------------------------------------
+# PyAV backend
+# --------------------------------------------------------------------------------------------------
+
+
+class PyAVStream:
+    backend = "pyav"
+
+    def __init__(self, uri: str, info: VideoInfo, keyframe_times: list[float], timeout_s: float = 30.0):
+        self.info = info
+        self._uri = uri
+        self._timeout_s = timeout_s
+        self._keyframes = np.asarray(sorted(keyframe_times), dtype=np.float64)
+        self._container = _open_container(uri, timeout_s)
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+
+    def _keyframe_between(self, a: float, b: float) -> bool:
+        """Is there a keyframe in (a, b]? Without an index, assume one every 2 s (seek only for gaps over it)."""
+        if not len(self._keyframes):
+            return b - a > 2.0
+        i = int(np.searchsorted(self._keyframes, a, side="right"))
+        return i < len(self._keyframes) and self._keyframes[i] <= b
+
+    def read(self, times: Sequence[float], keyframes: bool = False) -> Iterator[Frame]:
+        stream, container = self._stream, self._container
+        tb = float(stream.time_base)
+        end = self.info.start_s + self.info.duration_s
+        targets = sorted(t for t in times if t < end + 1e-6)
+        if keyframes:
+            targets = _nearest_keyframes(targets, self._keyframes.tolist())
+            stream.codec_context.skip_frame = "NONKEY"
+        frames = container.decode(stream)
+        pos = -math.inf  # pts of the last decoded frame
+        done = 0
+        try:
+            for t in targets:
+                if t <= pos + 1e-6:
+                    continue  # the last frame already covers this time (dense samples, keyframes mode)
+                if pos > -math.inf and self._keyframe_between(pos, t):
+                    container.seek(int(t / tb), backward=True, any_frame=False, stream=stream)
+                    frames = container.decode(stream)
+                for frame in frames:
+                    if frame.pts is None:
+                        continue
+                    pos = float(frame.pts * tb)
+                    if pos + 1e-6 >= t:
+                        done += 1
+                        image = _rotate(frame.to_ndarray(format="bgr24"), self.info.rotation)
+                        yield Frame(index=-1, pts_s=pos, image=image)
+                        break
+                else:
+                    return  # end of stream
+        except av.error.FFmpegError as e:
+            if done == 0:
+                raise CorruptVideo(f"cannot decode the video: {e}") from None
+            log.warning("stopping early in a damaged video: %s", e)
+        finally:
+            stream.codec_context.skip_frame = "DEFAULT"
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def _replace(info: VideoInfo, **changes) -> VideoInfo:
+    from dataclasses import replace
+
+    return replace(info, **changes)
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def open_video(
+    uri: str,
+    backend: str = "auto",
+    timeout_s: float = 30.0,
+    max_pixels: int | None = None,
+    max_duration_s: float | None = None,
+    decode_threads: int = 0,
+) -> VideoStream:
+    """Probe ``uri`` and open it with the chosen backend (``auto``: decord, PyAV where decord fails)."""
+    info, keyframes = probe(uri, timeout_s=timeout_s, max_pixels=max_pixels)
+    if max_duration_s and info.duration_s > max_duration_s:
+        raise InputTooLarge(f"video lasts {info.duration_s:.0f} s, over the cap of {max_duration_s:.0f} s")
+    if backend in ("auto", "decord"):
+        try:
+            return DecordStream(uri, info, keyframes, num_threads=decode_threads)
+        except FramepipeError as e:
+            if backend == "decord":
+                raise
+            log.info("decord cannot read this video (%s); using PyAV", e.message)
+    return PyAVStream(uri, info, keyframes, timeout_s=timeout_s)
