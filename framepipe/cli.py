@@ -68,7 +68,7 @@ def _summary(result) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO if args.debug else logging.ERROR, format="%(levelname)s %(message)s")
     if not args.debug:
         warnings.filterwarnings("ignore")
     try:

