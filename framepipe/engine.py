@@ -168,8 +168,12 @@ def write_outputs(
     reduction: VideoReduction | None,
     embedding_model: str | None,
     jpeg_quality: int,
+    finalize: Callable[[schema.Result], schema.Result] | None = None,
 ) -> schema.Result:
-    """Write the JPEGs, ``people.parquet``, ``video.parquet`` and, last, ``result.json``. Fills the URLs."""
+    """Write the JPEGs, ``people.parquet``, ``video.parquet`` and, last, ``result.json``. Fills the URLs.
+
+    ``finalize`` runs after the frames are written and before the two documents (to record the final
+    processing time, say)."""
     out = dest.child(video_id)
     person_rows = []
     if reduction is not None:
@@ -208,9 +212,11 @@ def write_outputs(
             url = out.write(f"representative/frame_{i:02d}.jpg", f.jpeg)
             reps.append(schema.RepresentativeFrame(url=url, timestamp_s=round(f.pts_s, 3)))
         result = result.model_copy(update={"talent_frames": talent, "representative_frames": reps})
+    out.write("people.parquet", _parquet(schema.people_table(person_rows)))
+    if finalize:
+        result = finalize(result)
     now = dt.datetime.now(dt.timezone.utc)
     result_url = out.url("result.json")
-    out.write("people.parquet", _parquet(schema.people_table(person_rows)))
     out.write("video.parquet", _parquet(schema.videos_table([schema.video_row(result, result_url, now)])))
     out.write("result.json", result.model_dump_json(indent=2).encode())
     return result
@@ -320,13 +326,14 @@ def extract(
             relaxed_rules=reduction.representatives.relaxed,
             warnings=warnings,
         )
-        result = write_outputs(destination, p.video_id, result, reduction, model_name, settings.jpeg_quality)
-        # the processing time includes writing; rewrite result.json with the final figure
-        final = result.model_copy(
-            update={"processing": _processing(settings, t0, device, backend, model_name, acc.frames_sampled, len(acc.records))}
+
+        def finalize(r: schema.Result) -> schema.Result:  # the processing time includes writing the frames
+            processing = _processing(settings, t0, device, backend, model_name, acc.frames_sampled, len(acc.records))
+            return r.model_copy(update={"processing": processing})
+
+        return write_outputs(
+            destination, p.video_id, result, reduction, model_name, settings.jpeg_quality, finalize=finalize
         )
-        destination.child(p.video_id).write("result.json", final.model_dump_json(indent=2).encode())
-        return final
     except FramepipeError as e:
         if raise_errors:
             raise
