@@ -36,8 +36,16 @@ class Settings(BaseSettings):
     sampling: Literal["exact", "keyframes"] = Field(
         "exact", description="exact = the frame at each sample time; keyframes = the nearest keyframe (faster)."
     )
+    decode_threads: int = Field(1, ge=0, description="Threads of each decoder (0 = the decoder's choice).")
+    decode_workers: int = Field(
+        2, ge=1, le=16, description="Parts of a long video decoded in parallel, each by its own reader."
+    )
+    prefetch_frames: int = Field(
+        4, ge=1, le=64, description="Decoded frames queued ahead of the models (decoding runs in its own thread)."
+    )
     backend: Literal["auto", "decord", "pyav"] = Field(
-        "auto", description="Decoder: auto = decord, PyAV where decord cannot open the file."
+        "auto", description="Decoder: auto = PyAV skipping unneeded frames (H.264/HEVC in MP4/MOV/MKV), else decord, "
+        "else PyAV."
     )
 
     # --- faces --------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from framepipe import clustering, schema, selection, sources
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError, NoFacesFound, NoFrames
 from framepipe.faces import Face, FaceModel, load_face_model
+from framepipe.prefetch import prefetch
 from framepipe.storage import Destination
 from framepipe.video import Frame, VideoInfo, VideoStream, open_video, sample_times
 
@@ -44,6 +45,13 @@ def video_id_for(source: sources.Source) -> str:
     where = source.uri if "://" not in source.source else source.source
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.name)[:60].strip("._") or "video"
     return f"{slug}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
+
+
+def split_times(times: list[float], parts: int, min_per_chunk: int) -> list[list[float]]:
+    """Cut sorted sample times into at most ``parts`` contiguous chunks of at least ``min_per_chunk``."""
+    parts = max(1, min(parts, len(times) // max(min_per_chunk, 1)))
+    size = -(-len(times) // parts)
+    return [times[i : i + size] for i in range(0, len(times), size)] or [times]
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -101,6 +109,7 @@ class VideoAccumulator:
     info: VideoInfo
     settings: Settings
     records: list[FaceRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     face_frames: dict[float, bytes] = field(default_factory=dict)
     frames_sampled: int = 0
 
@@ -115,10 +124,11 @@ class VideoAccumulator:
             duplicate_max_distance=s.duplicate_max_distance,
         )
 
-    def add(self, frame: Frame, faces: list[Face]) -> None:
+    def add(self, frame: Frame, faces: list[Face], stats: tuple[float, float, int] | None = None) -> None:
+        """Take one analysed frame (``stats``: :func:`selection.measure` of it, if already computed)."""
         self.frames_sampled += 1
         jpeg = b""
-        stats = selection.measure(frame.image)
+        stats = stats or selection.measure(frame.image)
         if faces:
             jpeg = encode_jpeg(frame.image, self.settings.jpeg_quality)
             self.face_frames[frame.pts_s] = jpeg
@@ -132,6 +142,7 @@ class VideoAccumulator:
             raise NoFrames("no frame of the video could be decoded")
         s = self.settings
         people: list[Person] = []
+        self.records.sort(key=lambda r: r.pts_s)  # frames may arrive out of order (parallel decoding)
         if self.records:
             emb = np.stack([r.face.embedding for r in self.records])
             qual = np.array([r.face.quality for r in self.records])
@@ -249,6 +260,7 @@ def plan(source: str, settings: Settings) -> Plan:
         timeout_s=settings.http_timeout_s,
         max_pixels=settings.max_pixels,
         max_duration_s=settings.max_duration_s,
+        decode_threads=settings.decode_threads,
     )
     times = sample_times(stream.info, settings.sample_fps, settings.min_samples)
     return Plan(src, video_id_for(src), stream, times)
@@ -302,15 +314,28 @@ def extract(
         backend = p.stream.backend
         acc = VideoAccumulator(p.stream.info, settings)
         keyframes = settings.sampling == "keyframes"
+        # Decoding (and measuring each frame) runs in other threads while this one runs the models; long
+        # videos are cut into contiguous parts decoded in parallel, each by its own reader.
+        streams = [p.stream]
         try:
-            for frame in p.stream.read(p.times, keyframes=keyframes):
-                acc.add(frame, model.analyze(frame.image))
-                if progress:
-                    progress(acc.frames_sampled, len(p.times))
+            chunks = split_times(p.times, settings.decode_workers, min_per_chunk=30)
+            streams += [p.stream.fork() for _ in chunks[1:]]
+            decoded = [
+                ((f, selection.measure(f.image)) for f in stream.read(chunk, keyframes=keyframes))
+                for stream, chunk in zip(streams, chunks)
+            ]
+            with prefetch(*decoded, depth=settings.prefetch_frames) as frames:
+                for frame, stats in frames:
+                    acc.add(frame, model.analyze(frame.image), stats)
+                    if progress:
+                        progress(acc.frames_sampled, len(p.times))
+            for stream in streams:
+                acc.warnings += stream.warnings
         finally:
-            p.stream.close()
+            for stream in streams:
+                stream.close()
         reduction = acc.finish()
-        warnings = list(p.stream.warnings)
+        warnings = list(acc.warnings)
         if not reduction.people:
             warnings.append("no faces found" if not reduction.faces_detected else "no face good enough for a person")
         if reduction.representatives.short_video:

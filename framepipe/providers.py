@@ -30,13 +30,16 @@ def choose_providers(device: str = "auto") -> list[str]:
     return [CPU]
 
 
-def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+def session_options(intra_op_threads: int = 0, allow_spinning: bool = False) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    if not allow_spinning:
+        # Spinning threads burn a core while idle, and that core is the one decoding the next frame.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
