@@ -93,6 +93,11 @@ def phase_baseline(video: str, pack: str, det_size: int, out: str) -> dict:
     return {"wall_s": time.perf_counter() - t0, "frames": int(n / fps), "people": people}
 
 
+# The prototype's rules, for checking that speed did not change answers: no face-size floor, and faces seen once
+# (DBSCAN noise) dropped. framepipe's defaults drop faces under 28 px and keep clear faces seen once.
+PROTOTYPE_RULES = {"min_face_px": 8, "singleton_min_quality": 1.0}
+
+
 def phase_engine(video: str, pack: str, det_size: int, out: str, sampling: str = "exact") -> dict:
     import pyarrow.parquet as pq
 
@@ -100,7 +105,9 @@ def phase_engine(video: str, pack: str, det_size: int, out: str, sampling: str =
     from framepipe.config import Settings
 
     t0 = time.perf_counter()
-    settings = Settings(models=pack, det_size=det_size, sampling=sampling)
+    rules = PROTOTYPE_RULES if sampling == "exact-prototype-rules" else {}
+    sampling = "exact" if rules else sampling
+    settings = Settings(models=pack, det_size=det_size, sampling=sampling, **rules)
     result = engine.extract(video, out, settings, raise_errors=True)
     wall = time.perf_counter() - t0
     people_url = result.representative_frames[0].url.rsplit("/representative/", 1)[0] + "/people.parquet"
@@ -156,6 +163,12 @@ def child_main(args) -> None:
 
 
 def run_phase(phase: str, video: str, args, env: dict | None = None, sampling: str = "exact") -> dict:
+    """The phase's run with the lowest wall time out of --repeat runs (this machine is noisy)."""
+    runs = [_run_phase_once(phase, video, args, env, sampling) for _ in range(max(1, getattr(args, "repeat", 1)))]
+    return min(runs, key=lambda r: r["wall_s"])
+
+
+def _run_phase_once(phase: str, video: str, args, env: dict | None, sampling: str) -> dict:
     cmd = [sys.executable, __file__, "--phase", phase, "--video", video, "--models", args.models,
            "--det-size", str(args.det_size), "--sampling", sampling]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
@@ -211,6 +224,7 @@ def main() -> None:
     ap.add_argument("--long", action="store_true", help="also the 30-minute video, local and from s3://")
     ap.add_argument("--models", default=DEFAULT_PACK)
     ap.add_argument("--det-size", type=int, default=640)
+    ap.add_argument("--repeat", type=int, default=2, help="runs per phase; the fastest is reported")
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--video", help=argparse.SUPPRESS)
     ap.add_argument("--sampling", default="exact", help=argparse.SUPPRESS)
@@ -220,12 +234,13 @@ def main() -> None:
 
     video = str(three_minute())
     print(f"input: {video} (180 s, 1280x720, 30 fps, H.264, x264 default keyint); models: {args.models}; "
-          f"det_size {args.det_size}; {os.cpu_count()} cores")
+          f"det_size {args.det_size}; {os.cpu_count()} cores; best of {args.repeat} runs per phase")
     res = {}
     for name, phase, sampling in [("1 baseline (prototype)", "baseline", "exact"),
                                   ("2 engine", "engine", "exact"),
                                   ("3 limit", "limit", "exact"),
-                                  ("engine --sampling keyframes", "engine", "keyframes")]:
+                                  ("engine --sampling keyframes", "engine", "keyframes"),
+                                  ("engine, prototype's rules", "engine", "exact-prototype-rules")]:
         res[name] = run_phase(phase, video, args, sampling=sampling)
     print(f"\n{'phase':<28}{'wall s':>9}{'cpu s':>9}{'peak MB':>10}{'frames':>8}")
     for name, r in res.items():
@@ -237,8 +252,12 @@ def main() -> None:
     print(f"speedup engine vs baseline:   {base['wall_s'] / eng['wall_s']:.2f}x   (goal >= 5)")
     print(f"engine / limit:               {eng['wall_s'] / lim['wall_s']:.2f}    (goal <= 1.3)")
     print(f"keyframes mode vs engine:     {eng['wall_s'] / kf['wall_s']:.2f}x faster")
+    nb, ne, m = same_people(base["people"], res["engine, prototype's rules"]["people"])
+    print(f"same people, same rules:      baseline {nb}, engine {ne}, matched {m} -> {'OK' if nb == ne == m else 'DIFFERENT'}")
     nb, ne, m = same_people(base["people"], eng["people"])
-    print(f"same people baseline/engine:  baseline {nb}, engine {ne}, matched {m} -> {'OK' if nb == ne == m else 'DIFFERENT'}")
+    once = sum(p["n"] == 1 for p in eng["people"])
+    print(f"engine's default rules:       baseline {nb}, engine {ne} ({once} seen once, kept as clear faces; "
+          f"faces < 28 px dropped), matched {m}")
     nb, nk, m = same_people(eng["people"], kf["people"])
     print(f"keyframes mode people:        engine {nb}, keyframes {nk}, matched {m}")
 
@@ -246,7 +265,8 @@ def main() -> None:
         import boto3
 
         long_video = str(thirty_minute())
-        print(f"\n30-minute input: {long_video}")
+        args.repeat = 1
+        print(f"\n30-minute input: {long_video} (one run each)")
         local = run_phase("engine", long_video, args)
         print(row("engine, local file", local))
         tmp = tempfile.mkdtemp(prefix="fpbench-tmp-")
@@ -258,8 +278,11 @@ def main() -> None:
             s3.upload_file(long_video, "bench", "long.mp4")
             remote = run_phase("engine", "s3://bench/long.mp4", args, env=env)
             print(row("engine, s3:// (presigned)", remote))
-            left = os.listdir(tmp)
-            print(f"temporary files written during the s3:// run: {len(left)} {left[:5]}")
+            left = {n: os.path.getsize(os.path.join(tmp, n)) for n in os.listdir(tmp)}
+            # onnxruntime writes a ~50-byte session id file, $TMPDIR/.ses, whenever it creates a session
+            data = {n: size for n, size in left.items() if size > 1024}
+            print(f"temporary files written during the s3:// run: {left} -> "
+                  f"{'none holding video data' if not data else 'VIDEO DATA SPILLED: ' + str(data)}")
         finally:
             proc.terminate()
             shutil.rmtree(tmp, ignore_errors=True)

@@ -126,16 +126,27 @@ class VideoAccumulator:
 
     def add(self, frame: Frame, faces: list[Face], stats: tuple[float, float, int] | None = None) -> None:
         """Take one analysed frame (``stats``: :func:`selection.measure` of it, if already computed)."""
-        self.frames_sampled += 1
-        jpeg = b""
         stats = stats or selection.measure(frame.image)
+        self.add_encoded(frame.pts_s, faces, stats, lambda: encode_jpeg(frame.image, self.settings.jpeg_quality))
+
+    def add_encoded(
+        self, pts_s: float, faces: list[Face], stats: tuple[float, float, int], jpeg: bytes | Callable[[], bytes]
+    ) -> None:
+        """Take one analysed frame as its JPEG (or a function making it, called only if the frame is kept)."""
+        self.frames_sampled += 1
+        encoded = jpeg if isinstance(jpeg, bytes) else None
+
+        def get() -> bytes:
+            nonlocal encoded
+            if encoded is None:
+                encoded = jpeg()
+            return encoded
+
         if faces:
-            jpeg = encode_jpeg(frame.image, self.settings.jpeg_quality)
-            self.face_frames[frame.pts_s] = jpeg
-            self.records.extend(FaceRecord(frame.pts_s, f) for f in faces)
-        if self.picker.wants(frame.pts_s, stats):
-            jpeg = jpeg or encode_jpeg(frame.image, self.settings.jpeg_quality)
-            self.picker.offer(selection.FrameStats(frame.pts_s, *stats, jpeg=jpeg))
+            self.face_frames[pts_s] = get()
+            self.records.extend(FaceRecord(pts_s, f) for f in faces)
+        if self.picker.wants(pts_s, stats):
+            self.picker.offer(selection.FrameStats(pts_s, *stats, jpeg=get()))
 
     def finish(self) -> VideoReduction:
         if self.frames_sampled == 0:
@@ -266,7 +277,7 @@ def plan(source: str, settings: Settings) -> Plan:
     return Plan(src, video_id_for(src), stream, times)
 
 
-def _video_meta(source: str, p: Plan | None) -> schema.VideoMeta:
+def video_meta(source: str, p: Plan | None) -> schema.VideoMeta:
     if p is None:
         return schema.VideoMeta(source=source)
     i = p.stream.info
@@ -283,7 +294,7 @@ def _video_meta(source: str, p: Plan | None) -> schema.VideoMeta:
     )
 
 
-def _fallback_video_id(source: str) -> str:
+def fallback_video_id(source: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", source.rstrip("/").rsplit("/", 1)[-1])[:60].strip("._") or "video"
     return f"{name}-{hashlib.sha1(source.encode()).hexdigest()[:8]}"
 
@@ -334,55 +345,88 @@ def extract(
         finally:
             for stream in streams:
                 stream.close()
-        reduction = acc.finish()
-        warnings = list(acc.warnings)
-        if not reduction.people:
-            warnings.append("no faces found" if not reduction.faces_detected else "no face good enough for a person")
-        if reduction.representatives.short_video:
-            warnings.append(f"short video: {len(reduction.representatives.frames)} representative frames")
-        if settings.require_faces and not reduction.people:
-            raise NoFacesFound("no person found in the video")
-        result = schema.Result(
-            video_id=p.video_id,
-            status="succeeded",
-            video=_video_meta(source, p),
-            processing=_processing(settings, t0, device, backend, model_name, acc.frames_sampled, len(acc.records)),
-            short_video=reduction.representatives.short_video,
-            relaxed_rules=reduction.representatives.relaxed,
-            warnings=warnings,
-        )
+        meta = video_meta(source, p)
 
-        def finalize(r: schema.Result) -> schema.Result:  # the processing time includes writing the frames
-            processing = _processing(settings, t0, device, backend, model_name, acc.frames_sampled, len(acc.records))
-            return r.model_copy(update={"processing": processing})
+        def processing() -> schema.Processing:
+            elapsed = time.perf_counter() - t0
+            return processing_doc(settings, elapsed, device, backend, model_name, acc.frames_sampled, len(acc.records))
 
-        return write_outputs(
-            destination, p.video_id, result, reduction, model_name, settings.jpeg_quality, finalize=finalize
-        )
+        return finish_video(destination, p.video_id, meta, acc, processing, model_name)
     except FramepipeError as e:
         if raise_errors:
             raise
-        video_id = p.video_id if p else _fallback_video_id(source)
-        result = schema.Result(
-            video_id=video_id,
-            status="failed",
-            video=_video_meta(source, p),
-            processing=_processing(settings, t0, device, backend, model_name, 0, 0),
-            error=schema.ErrorInfo(**e.to_dict()),
-        )
-        try:
-            write_outputs(destination, video_id, result, None, model_name, settings.jpeg_quality)
-        except FramepipeError as werr:
-            log.error("could not record the failure of %s: %s", source, werr.message)
-        return result
+        video_id = p.video_id if p else fallback_video_id(source)
+        failed = processing_doc(settings, time.perf_counter() - t0, device, backend, model_name, 0, 0)
+        return record_failure(destination, video_id, video_meta(source, p), e, failed, model_name, settings)
 
 
-def _processing(settings: Settings, t0: float, device, backend, models, frames: int, faces: int) -> schema.Processing:
-    elapsed = time.perf_counter() - t0
+def finish_video(
+    destination: Destination,
+    video_id: str,
+    meta: schema.VideoMeta,
+    acc: VideoAccumulator,
+    processing: Callable[[], schema.Processing],
+    model_name: str | None,
+) -> schema.Result:
+    """Cluster, pick the frames and write every output of a video whose frames are all in ``acc``.
+    ``processing()`` gives the processing figures; it is called again just before the documents are written."""
+    settings = acc.settings
+    reduction = acc.finish()
+    warnings = list(acc.warnings)
+    if not reduction.people:
+        warnings.append("no faces found" if not reduction.faces_detected else "no face good enough for a person")
+    if reduction.representatives.short_video:
+        warnings.append(f"short video: {len(reduction.representatives.frames)} representative frames")
+    if settings.require_faces and not reduction.people:
+        raise NoFacesFound("no person found in the video")
+    result = schema.Result(
+        video_id=video_id,
+        status="succeeded",
+        video=meta,
+        processing=processing(),
+        short_video=reduction.representatives.short_video,
+        relaxed_rules=reduction.representatives.relaxed,
+        warnings=warnings,
+    )
+    return write_outputs(
+        destination,
+        video_id,
+        result,
+        reduction,
+        model_name,
+        settings.jpeg_quality,
+        finalize=lambda r: r.model_copy(update={"processing": processing()}),  # includes writing the frames
+    )
+
+
+def record_failure(
+    destination: Destination,
+    video_id: str,
+    meta: schema.VideoMeta,
+    error: FramepipeError,
+    processing: schema.Processing,
+    model_name: str | None,
+    settings: Settings,
+) -> schema.Result:
+    """The failed result of a video, also written as its result.json and one-row video.parquet."""
+    result = schema.Result(
+        video_id=video_id, status="failed", video=meta, processing=processing, error=schema.ErrorInfo(**error.to_dict())
+    )
+    try:
+        write_outputs(destination, video_id, result, None, model_name, settings.jpeg_quality)
+    except FramepipeError as werr:
+        log.error("could not record the failure of %s: %s", meta.source, werr.message)
+    return result
+
+
+def processing_doc(
+    settings: Settings, elapsed_s: float, device: str, backend: str | None, models: str | None, frames: int, faces: int
+) -> schema.Processing:
+    """Processing figures; the cost is the elapsed time at the device's hourly price."""
     price = settings.hourly_price(device)
     return schema.Processing(
-        duration_s=round(elapsed, 3),
-        estimated_cost_usd=round(elapsed / 3600.0 * price, 6),
+        duration_s=round(elapsed_s, 3),
+        estimated_cost_usd=round(elapsed_s / 3600.0 * price, 6),
         hourly_price_usd=price,
         device=device,
         backend=backend,

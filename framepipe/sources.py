@@ -92,3 +92,36 @@ def _resolve_http(source: str, timeout_s: float) -> Source:
     except requests.RequestException as e:
         raise SourceUnreachable(f"cannot reach {source}: {type(e).__name__}") from None
     return Source(source, source, size, identity)
+
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp"}
+)
+
+
+def list_videos(root: str, timeout_s: float = 30.0) -> list[Source]:
+    """Every video file (by extension) under a local directory or ``s3://bucket/prefix``, sorted by source."""
+    found: list[Source] = []
+    if root.startswith("s3://"):
+        bucket, prefix = s3.split_s3_url(root)
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        pages = s3.client(timeout_s).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    if os.path.splitext(obj["Key"])[1].lower() in VIDEO_EXTENSIONS:
+                        url = f"s3://{bucket}/{obj['Key']}"
+                        found.append(Source(url, url, obj["Size"], f"etag={obj['ETag'].strip(chr(34))}"))
+        except ClientError as e:
+            raise SourceNotFound(f"cannot list {root}: {e.response.get('Error', {}).get('Code', e)}") from None
+    else:
+        top = os.path.abspath(os.path.expanduser(root))
+        if not os.path.isdir(top):
+            raise SourceNotFound(f"no such directory: {root}")
+        for folder, _, files in os.walk(top):
+            for name in files:
+                if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
+                    path = os.path.join(folder, name)
+                    st = os.stat(path)
+                    found.append(Source(path, path, st.st_size, f"size={st.st_size};mtime={int(st.st_mtime)}"))
+    return sorted(found, key=lambda s: s.source)

@@ -58,6 +58,20 @@ class Destination:
         with open(url, "rb") as f:
             return f.read()
 
+    def list(self, relpath: str) -> list[str]:
+        """Names of the files directly under ``relpath`` (empty if it does not exist)."""
+        url = self.url(relpath).rstrip("/") + "/"
+        if self.is_s3:
+            _, key = s3.split_s3_url(url)
+            names = []
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=key):
+                names += [o["Key"][len(key) :] for o in page.get("Contents", []) if "/" not in o["Key"][len(key) :]]
+            return names
+        try:
+            return [e.name for e in os.scandir(url) if e.is_file() and not e.name.endswith(".part")]
+        except FileNotFoundError:
+            return []
+
     def exists(self, relpath: str) -> bool:
         url = self.url(relpath)
         if self.is_s3:
