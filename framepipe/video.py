@@ -93,13 +93,17 @@ class VideoStream(Protocol):
 _SIGNATURES = ((4, b"ftyp"), (0, b"\x1a\x45\xdf\xa3"), (0, b"RIFF"), (0, b"\x00\x00\x01\xba"), (0, b"FLV"), (0, b"OggS"))
 
 
-def _looks_like_video(uri: str) -> bool:
-    if "://" in uri:
-        return False
+def _looks_like_video(uri: str, timeout_s: float = 10.0) -> bool:
+    """Do the first bytes look like a video container? (Read only after FFmpeg has refused the file.)"""
     try:
-        with open(uri, "rb") as f:
-            head = f.read(16)
-    except OSError:
+        if uri.startswith(("http://", "https://")):
+            import requests
+
+            head = requests.get(uri, headers={"Range": "bytes=0-15"}, timeout=timeout_s).content[:16]
+        else:
+            with open(uri, "rb") as f:
+                head = f.read(16)
+    except Exception:
         return False
     return any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES)
 
@@ -110,7 +114,7 @@ def _open_container(uri: str, timeout_s: float) -> av.container.InputContainer:
     except FileNotFoundError as e:
         raise NotAVideo(f"cannot open {uri!r}: {e.strerror or e}") from None
     except av.error.InvalidDataError:
-        if _looks_like_video(uri):
+        if _looks_like_video(uri, timeout_s):
             raise CorruptVideo("the file looks like a video container but is damaged or truncated") from None
         raise NotAVideo("not a video file (FFmpeg found no media in it)") from None
     except av.error.HTTPError as e:

