@@ -100,8 +100,11 @@ VIDEO_EXTENSIONS = frozenset(
 
 
 def list_videos(root: str, timeout_s: float = 30.0) -> list[Source]:
-    """Every video file (by extension) under a local directory or ``s3://bucket/prefix``, sorted by source."""
+    """Every video file (by extension) under a local directory or ``s3://bucket/prefix``, sorted by source;
+    a single video file or object is a list of one."""
     found: list[Source] = []
+    if os.path.splitext(root)[1].lower() in VIDEO_EXTENSIONS and (root.startswith("s3://") or os.path.isfile(root)):
+        return [resolve(root, timeout_s=timeout_s)]
     if root.startswith("s3://"):
         bucket, prefix = s3.split_s3_url(root)
         prefix = prefix.rstrip("/") + "/" if prefix else ""

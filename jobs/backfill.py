@@ -231,6 +231,7 @@ class Resources:
     actor_gpus: float
     decode_cpus: float
     batch_size: int
+    actor_threads: int
 
 
 def plan_resources(args, cluster: dict) -> Resources:
@@ -248,7 +249,8 @@ def plan_resources(args, cluster: dict) -> Resources:
             f"--actors {args.actors} x --actor-cpus {args.actor_cpus} would hold all {cpus:g} CPUs and leave none "
             "for decoding: lower one of them"
         )
-    return Resources(args.actors, args.actor_cpus, args.actor_gpus, args.decode_cpus, args.batch_size)
+    return Resources(args.actors, args.actor_cpus, args.actor_gpus, args.decode_cpus, args.batch_size,
+                     args.actor_threads)
 
 
 def build_dataset(items: list[dict], settings: Settings, dest: str, res: Resources, markers: dict):
@@ -257,11 +259,17 @@ def build_dataset(items: list[dict], settings: Settings, dest: str, res: Resourc
 
     settings_json = settings.model_dump_json()
     actor_settings = settings.with_overrides(
-        intra_op_threads=max(1, int(res.actor_cpus)), device="cuda" if res.actor_gpus else settings.device
+        intra_op_threads=res.actor_threads, device="cuda" if res.actor_gpus else settings.device
     ).model_dump_json()
     ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # SPREAD puts decode tasks across the CPU nodes. With the actors' explicit DEFAULT it also keeps Ray Data from
+    # fusing decoding into the actors (it fuses stages whose remote args match), so decoding and inference overlap.
     ds = ds.map_batches(
-        decode_video, batch_size=1, num_cpus=res.decode_cpus, fn_kwargs={"settings_json": settings_json}
+        decode_video,
+        batch_size=1,
+        num_cpus=res.decode_cpus,
+        scheduling_strategy="SPREAD",
+        fn_kwargs={"settings_json": settings_json},
     )
     ds = ds.map_batches(
         FaceEmbedder,
@@ -269,6 +277,7 @@ def build_dataset(items: list[dict], settings: Settings, dest: str, res: Resourc
         compute=ActorPoolStrategy(min_size=1, max_size=res.actors),
         num_cpus=res.actor_cpus,
         num_gpus=res.actor_gpus,
+        scheduling_strategy="DEFAULT",  # differs from decoding's SPREAD: the two stages must not be fused
         fn_constructor_kwargs={"settings_json": actor_settings},
     )
     return ds.groupby("video_id").map_groups(
@@ -287,6 +296,9 @@ def parse_args(argv=None):
     ap.add_argument("--actors", type=int, help="max face-model actors (default: one per GPU, else CPUs/2)")
     ap.add_argument("--actor-cpus", type=float, help="CPUs per actor (default 1)")
     ap.add_argument("--actor-gpus", type=float, help="GPUs per actor (default 1 on GPU clusters, else 0)")
+    ap.add_argument("--actor-threads", type=int, default=0,
+                    help="onnxruntime threads per actor (default 0: the node's cores; the reservation is --actor-cpus, "
+                    "and idle threads do not spin)")
     ap.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per decode task")
     ap.add_argument("--batch-size", type=int, default=8, help="frames per actor call")
     ap.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or "local",
