@@ -58,11 +58,14 @@ class TalentFrame(BaseModel):
     appearances: int = Field(description="Number of analysed frames in which the person's face was found.")
     first_seen_s: float
     last_seen_s: float
+    signed_url: str | None = Field(None, description="Presigned HTTPS URL of the frame, where configured.")
+    signed_face_url: str | None = None
 
 
 class RepresentativeFrame(BaseModel):
     url: str
     timestamp_s: float
+    signed_url: str | None = None
 
 
 class ErrorInfo(BaseModel):

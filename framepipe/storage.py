@@ -58,6 +58,11 @@ class Destination:
         with open(url, "rb") as f:
             return f.read()
 
+    def presign(self, url: str, seconds: int) -> str:
+        """A presigned HTTPS GET URL for an s3:// URL written here."""
+        bucket, key = s3.split_s3_url(url)
+        return self._s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds)
+
     def list(self, relpath: str) -> list[str]:
         """Names of the files directly under ``relpath`` (empty if it does not exist)."""
         url = self.url(relpath).rstrip("/") + "/"

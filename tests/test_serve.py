@@ -1,0 +1,253 @@
+"""The Ray Serve endpoint over real HTTP: `serve run` started here (local Ray), a moto S3 server and a webhook
+receiver on 127.0.0.1 that verifies the signatures."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import pytest
+import requests
+import yaml
+
+from conftest import MEDIA, PACK, ROOT, VIDEOS, free_port
+
+pytestmark = pytest.mark.timeout(900)
+
+TOKEN = "test-token-" + os.urandom(8).hex()
+SECRET = "test-secret-" + os.urandom(8).hex()
+CLIP = "videos/tears_of_steel_10s.mp4"
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """Collects webhook deliveries; POST /flaky answers 500 twice per idempotency key, then 200."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), ReceiverHandler)
+        self.deliveries: list[dict] = []
+        self.failures: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def wait_for(self, job_id: str, timeout: float = 300, count: int = 1) -> list[dict]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                got = [d for d in self.deliveries if d["key"] == job_id]
+            if len(got) >= count and any(d["code"] == 200 for d in got):
+                return got
+            time.sleep(0.5)
+        raise AssertionError(f"no webhook for {job_id}")
+
+
+class ReceiverHandler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        from serve.webhook import verify
+
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        key = self.headers.get("X-Framepipe-Idempotency-Key", "")
+        ok = verify(SECRET, body, self.headers.get("X-Framepipe-Timestamp", ""),
+                    self.headers.get("X-Framepipe-Signature", ""))
+        code = 200 if ok else 401
+        with self.server.lock:
+            if self.path == "/flaky" and self.server.failures.get(key, 0) < 2:
+                self.server.failures[key] = self.server.failures.get(key, 0) + 1
+                code = 500
+            self.server.deliveries.append({"key": key, "path": self.path, "verified": ok, "code": code,
+                                           "payload": json.loads(body)})
+        self.send_response(code)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    server = Receiver()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(s3_server, made, tmp_path_factory):
+    s3 = boto3.client("s3")
+    bucket = f"serve-{os.getpid()}"
+    s3.create_bucket(Bucket=bucket)
+    s3.upload_file(str(MEDIA / CLIP), bucket, "clips/tears.mp4")
+    s3.upload_file(str(made("not_a_video.mp4")), bucket, "clips/notes.mp4")
+    port = free_port()
+    config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    config["http_options"].update(host="127.0.0.1", port=port)
+    path = tmp_path_factory.mktemp("serve") / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, **s3_server["env"], "FRAMEPIPE_MODELS": str(PACK), "PYTHONUNBUFFERED": "1",
+           "FRAMEPIPE_SERVE_API_TOKEN": TOKEN, "FRAMEPIPE_SERVE_WEBHOOK_SECRET": SECRET,
+           "FRAMEPIPE_SERVE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "FRAMEPIPE_SERVE_OUTPUT": f"s3://{bucket}/out",
+           "FRAMEPIPE_SERVE_WEBHOOK_BACKOFF_S": "0.2"}
+    log = open(path.parent / "serve.log", "w")
+    serve_bin = os.path.join(os.path.dirname(sys.executable), "serve")
+    proc = subprocess.Popen([serve_bin, "run", str(path)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError((path.parent / "serve.log").read_text()[-4000:])
+        time.sleep(1)
+    else:
+        raise RuntimeError("Serve did not come up:\n" + (path.parent / "serve.log").read_text()[-4000:])
+    yield {"base": base, "bucket": bucket}
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def auth(token: str = TOKEN) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def post(service, body: dict, token: str = TOKEN) -> requests.Response:
+    return requests.post(f"{service['base']}/v1/videos", json=body, headers=auth(token), timeout=30)
+
+
+def wait_done(service, job_id: str, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        doc = requests.get(f"{service['base']}/v1/videos/{job_id}", headers=auth(), timeout=10).json()
+        if doc["status"] in ("succeeded", "failed"):
+            return doc
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_video_to_signed_webhook_and_status(service, receiver):
+    hook = f"http://127.0.0.1:{receiver.server_port}/hook"
+    r = post(service, {"bucket": service["bucket"], "key": "clips/tears.mp4", "webhook_url": hook})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    [delivery] = receiver.wait_for(job_id)
+    assert delivery["verified"]
+    payload = delivery["payload"]
+    assert payload["job_id"] == job_id and payload["status"] == "succeeded"
+    video = payload["video"]
+    assert (video["width"], video["height"], video["total_frames"], video["fps"]) == (640, 360, 240, 24.0)
+    assert payload["processing"]["duration_s"] > 0 and payload["processing"]["estimated_cost_usd"] > 0
+    low, high = VIDEOS[CLIP]["accept"]
+    assert low <= len(payload["talent_frames"]) <= high
+    assert len(payload["representative_frames"]) == 10
+    assert all(t["url"].startswith(f"s3://{service['bucket']}/out/") for t in payload["talent_frames"])
+    status = wait_done(service, job_id)
+    assert status["status"] == "succeeded" and status["webhook"]["delivered"]
+    assert status["result"]["talent_frames"] == payload["talent_frames"]
+
+
+def test_bearer_token_required(service):
+    body = {"bucket": service["bucket"], "key": "clips/tears.mp4"}
+    assert requests.post(f"{service['base']}/v1/videos", json=body, timeout=10).status_code == 401
+    assert post(service, body, token="wrong").status_code == 401
+    assert requests.get(f"{service['base']}/v1/videos/{'0' * 32}", timeout=10).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"bucket": "Bad_Bucket", "key": "clips/tears.mp4"},
+        {"bucket": "ab", "key": "clips/tears.mp4"},
+        {"bucket": "fine-bucket", "key": "../etc/passwd"},
+        {"bucket": "fine-bucket", "key": "/abs.mp4"},
+        {"bucket": "fine-bucket"},
+        {"bucket": "fine-bucket", "key": "a.mp4", "url": "https://example.com/a.mp4"},
+        {"bucket": "fine-bucket", "key": "a.mp4", "extra": 1},
+    ],
+)
+def test_invalid_requests_are_422(service, body):
+    assert post(service, body).status_code == 422
+
+
+def test_missing_object_is_404(service):
+    r = post(service, {"bucket": service["bucket"], "key": "clips/nope.mp4"})
+    assert r.status_code == 404 and "no such S3 object" in r.json()["detail"]
+
+
+def test_non_video_fails_the_job_and_says_why(service, receiver):
+    hook = f"http://127.0.0.1:{receiver.server_port}/hook"
+    r = post(service, {"bucket": service["bucket"], "key": "clips/notes.mp4", "webhook_url": hook})
+    assert r.status_code == 202
+    [delivery] = receiver.wait_for(r.json()["job_id"])
+    assert delivery["payload"]["status"] == "failed"
+    assert delivery["payload"]["error"]["type"] == "not_a_video"
+
+
+def test_webhook_retried_until_it_succeeds(service, receiver):
+    hook = f"http://127.0.0.1:{receiver.server_port}/flaky"
+    r = post(service, {"bucket": service["bucket"], "key": "clips/tears.mp4", "webhook_url": hook})
+    job_id = r.json()["job_id"]
+    got = receiver.wait_for(job_id, count=3)
+    assert [d["code"] for d in got] == [500, 500, 200]
+    assert all(d["verified"] for d in got)
+    status = wait_done(service, job_id)
+    deadline = time.time() + 30
+    while status.get("webhook") is None and time.time() < deadline:
+        time.sleep(0.5)
+        status = wait_done(service, job_id)
+    assert status["webhook"] == {"delivered": True, "attempts": 3, "status": 200, "error": None}
+
+
+def test_webhook_host_not_allowed(service):
+    for url in ("http://localhost:9/hook", "http://169.254.169.254/latest/meta-data", "ftp://127.0.0.1/x"):
+        r = post(service, {"bucket": service["bucket"], "key": "clips/tears.mp4", "webhook_url": url})
+        assert r.status_code == 422, url
+
+
+def test_ten_concurrent_requests_all_complete(service):
+    body = {"bucket": service["bucket"], "key": "clips/tears.mp4"}
+    with ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(lambda _: post(service, body), range(10)))
+    assert [r.status_code for r in responses] == [202] * 10
+    jobs = {r.json()["job_id"] for r in responses}
+    assert len(jobs) == 10
+    done = [wait_done(service, j, timeout=600) for j in jobs]
+    assert all(d["status"] == "succeeded" for d in done), [d.get("result", {}).get("error") for d in done]
+
+
+def test_url_source_host_must_be_allowed(service):
+    r = post(service, {"url": "http://169.254.169.254/latest/meta-data/video.mp4"})
+    assert r.status_code == 422 and "allow-list" in r.json()["detail"]
+
+
+def test_openapi_fuzzed_without_server_errors(service):
+    """schemathesis against the OpenAPI document FastAPI serves, bounded: no 5xx."""
+    st = os.path.join(os.path.dirname(sys.executable), "st")
+    proc = subprocess.run(
+        [st, "run", f"{service['base']}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "30",
+         "--header", f"Authorization: Bearer {TOKEN}", "--workers", "1", "--no-color"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+    counts = re.search(r"(\d+) generated, (\d+) passed", proc.stdout)
+    assert counts and int(counts.group(1)) >= 50 and counts.group(1) == counts.group(2), proc.stdout[-3000:]
+
+
+def test_openapi_and_health(service):
+    spec = requests.get(f"{service['base']}/openapi.json", timeout=10).json()
+    assert "/v1/videos" in spec["paths"] and "/v1/videos/{job_id}" in spec["paths"]
+    assert requests.get(f"{service['base']}/healthz", timeout=10).json() == {"status": "ok"}
