@@ -85,6 +85,8 @@ def service(s3_server, made, tmp_path_factory):
     s3.create_bucket(Bucket=bucket)
     s3.upload_file(str(MEDIA / CLIP), bucket, "clips/tears.mp4")
     s3.upload_file(str(made("not_a_video.mp4")), bucket, "clips/notes.mp4")
+    s3.upload_file(str(MEDIA / "videos/pbs_oval_office_4people.mp4"), bucket, "clips/long.mp4")  # 17 s, 2.5 MB
+    s3.upload_file(str(MEDIA / "videos/talking_heads/sadtalker_WDA_KatieHill_000.mp4"), bucket, "clips/big.mp4")
     port = free_port()
     config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     config["http_options"].update(host="127.0.0.1", port=port)
@@ -93,7 +95,8 @@ def service(s3_server, made, tmp_path_factory):
     env = {**os.environ, **s3_server["env"], "FRAMEPIPE_MODELS": str(PACK), "PYTHONUNBUFFERED": "1",
            "FRAMEPIPE_SERVE_API_TOKEN": TOKEN, "FRAMEPIPE_SERVE_WEBHOOK_SECRET": SECRET,
            "FRAMEPIPE_SERVE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "FRAMEPIPE_SERVE_OUTPUT": f"s3://{bucket}/out",
-           "FRAMEPIPE_SERVE_WEBHOOK_BACKOFF_S": "0.2"}
+           "FRAMEPIPE_SERVE_WEBHOOK_BACKOFF_S": "0.2", "FRAMEPIPE_SERVE_PRESIGN_SECONDS": "600",
+           "FRAMEPIPE_MAX_BYTES": "3000000", "FRAMEPIPE_MAX_DURATION_S": "15"}  # caps: 3 MB, 15 s
     log = open(path.parent / "serve.log", "w")
     serve_bin = os.path.join(os.path.dirname(sys.executable), "serve")
     proc = subprocess.Popen([serve_bin, "run", str(path)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -111,7 +114,7 @@ def service(s3_server, made, tmp_path_factory):
         time.sleep(1)
     else:
         raise RuntimeError("Serve did not come up:\n" + (path.parent / "serve.log").read_text()[-4000:])
-    yield {"base": base, "bucket": bucket}
+    yield {"base": base, "bucket": bucket, "log": path.parent / "serve.log"}
     os.killpg(proc.pid, signal.SIGINT)
     try:
         proc.wait(timeout=60)
@@ -158,6 +161,11 @@ def test_video_to_signed_webhook_and_status(service, receiver):
     status = wait_done(service, job_id)
     assert status["status"] == "succeeded" and status["webhook"]["delivered"]
     assert status["result"]["talent_frames"] == payload["talent_frames"]
+    # presigned HTTPS URLs next to the s3:// ones (configured here); moto serves them
+    signed = payload["talent_frames"][0]["signed_url"]
+    assert signed.startswith("http") and "Signature" in signed
+    assert requests.get(signed, timeout=10).content[:3] == b"\xff\xd8\xff"  # a JPEG
+    assert all(r["signed_url"] for r in payload["representative_frames"])
 
 
 def test_bearer_token_required(service):
@@ -195,6 +203,23 @@ def test_non_video_fails_the_job_and_says_why(service, receiver):
     [delivery] = receiver.wait_for(r.json()["job_id"])
     assert delivery["payload"]["status"] == "failed"
     assert delivery["payload"]["error"]["type"] == "not_a_video"
+
+
+def test_too_large_is_413_and_too_long_fails_the_job(service):
+    r = post(service, {"bucket": service["bucket"], "key": "clips/big.mp4"})
+    assert r.status_code == 413, r.text
+    r = post(service, {"bucket": service["bucket"], "key": "clips/long.mp4"})
+    assert r.status_code == 202
+    done = wait_done(service, r.json()["job_id"])
+    assert done["status"] == "failed" and done["result"]["error"]["type"] == "input_too_large"
+
+
+def test_secrets_never_in_responses_or_logs(service):
+    r = post(service, {"bucket": service["bucket"], "key": "clips/tears.mp4"})
+    done = wait_done(service, r.json()["job_id"])
+    spec = requests.get(f"{service['base']}/openapi.json", timeout=10).text
+    for text in (json.dumps(done), r.text, spec, service["log"].read_text()):
+        assert TOKEN not in text and SECRET not in text
 
 
 def test_webhook_retried_until_it_succeeds(service, receiver):
