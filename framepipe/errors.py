@@ -19,6 +19,13 @@ class FramepipeError(Exception):
     def to_dict(self) -> dict:
         return {"type": self.code, "message": self.message}
 
+    @classmethod
+    def with_code(cls, code: str, message: str) -> "FramepipeError":
+        """An error known only by its code: read back from a record, or raised outside the engine."""
+        err = cls(message)
+        err.code = code
+        return err
+
 
 class SourceNotFound(FramepipeError):
     """The local file or S3 object does not exist."""

@@ -180,7 +180,7 @@ def reduce_video(group: dict, settings_json: str, dest: str, markers: dict) -> d
 
     try:
         if errors and not frames:
-            raise _error_from(errors[0])
+            raise FramepipeError.with_code(errors[0]["type"], errors[0]["message"])
         if len(frames) < expected:  # should not happen: Ray retries lost work
             raise FramepipeError(f"only {len(frames)} of {expected} frames reached the reduce")
         acc = engine.VideoAccumulator(VideoInfo(**json.loads(str(group["info"][0]))), settings)
@@ -195,8 +195,7 @@ def reduce_video(group: dict, settings_json: str, dest: str, markers: dict) -> d
         result = engine.record_failure(destination, video_id, meta, e, processing(), model, settings)
     except Exception as e:  # a bug must cost one video, not the backfill
         log.exception("reduce of %s failed", video_id)
-        err = FramepipeError(f"{type(e).__name__}: {e}")
-        err.code = "internal_error"
+        err = FramepipeError.with_code("internal_error", f"{type(e).__name__}: {e}")
         result = engine.record_failure(destination, video_id, meta, err, processing(), model, settings)
     folder = destination.child(video_id)
     for name in ("videos", "people"):
@@ -211,12 +210,6 @@ def reduce_video(group: dict, settings_json: str, dest: str, markers: dict) -> d
         "people": [len(result.talent_frames)],
         "error": [f"{result.error.type}: {result.error.message}" if result.error else ""],
     }
-
-
-def _error_from(doc: dict) -> FramepipeError:
-    err = FramepipeError(doc["message"])
-    err.code = doc["type"]
-    return err
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,9 +19,9 @@ import re
 import time
 import uuid
 from typing import Annotated, Literal
+from urllib.parse import urlparse
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +93,13 @@ class VideoRequest(BaseModel):
             ".." in self.bucket or self.bucket.startswith("xn--") or re.fullmatch(r"[0-9.]+", self.bucket)
         ):
             raise ValueError("bucket is not a valid S3 bucket name")
+        for name in ("url", "webhook_url"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    urlparse(value).hostname
+                except ValueError:
+                    raise ValueError(f"{name} is not a valid URL") from None
         if self.key is not None:
             parts = self.key.split("/")
             if self.key.startswith("/") or ".." in parts or "." in parts or any(ord(c) < 32 for c in self.key):
@@ -268,8 +275,7 @@ class VideoIngress:
             )
 
     async def _failed(self, source, settings, t0, code, message) -> schema.Result:
-        err = FramepipeError(message)
-        err.code = code
+        err = FramepipeError.with_code(code, message)
         failed = engine.processing_doc(settings, time.perf_counter() - t0, "cpu", None, None, 0, 0)
         return await asyncio.to_thread(engine.record_failure, self.dest, engine.fallback_video_id(source),
                                        engine.video_meta(source, None), err, failed, None, settings)
@@ -282,11 +288,6 @@ class VideoIngress:
                   for t in result.talent_frames]
         reps = [r.model_copy(update={"signed_url": sign(r.url)}) for r in result.representative_frames]
         return result.model_copy(update={"talent_frames": talent, "representative_frames": reps})
-
-
-@api.exception_handler(FramepipeError)
-async def _framepipe_error(_: Request, e: FramepipeError):
-    return JSONResponse({"detail": f"{e.code}: {e.message}"}, status_code=422)
 
 
 app = VideoIngress.bind(FaceModel.bind())

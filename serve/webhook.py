@@ -48,9 +48,12 @@ def verify(secret: str, body: bytes, timestamp: str, signature: str, max_age_s: 
 
 def host_allowed(url: str, allowed_hosts: list[str]) -> bool:
     """http(s) URLs whose host is on the allow-list (exact names; ``*.example.com`` for subdomains)."""
-    parsed = urlparse(url)
-    host = (parsed.hostname or "").lower()
-    if parsed.scheme not in ("http", "https") or not host or parsed.username or parsed.password:
+    try:
+        parsed = urlparse(url)
+        host = (parsed.hostname or "").lower()
+        if parsed.scheme not in ("http", "https") or not host or parsed.username or parsed.password:
+            return False
+    except ValueError:  # unparseable, e.g. an unbalanced "[" read as an IPv6 literal
         return False
     for allowed in (h.lower() for h in allowed_hosts):
         if host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:])):
