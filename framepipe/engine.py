@@ -191,11 +191,13 @@ def write_outputs(
     embedding_model: str | None,
     jpeg_quality: int,
     finalize: Callable[[schema.Result], schema.Result] | None = None,
+    manifest: str | None = None,
 ) -> schema.Result:
     """Write the JPEGs, ``people.parquet``, ``video.parquet`` and, last, ``result.json``. Fills the URLs.
 
     ``finalize`` runs after the frames are written and before the two documents (to record the final
-    processing time, say)."""
+    processing time, say). ``manifest``: a folder under ``dest`` that also gets the two Parquet files, as
+    ``<manifest>/people/<video_id>.parquet`` and ``<manifest>/videos/<video_id>.parquet`` (a backfill's datasets)."""
     out = dest.child(video_id)
     person_rows = []
     if reduction is not None:
@@ -234,12 +236,17 @@ def write_outputs(
             url = out.write(f"representative/frame_{i:02d}.jpg", f.jpeg)
             reps.append(schema.RepresentativeFrame(url=url, timestamp_s=round(f.pts_s, 3)))
         result = result.model_copy(update={"talent_frames": talent, "representative_frames": reps})
-    out.write("people.parquet", _parquet(schema.people_table(person_rows)))
+    people = _parquet(schema.people_table(person_rows))
+    out.write("people.parquet", people)
     if finalize:
         result = finalize(result)
     now = dt.datetime.now(dt.timezone.utc)
     result_url = out.url("result.json")
-    out.write("video.parquet", _parquet(schema.videos_table([schema.video_row(result, result_url, now)])))
+    video = _parquet(schema.videos_table([schema.video_row(result, result_url, now)]))
+    out.write("video.parquet", video)
+    if manifest:
+        dest.write(f"{manifest}/people/{video_id}.parquet", people)
+        dest.write(f"{manifest}/videos/{video_id}.parquet", video)
     out.write("result.json", result.model_dump_json(indent=2).encode())
     return result
 
@@ -367,9 +374,11 @@ def finish_video(
     acc: VideoAccumulator,
     processing: Callable[[], schema.Processing],
     model_name: str | None,
+    manifest: str | None = None,
 ) -> schema.Result:
     """Cluster, pick the frames and write every output of a video whose frames are all in ``acc``.
-    ``processing()`` gives the processing figures; it is called again just before the documents are written."""
+    ``processing()`` gives the processing figures; it is called again just before the documents are written.
+    ``manifest``: as in :func:`write_outputs`."""
     settings = acc.settings
     reduction = acc.finish()
     warnings = list(acc.warnings)
@@ -396,6 +405,7 @@ def finish_video(
         model_name,
         settings.jpeg_quality,
         finalize=lambda r: r.model_copy(update={"processing": processing()}),  # includes writing the frames
+        manifest=manifest,
     )
 
 
@@ -407,13 +417,15 @@ def record_failure(
     processing: schema.Processing,
     model_name: str | None,
     settings: Settings,
+    manifest: str | None = None,
 ) -> schema.Result:
-    """The failed result of a video, also written as its result.json and one-row video.parquet."""
+    """The failed result of a video, also written as its result.json and one-row video.parquet
+    (``manifest``: as in :func:`write_outputs`)."""
     result = schema.Result(
         video_id=video_id, status="failed", video=meta, processing=processing, error=schema.ErrorInfo(**error.to_dict())
     )
     try:
-        write_outputs(destination, video_id, result, None, model_name, settings.jpeg_quality)
+        write_outputs(destination, video_id, result, None, model_name, settings.jpeg_quality, manifest=manifest)
     except FramepipeError as werr:
         log.error("could not record the failure of %s: %s", meta.source, werr.message)
     return result

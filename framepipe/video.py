@@ -22,7 +22,7 @@ import bisect
 import collections
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Protocol, Sequence
 
 import av
@@ -263,7 +263,7 @@ class DecordStream:
         self._pts = self._vr.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64) + info.start_s
         self._keyframe_idx = np.asarray(self._vr.get_key_indices(), dtype=np.int64)
         if info.frame_count_source != "container":
-            self.info = _replace(info, total_frames=n, frame_count_source="index")
+            self.info = replace(info, total_frames=n, frame_count_source="index")
 
     def _indices(self, times: Sequence[float], keyframes: bool) -> list[int]:
         # Never ask for a frame beyond the probed duration: indices past the real end hang decord.
@@ -457,12 +457,6 @@ class PyAVStream:
 
     def close(self) -> None:
         self._container.close()
-
-
-def _replace(info: VideoInfo, **changes) -> VideoInfo:
-    from dataclasses import replace
-
-    return replace(info, **changes)
 
 
 # --------------------------------------------------------------------------------------------------
