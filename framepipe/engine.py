@@ -90,6 +90,7 @@ class Person:
     first_seen_s: float
     last_seen_s: float
     mean_embedding: np.ndarray
+    seen_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -170,6 +171,7 @@ class VideoAccumulator:
                         first_seen_s=min(r.pts_s for r in members),
                         last_seen_s=max(r.pts_s for r in members),
                         mean_embedding=(mean / (np.linalg.norm(mean) + 1e-12)).astype(np.float32),
+                        seen_s=sorted({r.pts_s for r in members}),
                     )
                 )
         reps = self.picker.pick()
@@ -191,13 +193,14 @@ def write_outputs(
     embedding_model: str | None,
     jpeg_quality: int,
     finalize: Callable[[schema.Result], schema.Result] | None = None,
-    manifest: str | None = None,
+    manifest: str | None = schema.MANIFESTS,
 ) -> schema.Result:
     """Write the JPEGs, ``people.parquet``, ``video.parquet`` and, last, ``result.json``. Fills the URLs.
 
     ``finalize`` runs after the frames are written and before the two documents (to record the final
     processing time, say). ``manifest``: a folder under ``dest`` that also gets the two Parquet files, as
-    ``<manifest>/people/<video_id>.parquet`` and ``<manifest>/videos/<video_id>.parquet`` (a backfill's datasets)."""
+    ``<manifest>/people/<video_id>.parquet`` and ``<manifest>/videos/<video_id>.parquet`` (the destination's
+    datasets, read by :mod:`framepipe.manifests`; None for none)."""
     out = dest.child(video_id)
     person_rows = []
     if reduction is not None:
@@ -218,6 +221,7 @@ def write_outputs(
                 appearances=p.appearances,
                 first_seen_s=round(p.first_seen_s, 3),
                 last_seen_s=round(p.last_seen_s, 3),
+                seen_s=[round(t, 3) for t in p.seen_s],
             )
             talent.append(t)
             person_rows.append(
@@ -288,6 +292,11 @@ def video_meta(source: str, p: Plan | None) -> schema.VideoMeta:
     if p is None:
         return schema.VideoMeta(source=source)
     i = p.stream.info
+    if i.media_type == "image":
+        return schema.VideoMeta(
+            source=source, media_type="image", width=i.width, height=i.height, total_frames=1, codec=i.codec,
+            size_bytes=p.source.size_bytes,
+        )
     return schema.VideoMeta(
         source=source,
         width=i.width,
@@ -374,7 +383,7 @@ def finish_video(
     acc: VideoAccumulator,
     processing: Callable[[], schema.Processing],
     model_name: str | None,
-    manifest: str | None = None,
+    manifest: str | None = schema.MANIFESTS,
 ) -> schema.Result:
     """Cluster, pick the frames and write every output of a video whose frames are all in ``acc``.
     ``processing()`` gives the processing figures; it is called again just before the documents are written.
@@ -384,7 +393,7 @@ def finish_video(
     warnings = list(acc.warnings)
     if not reduction.people:
         warnings.append("no faces found" if not reduction.faces_detected else "no face good enough for a person")
-    if reduction.representatives.short_video:
+    if reduction.representatives.short_video and meta.media_type == "video":
         warnings.append(f"short video: {len(reduction.representatives.frames)} representative frames")
     if settings.require_faces and not reduction.people:
         raise NoFacesFound("no person found in the video")
@@ -417,7 +426,7 @@ def record_failure(
     processing: schema.Processing,
     model_name: str | None,
     settings: Settings,
-    manifest: str | None = None,
+    manifest: str | None = schema.MANIFESTS,
 ) -> schema.Result:
     """The failed result of a video, also written as its result.json and one-row video.parquet
     (``manifest``: as in :func:`write_outputs`)."""

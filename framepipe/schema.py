@@ -5,8 +5,12 @@ Per video, the manifest is two Parquet files with the explicit schemas below:
 * ``video.parquet``: one row per input video (succeeded or failed), :data:`VIDEO_SCHEMA`;
 * ``people.parquet``: one row per person found, with the mean embedding, :data:`PERSON_SCHEMA`.
 
-Backfills write the same rows into ``videos/`` and ``people/`` Parquet datasets. ``SCHEMA_VERSION`` is stored
-in each file's schema metadata and in every row; bump it on any change to these schemas.
+Every run (CLI, backfill, Serve) also writes the same two files as ``DEST/manifests/videos/<video_id>.parquet``
+and ``DEST/manifests/people/<video_id>.parquet``, so ``pd.read_parquet("DEST/manifests/videos")`` reads a whole
+destination. ``framepipe people`` adds ``DEST/manifests/people_index.parquet`` (:data:`PEOPLE_INDEX_SCHEMA`): the
+same person across videos. ``SCHEMA_VERSION`` is stored in each file's schema metadata and in every row; bump it
+on any change to these schemas (1.1 added ``media_type``, ``seen_s`` and the people index;
+:mod:`framepipe.manifests` reads 1.0 files too, with nulls in the new columns).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+MANIFESTS = "manifests"  # DEST/manifests/{videos,people}/<video_id>.parquet
+PEOPLE_INDEX = f"{MANIFESTS}/people_index.parquet"
+REPORT = "report"  # DEST/report/index.html
 
 
 # --------------------------------------------------------------------------------------------------
@@ -26,6 +33,7 @@ SCHEMA_VERSION = "1.0"
 
 class VideoMeta(BaseModel):
     source: str
+    media_type: Literal["video", "image"] = Field("video", description="A still photo is a one-frame input.")
     width: int | None = None
     height: int | None = None
     fps: float | None = None
@@ -58,6 +66,7 @@ class TalentFrame(BaseModel):
     appearances: int = Field(description="Number of analysed frames in which the person's face was found.")
     first_seen_s: float
     last_seen_s: float
+    seen_s: list[float] = Field([], description="Every analysed timestamp at which the person's face was found.")
     signed_url: str | None = Field(None, description="Presigned HTTPS URL of the frame, where configured.")
     signed_face_url: str | None = None
 
@@ -97,6 +106,7 @@ VIDEO_SCHEMA = pa.schema(
     [
         pa.field("video_id", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
+        pa.field("media_type", pa.string()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error_type", pa.string()),
         pa.field("error_message", pa.string()),
@@ -138,7 +148,25 @@ PERSON_SCHEMA = pa.schema(
         pa.field("appearances", pa.int32(), nullable=False),
         pa.field("first_seen_s", pa.float64(), nullable=False),
         pa.field("last_seen_s", pa.float64(), nullable=False),
+        pa.field("seen_s", pa.list_(pa.float64())),
         pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+        pa.field("embedding_model", pa.string()),
+        pa.field("schema_version", pa.string(), nullable=False),
+    ],
+    metadata=_META,
+)
+
+PEOPLE_INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("global_person_id", pa.int32(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("person_id", pa.int32(), nullable=False),
+        pa.field("similarity", pa.float32(), nullable=False),  # cosine to the global person's mean embedding
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("face_url", pa.string()),
+        pa.field("frame_url", pa.string()),
+        pa.field("timestamp_s", pa.float64()),
+        pa.field("quality", pa.float32()),
         pa.field("embedding_model", pa.string()),
         pa.field("schema_version", pa.string(), nullable=False),
     ],
@@ -151,6 +179,7 @@ def video_row(result: Result, result_url: str | None, processed_at) -> dict:
     return {
         "video_id": result.video_id,
         "source": v.source,
+        "media_type": v.media_type,
         "status": result.status,
         "error_type": result.error.type if result.error else None,
         "error_message": result.error.message if result.error else None,

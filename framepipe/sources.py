@@ -97,13 +97,15 @@ def _resolve_http(source: str, timeout_s: float) -> Source:
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp"}
 )
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
-def list_videos(root: str, timeout_s: float = 30.0) -> list[Source]:
+def list_videos(root: str, timeout_s: float = 30.0, images: bool = False) -> list[Source]:
     """Every video file (by extension) under a local directory or ``s3://bucket/prefix``, sorted by source;
-    a single video file or object is a list of one."""
+    a single video file or object is a list of one. ``images``: photos too (each is a one-frame input)."""
     found: list[Source] = []
-    if os.path.splitext(root)[1].lower() in VIDEO_EXTENSIONS and (root.startswith("s3://") or os.path.isfile(root)):
+    wanted = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS if images else VIDEO_EXTENSIONS
+    if os.path.splitext(root)[1].lower() in wanted and (root.startswith("s3://") or os.path.isfile(root)):
         return [resolve(root, timeout_s=timeout_s)]
     if root.startswith("s3://"):
         bucket, prefix = s3.split_s3_url(root)
@@ -112,7 +114,7 @@ def list_videos(root: str, timeout_s: float = 30.0) -> list[Source]:
         try:
             for page in pages:
                 for obj in page.get("Contents", []):
-                    if os.path.splitext(obj["Key"])[1].lower() in VIDEO_EXTENSIONS:
+                    if os.path.splitext(obj["Key"])[1].lower() in wanted:
                         url = f"s3://{bucket}/{obj['Key']}"
                         found.append(Source(url, url, obj["Size"], f"etag={obj['ETag'].strip(chr(34))}"))
         except ClientError as e:
@@ -123,7 +125,7 @@ def list_videos(root: str, timeout_s: float = 30.0) -> list[Source]:
             raise SourceNotFound(f"no such directory: {root}")
         for folder, _, files in os.walk(top):
             for name in files:
-                if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
+                if os.path.splitext(name)[1].lower() in wanted:
                     path = os.path.join(folder, name)
                     st = os.stat(path)
                     found.append(Source(path, path, st.st_size, f"size={st.st_size};mtime={int(st.st_mtime)}"))

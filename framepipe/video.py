@@ -48,6 +48,7 @@ class VideoInfo:
     rotation: int  # degrees the frames are turned to display upright (0, 90, 180, 270)
     stream_index: int
     frame_count_source: str = "container"  # "container", or "index" when the container had no count
+    media_type: str = "video"  # "image": a still photo (FFmpeg's image demuxers), read as a one-frame video
 
     def to_dict(self) -> dict:
         return {
@@ -174,6 +175,9 @@ def probe(uri: str, timeout_s: float = 30.0, max_pixels: int | None = None) -> t
             fps = total / duration_s
         if not duration_s and total and fps:
             duration_s = total / fps
+        is_image = container.format.name == "image2" or container.format.name.endswith("_pipe")
+        if is_image:
+            fps, total, duration_s, count_source = 0.0, 1, 0.0, "image"
         info = VideoInfo(
             width=width,
             height=height,
@@ -185,6 +189,7 @@ def probe(uri: str, timeout_s: float = 30.0, max_pixels: int | None = None) -> t
             rotation=rotation,
             stream_index=stream.index,
             frame_count_source=count_source,
+            media_type="image" if is_image else "video",
         )
         return info, keyframes
     finally:
@@ -479,6 +484,8 @@ def open_video(
     info, keyframes = probe(uri, timeout_s=timeout_s, max_pixels=max_pixels)
     if max_duration_s and info.duration_s > max_duration_s:
         raise InputTooLarge(f"video lasts {info.duration_s:.0f} s, over the cap of {max_duration_s:.0f} s")
+    if info.media_type == "image":
+        return PyAVStream(uri, info, keyframes, timeout_s=timeout_s, threads=decode_threads)
     if backend == "auto":
         stream = PyAVStream(uri, info, keyframes, timeout_s=timeout_s, threads=decode_threads)
         if stream.skips_nonref:

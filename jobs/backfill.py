@@ -54,7 +54,7 @@ PERFORMANCE_ONLY = frozenset(
 # Failures worth retrying on a re-run (the others are properties of the file and are final).
 TRANSIENT = frozenset({SourceUnreachable.code, "destination_error", "model_not_found", "internal_error"})
 FRAMES_PER_BLOCK = 8
-MANIFESTS = "manifests"  # DEST/manifests/{videos,people}/<video_id>.parquet
+MANIFESTS = schema.MANIFESTS  # DEST/manifests/{videos,people}/<video_id>.parquet
 
 
 def settings_key(settings: Settings) -> str:
@@ -283,6 +283,7 @@ def parse_args(argv=None):
     ap.add_argument("--models", help="model pack name or folder (env FRAMEPIPE_MODELS)")
     ap.add_argument("--force", action="store_true", help="redo videos that are already done")
     ap.add_argument("--limit", type=int, help="process at most this many videos")
+    ap.add_argument("--images", action="store_true", help="also process photos (.jpg, .png, ...) as one-frame inputs")
     ap.add_argument("--wave-size", type=int, default=64, help="videos per Ray Data run (bounds the shuffle)")
     ap.add_argument("--actors", type=int, help="max face-model actors (default: one per GPU, else CPUs/2)")
     ap.add_argument("--actor-cpus", type=float, help="CPUs per actor (default 1)")
@@ -307,7 +308,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     settings = Settings().with_overrides(models=args.models)
     dest = Destination(args.dest, timeout_s=settings.http_timeout_s)
-    videos = sources.list_videos(args.source, timeout_s=settings.http_timeout_s)
+    videos = sources.list_videos(args.source, timeout_s=settings.http_timeout_s, images=args.images)
     skey = settings_key(settings)
     done = set() if args.force else set(dest.list("_done"))
     markers = {engine.video_id_for(v): done_marker(engine.video_id_for(v), v.identity, skey) for v in videos}
