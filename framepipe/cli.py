@@ -1,12 +1,18 @@
-"""Command line: ``framepipe extract SOURCE --out DEST [--models PACK] [--json]``.
+"""Command line.
 
-Exit codes: 0 success, 1 the video failed (one line on stderr says why), 2 bad usage, 70 internal error.
+* ``framepipe extract SOURCE --out DEST [--models PACK] [--json]``: one video (or photo);
+* ``framepipe people DEST``: the same person across every video of a destination (``people_index.parquet``);
+* ``framepipe report DEST``: a static HTML contact sheet of a destination (``DEST/report/index.html``).
+
+Exit codes: 0 success, 1 the video failed or the destination cannot be read (one line on stderr says why),
+2 bad usage, 70 internal error.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 
@@ -30,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the models run (default auto)")
     ex.add_argument("--det-size", type=int, help="detector input size (default 640)")
     ex.add_argument("--require-faces", action="store_true", default=None, help="fail when no person is found")
+    pe = sub.add_parser("people", help="link the same person across the videos of a destination")
+    pe.add_argument("dest", help="local directory or s3://bucket/prefix written by extract, the backfill or Serve")
+    pe.add_argument("--max-distance", type=float, help="average-linkage cosine distance (default 0.6)")
+    pe.add_argument("--no-report", action="store_true", help="do not refresh DEST/report")
+    rp = sub.add_parser("report", help="write a static HTML contact sheet of a destination")
+    rp.add_argument("dest", help="local directory or s3://bucket/prefix")
     return parser
 
 
@@ -51,7 +63,9 @@ def _summary(result) -> str:
     lines = [
         f"{result.video_id}: {len(result.talent_frames)} people, {len(result.representative_frames)} "
         f"representative frames",
-        f"  video: {v.width}x{v.height}, {v.fps} fps, {v.total_frames} frames, {v.duration_s} s, {v.codec}",
+        f"  image: {v.width}x{v.height}, {v.codec}"
+        if v.media_type == "image"
+        else f"  video: {v.width}x{v.height}, {v.fps} fps, {v.total_frames} frames, {v.duration_s} s, {v.codec}",
         f"  took {p.duration_s:.1f} s on {p.device} ({p.frames_sampled} frames analysed, {p.faces_detected} faces), "
         f"est. ${p.estimated_cost_usd:.5f}",
     ]
@@ -72,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         warnings.filterwarnings("ignore")
     try:
+        if args.command in ("people", "report"):
+            return _destination_command(args)
         from framepipe import engine
         from framepipe.config import Settings
 
@@ -109,6 +125,44 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"framepipe: internal error: {type(e).__name__}: {e} (rerun with --debug for details)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _destination_command(args) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from framepipe import manifests, people_index, report, schema
+    from framepipe.config import Settings
+    from framepipe.errors import FramepipeError
+
+    try:
+        d = manifests.destination(args.dest)
+        if not d.is_s3 and not os.path.isdir(d.root):
+            print(f"framepipe: no such directory: {args.dest}", file=sys.stderr)
+            return EXIT_FAILED
+        if args.command == "people":
+            try:
+                settings = Settings().with_overrides(people_max_distance=args.max_distance)
+            except ValidationError as e:
+                print(f"framepipe: invalid setting max-distance: {e.errors()[0]['msg']}", file=sys.stderr)
+                return EXIT_USAGE
+            index = people_index.write(d, settings.people_max_distance)
+            summary = people_index.summary(index)
+            multi = summary[summary["videos"] > 1]
+            print(
+                f"{len(index)} people in {index['video_id'].nunique() if len(index) else 0} inputs -> "
+                f"{len(summary)} distinct people, {len(multi)} in more than one input; wrote {d.url(schema.PEOPLE_INDEX)}"
+            )
+            for row in multi.itertuples():
+                names = ", ".join(os.path.basename(s) for s in row.sources)
+                print(f"  person {row.global_person_id}: {row.videos} inputs ({names})")
+            if not args.no_report:
+                print(f"report: {report.write(d)}")
+        else:
+            print(f"report: {report.write(d)}")
+        return EXIT_OK
+    except (FramepipeError, ClientError, BotoCoreError, OSError) as e:
+        print(f"framepipe: cannot read or write {args.dest}: {e}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

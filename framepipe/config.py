@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     singleton_min_quality: float = Field(
         0.45, ge=0, le=1, description="A person seen in one sample only is kept if that face scores at least this."
     )
+    people_max_distance: float = Field(
+        0.6, gt=0, lt=2, description="framepipe people: average-linkage cosine distance under which the people of "
+        "different videos are one person (bench/tune_people.py)."
+    )
 
     # --- representative frames ----------------------------------------------------------------------
     representative_count: int = Field(10, ge=1, le=100)

@@ -10,7 +10,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from framepipe import s3
 from framepipe.errors import DestinationError
 
-CONTENT_TYPES = {".jpg": "image/jpeg", ".json": "application/json", ".parquet": "application/vnd.apache.parquet"}
+CONTENT_TYPES = {
+    ".jpg": "image/jpeg",
+    ".json": "application/json",
+    ".parquet": "application/vnd.apache.parquet",
+    ".html": "text/html; charset=utf-8",
+}
 
 
 class Destination:
@@ -74,6 +79,21 @@ class Destination:
             return names
         try:
             return [e.name for e in os.scandir(url) if e.is_file() and not e.name.endswith(".part")]
+        except FileNotFoundError:
+            return []
+
+    def dirs(self, relpath: str) -> list[str]:
+        """Names of the folders (S3: common prefixes) directly under ``relpath``."""
+        url = self.url(relpath).rstrip("/") + "/"
+        if self.is_s3:
+            _, key = s3.split_s3_url(url)
+            key = "" if key == "/" else key
+            names = []
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=key, Delimiter="/"):
+                names += [p["Prefix"][len(key) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
+            return names
+        try:
+            return [e.name for e in os.scandir(url) if e.is_dir()]
         except FileNotFoundError:
             return []
 

@@ -207,3 +207,38 @@ def run_cli(*args: str, env_extra: dict | None = None, timeout: int = 180) -> su
     return subprocess.run(
         [sys.executable, "-m", "framepipe", *args], capture_output=True, text=True, env=env, timeout=timeout
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# a destination holding several videos and the shared photos (people across videos, report, notebook)
+# --------------------------------------------------------------------------------------------------
+
+LIBRARY_VIDEOS = [
+    "videos/talking_heads/retalking_1.mp4",
+    "videos/talking_heads/retalking_2.mp4",
+    "videos/talking_heads/retalking_3.mp4",
+    "videos/talking_heads/retalking_4.mp4",
+    "videos/talking_heads/retalking_5.mp4",
+    "videos/talking_heads/sadtalker_WDA_AlexandriaOcasioCortez_000.mp4",
+    "videos/talking_heads/sadtalker_WDA_KatieHill_000.mp4",
+    "videos/composed/talking_heads_montage.mp4",
+    "videos/composed/photo_slideshow_6people.mp4",
+]
+
+
+@pytest.fixture(scope="session")
+def library(settings, model, tmp_path_factory):
+    """A destination with 9 videos, the 17 photos of photos/face_recognition and one broken input,
+    each processed by the engine (as `framepipe extract` does). Returns {"dest", "results": {media key: Result}}."""
+    from framepipe import engine
+
+    dest = tmp_path_factory.mktemp("library") / "out"
+    broken = tmp_path_factory.mktemp("broken") / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypisom" + os.urandom(4000))
+    keys = LIBRARY_VIDEOS + sorted(
+        str(p.relative_to(MEDIA)) for p in (MEDIA / "photos/face_recognition").rglob("*") if p.is_file()
+    )
+    results = {k: engine.extract(str(MEDIA / k), str(dest), settings, model=model, raise_errors=True) for k in keys}
+    results["broken"] = engine.extract(str(broken), str(dest), settings, model=model)
+    assert results["broken"].status == "failed"
+    return {"dest": dest, "results": results}
