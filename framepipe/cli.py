@@ -145,7 +145,7 @@ def _destination_command(args) -> int:
             except ValidationError as e:
                 print(f"framepipe: invalid setting max-distance: {e.errors()[0]['msg']}", file=sys.stderr)
                 return EXIT_USAGE
-            index = people_index.write(d, settings.people_max_distance)
+            index = people_index.write(d, settings.people_max_distance, settings.people_max_count)
             summary = people_index.summary(index)
             multi = summary[summary["videos"] > 1]
             print(
@@ -160,7 +160,10 @@ def _destination_command(args) -> int:
         else:
             print(f"report: {report.write(d)}")
         return EXIT_OK
-    except (FramepipeError, ClientError, BotoCoreError, OSError) as e:
+    except FramepipeError as e:
+        print(f"framepipe: failed: {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ClientError, BotoCoreError, OSError) as e:
         print(f"framepipe: cannot read or write {args.dest}: {e}", file=sys.stderr)
         return EXIT_FAILED
 

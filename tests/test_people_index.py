@@ -99,3 +99,10 @@ def test_embeddings_of_different_models_are_never_compared(library):
     by_model = index.groupby("global_person_id")["embedding_model"].nunique()
     assert (by_model == 1).all()
     assert index.global_person_id.nunique() == 2 * people_index.build(people, 0.6).global_person_id.nunique()
+
+
+def test_too_many_people_for_memory_is_one_clear_line(library):
+    proc = run_cli("people", str(library["dest"]), "--no-report", env_extra={"FRAMEPIPE_PEOPLE_MAX_COUNT": "5"})
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("framepipe: failed: input_too_large: ") and "over the 5" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1
