@@ -168,8 +168,9 @@ def build_pages(d: Destination) -> dict[str, str]:
             }
         )
 
-    global_docs = None
+    global_docs, not_indexed = None, 0
     if index is not None:
+        not_indexed = len(set(zip(people.video_id, people.person_id)) - set(global_of))
         global_docs = []
         pages_of = {c["video_id"]: c["page"] for c in cards}
         names = {c["video_id"]: c["name"] for c in cards}
@@ -207,6 +208,7 @@ def build_pages(d: Destination) -> dict[str, str]:
         people_total=len(people),
         global_people=global_docs,
         index_rows=0 if index is None else len(index),
+        not_indexed=not_indexed,
         hours=f"{total_s / 3600:.2f} h" if total_s >= 3600 else fmt_time(total_s),
         version=__version__,
     )

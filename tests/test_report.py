@@ -74,7 +74,10 @@ def open_page(driver, path: Path) -> dict:
 def test_report_opens_from_disk_with_every_image_and_one_card_per_person(library, browser):
     from selenium.webdriver.common.by import By
 
+    from framepipe import manifests
+
     dest, results = library["dest"], library["results"]
+    per_video = manifests.load_people(dest).groupby("video_id").size().to_dict()  # the manifest's people
     proc = run_cli("report", str(dest), timeout=300)
     assert proc.returncode == 0, proc.stderr
     index_html = dest / "report" / "index.html"
@@ -96,7 +99,7 @@ def test_report_opens_from_disk_with_every_image_and_one_card_per_person(library
         state = open_page(browser, dest / "report" / "videos" / f"{result.video_id}.html")
         assert state["pending"] == 0 and not state["broken"], (key, state)
         persons = browser.find_elements(By.CSS_SELECTOR, ".person-card")
-        assert len(persons) == len(result.talent_frames), key
+        assert len(persons) == per_video.get(result.video_id, 0) == len(result.talent_frames), key
         assert [int(p.get_attribute("data-person-id")) for p in persons] == [t.person_id for t in result.talent_frames]
         assert len(browser.find_elements(By.CSS_SELECTOR, "img.rep")) == len(result.representative_frames), key
         # face crop + best frame per card, the strip, nothing else
@@ -122,6 +125,7 @@ def test_people_section_lists_each_global_person_with_their_videos(library, brow
     index = manifests.load_people_index(dest)
     state = open_page(browser, dest / "report" / "index.html")
     assert state["pending"] == 0 and not state["broken"], state
+    assert not browser.find_elements(By.ID, "index-stale")  # the index covers every person
     sections = browser.find_elements(By.CSS_SELECTOR, ".global-person")
     assert len(sections) == index.global_person_id.nunique()
     for s in sections:
@@ -160,6 +164,15 @@ def test_report_and_people_on_s3_write_next_to_the_manifests(bucket, s3_server):
         for src in srcs:  # every relative image link names an object that exists
             target = os.path.normpath(os.path.join(os.path.dirname(page), unquote(src)))
             assert target in keys, (page, src)
+    assert 'id="index-stale"' not in s3.get_object(Bucket=bucket, Key="out/report/index.html")["Body"].read().decode()
+
+    # a video added after `framepipe people`: the report says the index is behind
+    s3.upload_file(str(MEDIA / "videos/talking_heads/retalking_5.mp4"), bucket, "in/retalking_5.mp4")
+    assert run_cli("extract", f"s3://{bucket}/in/retalking_5.mp4", "--out", f"s3://{bucket}/out",
+                   env_extra=s3_server["env"]).returncode == 0
+    assert run_cli("report", f"s3://{bucket}/out", env_extra=s3_server["env"]).returncode == 0
+    html = s3.get_object(Bucket=bucket, Key="out/report/index.html")["Body"].read().decode()
+    assert 'id="index-stale"' in html and "1 person was added after the last" in html
 
 
 def test_report_of_a_missing_destination_is_one_clear_line():
