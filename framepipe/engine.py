@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import logging
 import re
@@ -25,7 +24,6 @@ from typing import Callable
 
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 
 from framepipe import clustering, schema, selection, sources
 from framepipe.config import Settings
@@ -240,25 +238,19 @@ def write_outputs(
             url = out.write(f"representative/frame_{i:02d}.jpg", f.jpeg)
             reps.append(schema.RepresentativeFrame(url=url, timestamp_s=round(f.pts_s, 3)))
         result = result.model_copy(update={"talent_frames": talent, "representative_frames": reps})
-    people = _parquet(schema.people_table(person_rows))
+    people = schema.parquet_bytes(schema.people_table(person_rows))
     out.write("people.parquet", people)
     if finalize:
         result = finalize(result)
     now = dt.datetime.now(dt.timezone.utc)
     result_url = out.url("result.json")
-    video = _parquet(schema.videos_table([schema.video_row(result, result_url, now)]))
+    video = schema.parquet_bytes(schema.videos_table([schema.video_row(result, result_url, now)]))
     out.write("video.parquet", video)
     if manifest:
         dest.write(f"{manifest}/people/{video_id}.parquet", people)
         dest.write(f"{manifest}/videos/{video_id}.parquet", video)
     out.write("result.json", result.model_dump_json(indent=2).encode())
     return result
-
-
-def _parquet(table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-import posixpath
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -84,8 +83,7 @@ def load_people_index(dest: str | Destination) -> pd.DataFrame | None:
     d = destination(dest)
     if not d.exists(schema.PEOPLE_INDEX):
         return None
-    table = _conform(pq.read_table(io.BytesIO(d.read(schema.PEOPLE_INDEX))), schema.PEOPLE_INDEX_SCHEMA)
-    return table.to_pandas()
+    return _read_tables(d, [schema.PEOPLE_INDEX], schema.PEOPLE_INDEX_SCHEMA).to_pandas()
 
 
 def relative(dest: str | Destination, url: str) -> str:
@@ -101,8 +99,3 @@ def read_output(dest: str | Destination, url: str) -> bytes:
     """The bytes of an output file (a JPEG, say) named by its URL in a manifest."""
     d = destination(dest)
     return d.read(relative(d, url))
-
-
-def web_path(from_dir: str, rel: str) -> str:
-    """A relative link from a file in ``from_dir`` (relative to the destination's root) to ``rel``."""
-    return posixpath.relpath(rel, from_dir or ".")

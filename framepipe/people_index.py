@@ -19,12 +19,9 @@ approximate-nearest-neighbour index is the way.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy.cluster.hierarchy import fcluster, linkage
 
 from framepipe import manifests, schema
@@ -33,14 +30,11 @@ from framepipe.storage import Destination
 
 
 def cluster_embeddings(embeddings: np.ndarray, max_distance: float) -> np.ndarray:
-    """Cluster labels (0..k-1, in order of first appearance) of L2-normalised embeddings (n x d)."""
-    n = len(embeddings)
-    if n == 0:
-        return np.zeros(0, dtype=int)
-    if n == 1:
-        return np.zeros(1, dtype=int)
-    e = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    raw = fcluster(linkage(e.astype(np.float64), method="average", metric="cosine"), t=max_distance, criterion="distance")
+    """Cluster labels (0..k-1, in order of first appearance) of embeddings (n x d), by cosine distance."""
+    if len(embeddings) < 2:
+        return np.zeros(len(embeddings), dtype=int)
+    tree = linkage(embeddings.astype(np.float64), method="average", metric="cosine")
+    raw = fcluster(tree, t=max_distance, criterion="distance")
     order: dict[int, int] = {}
     return np.array([order.setdefault(int(lab), len(order)) for lab in raw])
 
@@ -48,13 +42,13 @@ def cluster_embeddings(embeddings: np.ndarray, max_distance: float) -> np.ndarra
 def build(people: pd.DataFrame, max_distance: float, max_count: int | None = None) -> pd.DataFrame:
     """People rows (``manifests.load_people``) -> people-index rows, sorted by global id then source.
     Raises InputTooLarge when one embedding model has more than ``max_count`` people."""
-    rows: list[dict] = []
+    parts: list[pd.DataFrame] = []
     next_id = 0
     people = people.sort_values(["source", "person_id"], ignore_index=True)
     for model in sorted(people["embedding_model"].fillna("").unique()):
         group = people[people["embedding_model"].fillna("") == model]
         for dim in sorted({len(e) for e in group["embedding"]}):
-            part = group[[len(e) == dim for e in group["embedding"]]].reset_index(drop=True)
+            part = group[[len(e) == dim for e in group["embedding"]]]
             if max_count and len(part) > max_count:
                 raise InputTooLarge(
                     f"{len(part)} people of model {model or '?'}: over the {max_count} that in-memory clustering "
@@ -63,29 +57,18 @@ def build(people: pd.DataFrame, max_distance: float, max_count: int | None = Non
             emb = np.stack([np.asarray(e, dtype=np.float32) for e in part["embedding"]])
             emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
             labels = cluster_embeddings(emb, max_distance)
-            for lab in range(int(labels.max()) + 1 if len(labels) else 0):
-                members = np.flatnonzero(labels == lab)
+            similarity = np.empty(len(part), dtype=np.float32)
+            for lab in range(int(labels.max()) + 1):
+                members = labels == lab
                 centre = emb[members].mean(axis=0)
-                centre /= max(float(np.linalg.norm(centre)), 1e-12)
-                for i in members:
-                    r = part.iloc[i]
-                    rows.append(
-                        {
-                            "global_person_id": next_id,
-                            "video_id": r["video_id"],
-                            "person_id": int(r["person_id"]),
-                            "similarity": round(float(emb[i] @ centre), 4),
-                            "source": r["source"],
-                            "face_url": r["face_url"],
-                            "frame_url": r["frame_url"],
-                            "timestamp_s": float(r["timestamp_s"]),
-                            "quality": float(r["quality"]),
-                            "embedding_model": model or None,
-                            "schema_version": schema.SCHEMA_VERSION,
-                        }
-                    )
-                next_id += 1
-    table = pa.Table.from_pylist(rows, schema=schema.PEOPLE_INDEX_SCHEMA)
+                similarity[members] = emb[members] @ (centre / max(float(np.linalg.norm(centre)), 1e-12))
+            parts.append(part.assign(global_person_id=labels + next_id, similarity=similarity.round(4),
+                                     embedding_model=model or None, schema_version=schema.SCHEMA_VERSION))
+            next_id += int(labels.max()) + 1
+    rows = pd.concat(parts).sort_values("global_person_id", kind="stable") if parts else pd.DataFrame(
+        columns=schema.PEOPLE_INDEX_SCHEMA.names)
+    table = pa.Table.from_pandas(rows[schema.PEOPLE_INDEX_SCHEMA.names], schema=schema.PEOPLE_INDEX_SCHEMA,
+                                 preserve_index=False)
     return table.to_pandas()
 
 
@@ -94,9 +77,7 @@ def write(dest: str | Destination, max_distance: float, max_count: int | None = 
     d = manifests.destination(dest)
     index = build(manifests.load_people(d), max_distance, max_count)
     table = pa.Table.from_pandas(index, schema=schema.PEOPLE_INDEX_SCHEMA, preserve_index=False)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    d.write(schema.PEOPLE_INDEX, buf.getvalue())
+    d.write(schema.PEOPLE_INDEX, schema.parquet_bytes(table))
     return index
 
 

@@ -99,8 +99,8 @@ def build_pages(d: Destination) -> dict[str, str]:
     people = manifests.load_people(d)
     index = manifests.load_people_index(d)
     env = _env()
-    rel = lambda url: manifests.relative(d, url)  # noqa: E731
-    link = lambda page_dir, url: posixpath.relpath(rel(url), page_dir)  # noqa: E731
+    def link(page_dir: str, url: str) -> str:  # from a page in page_dir to an output named by its URL
+        return posixpath.relpath(manifests.relative(d, url), page_dir)
 
     global_of: dict[tuple[str, int], int] = {}
     global_videos: dict[int, int] = {}
@@ -111,8 +111,7 @@ def build_pages(d: Destination) -> dict[str, str]:
     pages: dict[str, str] = {}
     cards = []
     by_video = {vid: g for vid, g in people.groupby("video_id")}
-    for v in videos.itertuples(index=False):
-        v = pd.Series(v._asdict())
+    for _, v in videos.iterrows():
         page = f"{VIDEO_DIR}/{v.video_id}.html"
         persons = by_video.get(v.video_id, people.iloc[0:0]).sort_values("person_id")
         is_video = v.get("media_type") != "image"
@@ -147,7 +146,6 @@ def build_pages(d: Destination) -> dict[str, str]:
             "status": v.status,
             "is_video": is_video,
             "meta": _meta_rows(v),
-            "warnings": [],
             "persons": person_docs,
             "frames": [{"src": link(VIDEO_DIR, u), "time": fmt_time(t)} for u, t in reps],
             "start": fmt_time(start),

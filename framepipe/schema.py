@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+import io
+
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 SCHEMA_VERSION = "1.1"
@@ -212,3 +215,10 @@ def videos_table(rows: list[dict]) -> pa.Table:
 
 def people_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=PERSON_SCHEMA)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as the bytes of a Parquet file, as every manifest file is written (zstd)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()

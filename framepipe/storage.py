@@ -68,34 +68,31 @@ class Destination:
         bucket, key = s3.split_s3_url(url)
         return self._s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds)
 
-    def list(self, relpath: str) -> list[str]:
-        """Names of the files directly under ``relpath`` (empty if it does not exist)."""
+    def _children(self, relpath: str) -> tuple[list[str], list[str]]:
+        """(files, folders) directly under ``relpath``; S3 folders are the common prefixes of one delimited listing."""
         url = self.url(relpath).rstrip("/") + "/"
         if self.is_s3:
             _, key = s3.split_s3_url(url)
-            names = []
-            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=key):
-                names += [o["Key"][len(key) :] for o in page.get("Contents", []) if "/" not in o["Key"][len(key) :]]
-            return names
+            files, dirs = [], []
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=key, Delimiter="/"):
+                files += [o["Key"][len(key) :] for o in page.get("Contents", [])]
+                dirs += [p["Prefix"][len(key) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
+            return files, dirs
         try:
-            return [e.name for e in os.scandir(url) if e.is_file() and not e.name.endswith(".part")]
+            with os.scandir(url) as it:
+                entries = [*it]
         except FileNotFoundError:
-            return []
+            return [], []
+        files = [e.name for e in entries if e.is_file() and not e.name.endswith(".part")]
+        return files, [e.name for e in entries if e.is_dir()]
+
+    def list(self, relpath: str) -> list[str]:
+        """Names of the files directly under ``relpath`` (empty if it does not exist)."""
+        return self._children(relpath)[0]
 
     def dirs(self, relpath: str) -> list[str]:
         """Names of the folders (S3: common prefixes) directly under ``relpath``."""
-        url = self.url(relpath).rstrip("/") + "/"
-        if self.is_s3:
-            _, key = s3.split_s3_url(url)
-            key = "" if key == "/" else key
-            names = []
-            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=key, Delimiter="/"):
-                names += [p["Prefix"][len(key) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
-            return names
-        try:
-            return [e.name for e in os.scandir(url) if e.is_dir()]
-        except FileNotFoundError:
-            return []
+        return self._children(relpath)[1]
 
     def exists(self, relpath: str) -> bool:
         url = self.url(relpath)

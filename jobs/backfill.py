@@ -54,7 +54,6 @@ PERFORMANCE_ONLY = frozenset(
 # Failures worth retrying on a re-run (the others are properties of the file and are final).
 TRANSIENT = frozenset({SourceUnreachable.code, "destination_error", "model_not_found", "internal_error"})
 FRAMES_PER_BLOCK = 8
-MANIFESTS = schema.MANIFESTS  # DEST/manifests/{videos,people}/<video_id>.parquet
 
 
 def settings_key(settings: Settings) -> str:
@@ -190,15 +189,14 @@ def reduce_video(group: dict, settings_json: str, dest: str, markers: dict) -> d
             stats = tuple(json.loads(str(group["stats"][i])))
             acc.add_encoded(pts, pickle.loads(group["faces"][i]), stats, bytes(group["jpeg"][i]))
         result = engine.finish_video(
-            destination, video_id, meta, acc, lambda: processing(acc.frames_sampled, len(acc.records)), model,
-            manifest=MANIFESTS,
+            destination, video_id, meta, acc, lambda: processing(acc.frames_sampled, len(acc.records)), model
         )
     except FramepipeError as e:
-        result = engine.record_failure(destination, video_id, meta, e, processing(), model, settings, MANIFESTS)
+        result = engine.record_failure(destination, video_id, meta, e, processing(), model, settings)
     except Exception as e:  # a bug must cost one video, not the backfill
         log.exception("reduce of %s failed", video_id)
         err = FramepipeError.with_code("internal_error", f"{type(e).__name__}: {e}")
-        result = engine.record_failure(destination, video_id, meta, err, processing(), model, settings, MANIFESTS)
+        result = engine.record_failure(destination, video_id, meta, err, processing(), model, settings)
     if result.status == "succeeded" or (result.error and result.error.type not in TRANSIENT):
         destination.write(f"_done/{markers[video_id]}", b"")
     return {
