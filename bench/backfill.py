@@ -39,7 +39,7 @@ def videos_dir(copies: int) -> tuple[str, int]:
 
 def sequential(src: str, models: str) -> float:
     warnings.filterwarnings("ignore")
-    from framepipe import engine
+    from framepipe import pipeline
     from framepipe.config import Settings
     from framepipe.faces import load_face_model
 
@@ -48,7 +48,7 @@ def sequential(src: str, models: str) -> float:
     settings = Settings(models=models)
     model = load_face_model(settings)
     for name in sorted(os.listdir(src)):
-        engine.extract(os.path.join(src, name), out, settings, model=model)
+        pipeline.extract(os.path.join(src, name), out, settings, model=model)
     elapsed = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     return elapsed

@@ -101,14 +101,14 @@ PROTOTYPE_RULES = {"min_face_px": 8, "singleton_min_quality": 1.0}
 def phase_engine(video: str, pack: str, det_size: int, out: str, sampling: str = "exact") -> dict:
     import pyarrow.parquet as pq
 
-    from framepipe import engine
+    from framepipe import pipeline
     from framepipe.config import Settings
 
     t0 = time.perf_counter()
     rules = PROTOTYPE_RULES if sampling == "exact-prototype-rules" else {}
     sampling = "exact" if rules else sampling
     settings = Settings(models=pack, det_size=det_size, sampling=sampling, **rules)
-    result = engine.extract(video, out, settings, raise_errors=True)
+    result = pipeline.extract(video, out, settings, raise_errors=True)
     wall = time.perf_counter() - t0
     people_url = result.representative_frames[0].url.rsplit("/representative/", 1)[0] + "/people.parquet"
     if people_url.startswith("s3://"):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from framepipe import clustering, engine
+from framepipe import clustering, pipeline
+from framepipe.analyzer import LocalAnalyzer
 from framepipe.config import Settings
-from framepipe.faces import load_face_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -41,16 +41,13 @@ def main() -> None:
     args = ap.parse_args()
     gt = json.loads((SHARED / "media/ground_truth.json").read_text())
     settings = Settings(models=args.models)
-    model = load_face_model(settings)
+    analyzer = LocalAnalyzer.load(settings)
     data = {}
     for key, truth in gt.items():
         if not key.startswith("videos/") or not truth.get("accept"):
             continue
-        p = engine.plan(str(SHARED / "media" / key), settings)
-        acc = engine.VideoAccumulator(p.stream.info, settings)
-        for frame in p.stream.read(p.times):
-            acc.add(frame, model.analyze(frame.image))
-        data[key] = (truth, acc.records)
+        state = pipeline.analyse_video(str(SHARED / "media" / key), settings, analyzer)
+        data[key] = (truth, state.people.records)
     print(f"{len(data)} videos; rows: eps, columns: singleton_min_quality; cell: videos in range (+composed ok)")
     qs = [0.3, 0.4, 0.45, 0.5, 0.6, 1.01]
     print("eps   " + "".join(f"{q:>9}" for q in qs))

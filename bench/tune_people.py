@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from framepipe import engine, manifests, people_index
+from framepipe import manifests, people_index, pipeline
 from framepipe.config import Settings
 from framepipe.faces import load_face_model
 
@@ -50,7 +50,7 @@ def main() -> None:
     if not (CACHE / "manifests" / "people").is_dir() or len(list((CACHE / "manifests" / "people").iterdir())) < len(keys):
         model = load_face_model(settings)
         for k in keys:
-            engine.extract(str(MEDIA / k), str(CACHE), settings, model=model, raise_errors=True)
+            pipeline.extract(str(MEDIA / k), str(CACHE), settings, model=model, raise_errors=True)
     people = manifests.load_people(CACHE)
     people["label"] = [label(str(Path(s).relative_to(MEDIA)), list(seen)) for s, seen in zip(people.source, people.seen_s)]
     known = people[people.label.notna()].reset_index(drop=True)

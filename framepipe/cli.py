@@ -1,11 +1,12 @@
 """Command line.
 
-* ``framepipe extract SOURCE --out DEST [--models PACK] [--json]``: one video (or photo);
+* ``framepipe extract SOURCE --out DEST [--models PACK] [--json]``: one video (or photo); a folder or an
+  ``s3://`` prefix: every video under it, one after another in this process, with done markers (no Ray);
 * ``framepipe people DEST``: the same person across every video of a destination (``people_index.parquet``);
 * ``framepipe report DEST``: a static HTML contact sheet of a destination (``DEST/report/index.html``).
 
-Exit codes: 0 success, 1 the video failed or the destination cannot be read (one line on stderr says why),
-2 bad usage, 70 internal error.
+Exit codes: 0 success, 1 the video (or one of the videos) failed or the destination cannot be read (one line on
+stderr says why), 2 bad usage, 70 internal error (a bug of ours: bad input is never one).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("extract", help="process one video: talent frames, representative frames, manifest")
-    ex.add_argument("source", help="local path, http(s) URL or s3://bucket/key")
+    ex.add_argument("source", help="local path, http(s) URL or s3://bucket/key; a folder or s3:// prefix: every video "
+                    "under it")
     ex.add_argument("--out", required=True, help="local directory or s3://bucket/prefix")
     ex.add_argument("--models", help="InsightFace pack name or folder (env FRAMEPIPE_MODELS; default buffalo_l)")
     ex.add_argument("--json", action="store_true", help="print result.json to stdout")
@@ -36,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the models run (default auto)")
     ex.add_argument("--det-size", type=int, help="detector input size (default 640)")
     ex.add_argument("--require-faces", action="store_true", default=None, help="fail when no person is found")
+    ex.add_argument("--force", action="store_true", help="folder/prefix: redo inputs that are done already")
+    ex.add_argument("--limit", type=int, help="folder/prefix: take at most this many inputs from the listing")
+    ex.add_argument("--images", action="store_true", help="folder/prefix: photos too, as one-frame inputs")
     pe = sub.add_parser("people", help="link the same person across the videos of a destination")
     pe.add_argument("dest", help="local directory or s3://bucket/prefix written by extract, the backfill or Serve")
     pe.add_argument("--max-distance", type=float, help="average-linkage cosine distance (default 0.6)")
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("people", "report"):
             return _destination_command(args)
-        from framepipe import engine
+        from framepipe import outputs, pipeline, sources
         from framepipe.config import Settings
 
         try:
@@ -105,13 +110,15 @@ def main(argv: list[str] | None = None) -> int:
             first = e.errors()[0]
             print(f"framepipe: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
             return EXIT_USAGE
+        if not sources.is_single_input(args.source, images=args.images):
+            return _extract_many(args, settings)
         bar, update = _progress_bar(sys.stderr.isatty())
         try:
-            result = engine.extract(args.source, args.out, settings, progress=update)
+            result = pipeline.extract(args.source, args.out, settings, progress=update)
         finally:
             bar.close()
         if args.json:
-            print(engine.result_json(result))
+            print(outputs.result_json(result))
         if result.status != "succeeded":
             print(f"framepipe: failed: {result.error.type}: {result.error.message}", file=sys.stderr)
             return EXIT_FAILED
@@ -125,6 +132,34 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"framepipe: internal error: {type(e).__name__}: {e} (rerun with --debug for details)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _extract_many(args, settings) -> int:
+    """Every video under a folder or prefix, in this process (models loaded once), with done markers."""
+    import json
+
+    from framepipe import pipeline
+    from framepipe.analyzer import LocalAnalyzer
+    from framepipe.errors import FramepipeError
+
+    try:
+        analyzer = LocalAnalyzer.load(settings)
+
+        def one(result) -> None:
+            what = (f"{len(result.talent_frames)} people" if result.status == "succeeded"
+                    else f"failed: {result.error.type}: {result.error.message}")
+            print(f"{result.video_id}: {what} ({result.processing.duration_s:.1f} s)", flush=True)
+
+        summary = pipeline.process_many(args.source, args.out, settings, analyzer, force=args.force,
+                                        limit=args.limit, images=args.images, on_result=one)
+    except FramepipeError as e:
+        print(f"framepipe: failed: {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_FAILED
+    print("extract summary: " + json.dumps(summary.as_dict()), flush=True)
+    if summary.skipped:
+        print(f"  {summary.skipped} done already (same object, settings and framepipe version): skipped; "
+              "--force redoes them", file=sys.stderr)
+    return EXIT_FAILED if summary.failed else EXIT_OK
 
 
 def _destination_command(args) -> int:

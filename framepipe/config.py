@@ -7,9 +7,10 @@ request settings) with :meth:`Settings.with_overrides`.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     )
     prefetch_frames: int = Field(
         4, ge=1, le=64, description="Decoded frames queued ahead of the models (decoding runs in its own thread)."
+    )
+    analyze_batch: int = Field(
+        4, ge=1, le=64, description="Frames handed to the face models per call (their faces embedded together)."
     )
     backend: Literal["auto", "decord", "pyav"] = Field(
         "auto", description="Decoder: auto = PyAV skipping unneeded frames (H.264/HEVC in MP4/MOV/MKV), else decord, "
@@ -94,6 +98,13 @@ class Settings(BaseSettings):
     )
     price_gpu_usd_per_hour: float = Field(0.526, ge=0, description="AWS g4dn.xlarge (1x T4) on-demand, us-east-1.")
     price_cpu_usd_per_hour: float = Field(0.17, ge=0, description="AWS c6i.xlarge (4 vCPU) on-demand, us-east-1.")
+
+    @field_validator("models")
+    @classmethod
+    def _absolute_pack_folder(cls, value: str) -> str:
+        """A pack folder given relative to the current directory works from any worker's directory too."""
+        path = os.path.expanduser(value)
+        return os.path.abspath(path) if os.path.isdir(path) else value
 
     def with_overrides(self, **overrides) -> "Settings":
         """A copy with the given non-None fields replaced (validated)."""

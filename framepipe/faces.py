@@ -164,19 +164,27 @@ class FaceModel:
                 faces.append(face)
         return faces
 
-    def embed(self, image: np.ndarray, face: Face) -> None:
-        """Align, score and embed one face in place."""
-        aligned = self._norm_crop(image, landmark=face.kps, image_size=112)
-        face.factors = quality_factors(face.det_score, face.bbox, face.kps, aligned)
-        face.quality = quality_score(face.factors)
-        feat = self.recognizer.get_feat(aligned).reshape(-1).astype(np.float32)
-        face.embedding = feat / (np.linalg.norm(feat) + 1e-12)
-
     def analyze(self, image: np.ndarray) -> list[Face]:
-        faces = self.detect(image)
-        for face in faces:
-            self.embed(image, face)
-        return faces
+        return self.analyze_batch([image])[0]
+
+    def analyze_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """Faces of each frame: detection per frame, then every face of every frame aligned, scored and embedded
+        in one recognizer call (the recognizer takes any batch size)."""
+        found = [self.detect(image) for image in images]
+        aligned = []
+        for image, faces in zip(images, found):
+            for face in faces:
+                crop = self._norm_crop(image, landmark=face.kps, image_size=112)
+                face.factors = quality_factors(face.det_score, face.bbox, face.kps, crop)
+                face.quality = quality_score(face.factors)
+                aligned.append(crop)
+        if aligned:
+            feats = self.recognizer.get_feat(aligned).reshape(len(aligned), -1).astype(np.float32)
+            feats /= np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12
+            flat = [f for faces in found for f in faces]
+            for face, feat in zip(flat, feats):
+                face.embedding = feat
+        return found
 
 
 @functools.lru_cache(maxsize=4)

@@ -24,7 +24,8 @@ class _Failure:
 def prefetch(*sources: Iterable[T], depth: int = 4) -> Iterator[Iterator[T]]:
     """``with prefetch(a, b) as items: for x in items: ...``: each source runs in its own thread and their items
     arrive interleaved. Errors of a producer are raised in the consumer; leaving the block early stops the
-    producers and waits for them (so the sources can be closed safely)."""
+    producers and waits for them. Each source that is a generator is closed in its own thread, so its ``finally``
+    (closing a decoder, say) never runs while another thread is inside it."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -45,6 +46,14 @@ def prefetch(*sources: Iterable[T], depth: int = 4) -> Iterator[Iterator[T]]:
         except BaseException as e:  # handed to the consumer
             put(_Failure(e))
         finally:
+            # A generator's own clean-up (closing its decoder) runs here, in the thread that used it: never from
+            # another thread while this one may still be inside the decoder.
+            close = getattr(items, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as e:  # noqa: BLE001 - reported to the consumer like any producer error
+                    put(_Failure(e))
             put(_END)
 
     threads = [

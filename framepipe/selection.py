@@ -22,9 +22,19 @@ A video with fewer decodable frames than ``count`` yields all of them, and says 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import cv2
 import numpy as np
+
+
+class FrameMeasure(NamedTuple):
+    """What the picker knows of a frame: mean luma (0-255), sharpness (Laplacian variance at 320 px wide) and a
+    64-bit difference hash."""
+
+    luma: float
+    sharpness: float
+    dhash: int
 
 
 @dataclass
@@ -39,8 +49,8 @@ class FrameStats:
         return self.luma < black_luma, self.sharpness < blur_min
 
 
-def measure(image: np.ndarray) -> tuple[float, float, int]:
-    """(mean luma, Laplacian variance at 320 px wide, 64-bit dHash) of a BGR frame."""
+def measure(image: np.ndarray) -> FrameMeasure:
+    """The :class:`FrameMeasure` of a BGR frame."""
     h, w = image.shape[:2]
     small = cv2.resize(image, (320, max(1, round(h * 320 / w))), interpolation=cv2.INTER_AREA)
     grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
@@ -49,7 +59,7 @@ def measure(image: np.ndarray) -> tuple[float, float, int]:
     thumb = cv2.resize(grey, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
     bits = (thumb[:, 1:] > thumb[:, :-1]).flatten()
     dhash = int(np.packbits(bits).view(">u8")[0])
-    return luma, sharp, dhash
+    return FrameMeasure(luma, sharp, dhash)
 
 
 def hamming(a: int, b: int) -> int:
@@ -87,7 +97,7 @@ class RepresentativePicker:
         black, blurred = f.flags(self.black_luma, self.blur_min)
         return (not black, not blurred, f.sharpness)
 
-    def wants(self, pts_s: float, stats: tuple[float, float, int]) -> bool:
+    def wants(self, pts_s: float, stats: FrameMeasure) -> bool:
         """Would a frame with these measurements be kept? (Saves encoding frames that will not be.)"""
         b = self.bins[self._bin_of(pts_s)]
         if len(b) < self.keep_per_bin:

@@ -6,8 +6,10 @@ not grow with the object's size and no temporary file is written (as the prototy
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from typing import Iterator
 from urllib.parse import urlparse
 
 import requests
@@ -15,6 +17,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from framepipe import s3
 from framepipe.errors import InputTooLarge, SourceNotFound, SourceUnreachable
+
+log = logging.getLogger(__name__)
 
 PRESIGN_SECONDS = 6 * 3600
 
@@ -100,13 +104,23 @@ VIDEO_EXTENSIONS = frozenset(
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
-def list_videos(root: str, timeout_s: float = 30.0, images: bool = False) -> list[Source]:
-    """Every video file (by extension) under a local directory or ``s3://bucket/prefix``, sorted by source;
-    a single video file or object is a list of one. ``images``: photos too (each is a one-frame input)."""
-    found: list[Source] = []
+def is_single_input(root: str, images: bool = False) -> bool:
+    """Does ``root`` name one input (a video or photo file or object) rather than a folder or prefix?"""
+    wanted = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+    if root.startswith(("s3://", "http://", "https://")):
+        return os.path.splitext(urlparse(root).path)[1].lower() in wanted
+    return not os.path.isdir(os.path.expanduser(root))
+
+
+def iter_videos(root: str, timeout_s: float = 30.0, images: bool = False) -> Iterator[Source]:
+    """Every video file (by extension) under a local directory or ``s3://bucket/prefix``, listed lazily (S3 a page of
+    1,000 keys at a time, folders one at a time, both in name order); a single file or object is a list of one.
+    ``images``: photos too (each a one-frame input). Entries that cannot be read (a dangling symlink) are skipped
+    with a warning rather than stopping the listing."""
     wanted = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS if images else VIDEO_EXTENSIONS
     if os.path.splitext(root)[1].lower() in wanted and (root.startswith("s3://") or os.path.isfile(root)):
-        return [resolve(root, timeout_s=timeout_s)]
+        yield resolve(root, timeout_s=timeout_s)
+        return
     if root.startswith("s3://"):
         bucket, prefix = s3.split_s3_url(root)
         prefix = prefix.rstrip("/") + "/" if prefix else ""
@@ -116,17 +130,22 @@ def list_videos(root: str, timeout_s: float = 30.0, images: bool = False) -> lis
                 for obj in page.get("Contents", []):
                     if os.path.splitext(obj["Key"])[1].lower() in wanted:
                         url = f"s3://{bucket}/{obj['Key']}"
-                        found.append(Source(url, url, obj["Size"], f"etag={obj['ETag'].strip(chr(34))}"))
+                        yield Source(url, url, obj["Size"], f"etag={obj['ETag'].strip(chr(34))}")
         except ClientError as e:
             raise SourceNotFound(f"cannot list {root}: {e.response.get('Error', {}).get('Code', e)}") from None
-    else:
-        top = os.path.abspath(os.path.expanduser(root))
-        if not os.path.isdir(top):
-            raise SourceNotFound(f"no such directory: {root}")
-        for folder, _, files in os.walk(top):
-            for name in files:
-                if os.path.splitext(name)[1].lower() in wanted:
-                    path = os.path.join(folder, name)
+        return
+    top = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(top):
+        raise SourceNotFound(f"no such directory: {root}")
+    for folder, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in sorted(files):
+            if os.path.splitext(name)[1].lower() in wanted:
+                path = os.path.join(folder, name)
+                try:
                     st = os.stat(path)
-                    found.append(Source(path, path, st.st_size, f"size={st.st_size};mtime={int(st.st_mtime)}"))
-    return sorted(found, key=lambda s: s.source)
+                except OSError as e:  # a dangling symlink, a file removed meanwhile
+                    log.warning("skipping %s: %s", path, e.strerror or e)
+                    continue
+                yield Source(path, path, st.st_size, f"size={st.st_size};mtime={int(st.st_mtime)}")
+

@@ -23,6 +23,7 @@ class Destination:
 
     def __init__(self, root: str, timeout_s: float = 30.0):
         self.root = root.rstrip("/")
+        self.timeout_s = timeout_s
         self.is_s3 = root.startswith("s3://")
         if self.is_s3:
             self.bucket, self.prefix = s3.split_s3_url(self.root)
@@ -36,7 +37,7 @@ class Destination:
         return os.path.join(self.root, relpath)
 
     def child(self, relpath: str) -> "Destination":
-        return Destination(self.url(relpath))
+        return Destination(self.url(relpath), timeout_s=self.timeout_s)
 
     def write(self, relpath: str, data: bytes) -> str:
         url = self.url(relpath)

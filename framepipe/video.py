@@ -121,9 +121,14 @@ def _open_container(uri: str, timeout_s: float) -> av.container.InputContainer:
     except av.error.HTTPError as e:
         raise SourceUnreachable(f"HTTP error while opening the video: {e}") from None
     except (av.error.ExitError, av.error.OSError, TimeoutError, OSError) as e:
-        raise SourceUnreachable(f"cannot read the video: {e}") from None
+        if uri.startswith(("http://", "https://")):
+            raise SourceUnreachable(f"cannot read the video: {e}") from None
+        # a local file that opens but cannot be read: FFmpeg answers EIO for malformed data
+        raise CorruptVideo(f"cannot read the video: {str(e).split(';')[0]}") from None
     except av.error.FFmpegError as e:
         raise NotAVideo(f"cannot open as a video: {e}") from None
+    except Exception as e:  # PyAV raises UnicodeDecodeError, AttributeError... on damaged headers
+        raise CorruptVideo(f"the container's header is damaged ({type(e).__name__})") from None
 
 
 def _rotation_of(frame: av.VideoFrame) -> int:
@@ -135,65 +140,73 @@ def probe(uri: str, timeout_s: float = 30.0, max_pixels: int | None = None) -> t
     """Read the metadata of the first video stream, and the keyframe times where the container indexes them."""
     container = _open_container(uri, timeout_s)
     try:
-        if not container.streams.video:
-            raise NotAVideo("the file has no video stream")
-        stream = container.streams.video[0]
-        tb = float(stream.time_base)
-        codec = stream.codec_context.codec.canonical_name  # "av1", not the decoder "libdav1d"
-        width, height = stream.codec_context.width, stream.codec_context.height
-        if max_pixels and width * height > max_pixels:
-            raise InputTooLarge(f"frame size {width}x{height} exceeds the cap of {max_pixels} pixels")
-        first_frame = None
-        try:
-            for first_frame in container.decode(stream):
-                break
-        except av.error.FFmpegError as e:
-            raise CorruptVideo(f"cannot decode the first frame: {e}") from None
-        if first_frame is None:
-            raise NoFrames("the video stream holds no decodable frame")
-        start_s = float(first_frame.pts * tb) if first_frame.pts is not None else 0.0
-        rotation = _rotation_of(first_frame)
-        if rotation in (90, 270):
-            width, height = height, width
-        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-        if stream.duration:
-            duration_s = float(stream.duration * tb)
-        elif container.duration:
-            duration_s = container.duration / 1e6 - max(0.0, start_s - (container.start_time or 0) / 1e6)
-        else:
-            duration_s = 0.0
-        total, count_source = int(stream.frames or 0), "container"
-        keyframes: list[float] = []
-        entries = stream.index_entries
-        if entries:
-            keyframes = [e.timestamp * tb for e in entries if e.is_keyframe]
-            if not total:
-                total, count_source = len(entries), "index"
-        if not total and fps and duration_s:
-            total, count_source = int(round(duration_s * fps)), "estimate"
-        if not fps and total and duration_s:
-            fps = total / duration_s
-        if not duration_s and total and fps:
-            duration_s = total / fps
-        is_image = container.format.name == "image2" or container.format.name.endswith("_pipe")
-        if is_image:
-            fps, total, duration_s, count_source = 0.0, 1, 0.0, "image"
-        info = VideoInfo(
-            width=width,
-            height=height,
-            fps=fps,
-            total_frames=total,
-            duration_s=duration_s,
-            start_s=start_s,
-            codec=codec,
-            rotation=rotation,
-            stream_index=stream.index,
-            frame_count_source=count_source,
-            media_type="image" if is_image else "video",
-        )
-        return info, keyframes
+        return _probe(container, max_pixels)
+    except FramepipeError:
+        raise
+    except Exception as e:  # damaged headers surface as anything from PyAV (AttributeError, UnicodeDecodeError...)
+        raise CorruptVideo(f"cannot read the video's header ({type(e).__name__}: {str(e)[:120]})") from None
     finally:
         container.close()
+
+
+def _probe(container, max_pixels: int | None) -> tuple[VideoInfo, list[float]]:
+    if not container.streams.video:
+        raise NotAVideo("the file has no video stream")
+    stream = container.streams.video[0]
+    tb = float(stream.time_base)
+    codec = stream.codec_context.codec.canonical_name  # "av1", not the decoder "libdav1d"
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if max_pixels and width * height > max_pixels:
+        raise InputTooLarge(f"frame size {width}x{height} exceeds the cap of {max_pixels} pixels")
+    first_frame = None
+    try:
+        for first_frame in container.decode(stream):
+            break
+    except av.error.FFmpegError as e:
+        raise CorruptVideo(f"cannot decode the first frame: {e}") from None
+    if first_frame is None:
+        raise NoFrames("the video stream holds no decodable frame")
+    start_s = float(first_frame.pts * tb) if first_frame.pts is not None else 0.0
+    rotation = _rotation_of(first_frame)
+    if rotation in (90, 270):
+        width, height = height, width
+    fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+    if stream.duration:
+        duration_s = float(stream.duration * tb)
+    elif container.duration:
+        duration_s = container.duration / 1e6 - max(0.0, start_s - (container.start_time or 0) / 1e6)
+    else:
+        duration_s = 0.0
+    total, count_source = int(stream.frames or 0), "container"
+    keyframes: list[float] = []
+    entries = stream.index_entries
+    if entries:
+        keyframes = [e.timestamp * tb for e in entries if e.is_keyframe]
+        if not total:
+            total, count_source = len(entries), "index"
+    if not total and fps and duration_s:
+        total, count_source = int(round(duration_s * fps)), "estimate"
+    if not fps and total and duration_s:
+        fps = total / duration_s
+    if not duration_s and total and fps:
+        duration_s = total / fps
+    is_image = container.format.name == "image2" or container.format.name.endswith("_pipe")
+    if is_image:
+        fps, total, duration_s, count_source = 0.0, 1, 0.0, "image"
+    info = VideoInfo(
+        width=width,
+        height=height,
+        fps=fps,
+        total_frames=total,
+        duration_s=duration_s,
+        start_s=start_s,
+        codec=codec,
+        rotation=rotation,
+        stream_index=stream.index,
+        frame_count_source=count_source,
+        media_type="image" if is_image else "video",
+    )
+    return info, keyframes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,13 +297,11 @@ class DecordStream:
         return sorted(set(int(i) for i in idx))
 
     def read(self, times: Sequence[float], keyframes: bool = False) -> Iterator[Frame]:
-        import decord
-
         done = 0
         for i in self._indices(times, keyframes):
             try:
                 rgb = self._vr[i].asnumpy()
-            except decord.DECORDError as e:
+            except Exception as e:  # decord.DECORDError, and whatever a damaged stream makes it raise
                 if done == 0:
                     raise CorruptVideo(f"cannot decode frame {i}: {str(e).splitlines()[0][:160]}") from None
                 self.warnings.append(_damaged(float(self._pts[i])))
@@ -363,11 +374,15 @@ class PyAVStream:
         self._args = (uri, info, keyframe_times, timeout_s, threads)
         self._keyframes = np.asarray(sorted(keyframe_times), dtype=np.float64)
         self._container = _open_container(uri, timeout_s)
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
-        if threads:
-            self._stream.thread_count = threads
-        self.skips_nonref = nonref_detector(self._stream) is not None
+        try:
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_type = "AUTO"
+            if threads:
+                self._stream.thread_count = threads
+            self.skips_nonref = nonref_detector(self._stream) is not None
+        except Exception as e:
+            self._container.close()
+            raise CorruptVideo(f"cannot open the video stream ({type(e).__name__})") from None
 
     def _keyframe_between(self, a: float, b: float) -> bool:
         """Is there a keyframe in (a, b]? Without an index, assume one every 2 s (seek only for gaps over it)."""
@@ -450,9 +465,11 @@ class PyAVStream:
                         break
                 else:
                     return  # end of stream
-        except av.error.FFmpegError as e:
+        except FramepipeError:
+            raise
+        except Exception as e:  # av.FFmpegError, and what PyAV raises on damaged streams (UnicodeDecodeError...)
             if done == 0:
-                raise CorruptVideo(f"cannot decode the video: {e}") from None
+                raise CorruptVideo(f"cannot decode the video: {type(e).__name__}: {str(e)[:160]}") from None
             self.warnings.append(_damaged(max(pos, 0.0)))
         finally:
             stream.codec_context.skip_frame = "DEFAULT"

@@ -1,211 +1,274 @@
-"""Backfill every video under a prefix with Ray Data.
+"""Backfill every video under a prefix with Ray Data, streaming.
 
-    python -m jobs.backfill --source SRC --dest DEST [--models PACK] [--force] [resource options]
+    python -m jobs.backfill --source SRC --dest DEST [--models PACK] [--force] [--limit N] [resource options]
 
 SRC is ``s3://bucket/prefix`` or a local directory (every video file under it); DEST a local directory or
-``s3://bucket/prefix``. The pipeline, in waves of ``--wave-size`` videos:
+``s3://bucket/prefix``. The same per-video pipeline as ``framepipe extract`` (``framepipe/pipeline.py``), its
+parts spread over the cluster:
 
-    list videos -> decode sampled frames (CPU tasks, one video each, frames streamed out in small batches)
-                -> faces: detection + embedding (actor pool, model loaded once per actor; GPU on GPU workers)
-                -> per-video reduce (groupby video: cluster people, pick talent and representative frames)
-                -> JPEGs, result.json and Parquet, written by the reduce
+    listing     one task lists SRC a page at a time (nothing is listed up front by the driver)
+    decode      a CPU task per video: done-marker check, FrameSource (sampling, parallel parts, measures),
+                the representative-frame picks; frames leave as a uint8 tensor column, the video's metadata
+                once, in its last row
+    faces       map_batches over an actor pool (ActorPoolStrategy): the models once per actor, GPU on GPU
+                nodes; a frame's JPEG is encoded only when it holds a face
+    finish      a Ray task per video, started by the driver as soon as the video's last frame is analysed:
+                people (clustering), outputs, manifest rows, done marker
 
-Every step calls framepipe's engine (``engine.plan``, ``FaceModel.analyze``, ``VideoAccumulator``,
-``engine.finish_video``), so a video's outputs equal what ``framepipe extract`` writes for it.
+No wave barrier and no shuffle: a short video's outputs are written while a long one is still decoding. Ray Data
+has no streaming per-key reduce (``groupby`` is an all-to-all that waits for every input), so the driver gathers
+each video's small face rows from the stream and hands a complete video to a Ray Core task.
 
-Outputs, besides each video's folder ``DEST/<video_id>/``:
-
-* ``DEST/manifests/videos/<video_id>.parquet``: one row per input video, succeeded or failed (VIDEO_SCHEMA);
-* ``DEST/manifests/people/<video_id>.parquet``: one row per person (PERSON_SCHEMA);
-  ``pd.read_parquet("DEST/manifests/videos")`` reads a whole backfill in one call.
-* ``DEST/_done/<video_id>.<key>``: written last for a finished video. The key hashes the object's identity
-  (ETag, or size and mtime) and the settings that change results, so a re-run skips what is done, redoes a video
-  whose object or settings changed, and an interrupted run loses nothing already finished. ``--force`` redoes all.
+Outputs, besides each video's folder ``DEST/<video_id>/``: ``DEST/manifests/videos/<video_id>.parquet`` (one row
+per input, succeeded or failed), ``DEST/manifests/people/<video_id>.parquet`` (one row per person), and
+``DEST/_done/<video_id>.<key>``, written last. The key hashes the object's identity (ETag, or size and mtime), the
+settings that change results and the framepipe and schema versions, so a re-run skips what is done, redoes what
+changed, and a run killed half-way loses nothing finished. ``--force`` redoes all.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
+import math
 import os
 import pickle
+import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
-from framepipe import engine, schema, selection, sources
+from framepipe import ids, outputs, pipeline, schema, selection, sources, state
 from framepipe.config import Settings
-from framepipe.errors import FramepipeError, SourceUnreachable
-from framepipe.faces import load_face_model
+from framepipe.errors import FramepipeError
 from framepipe.storage import Destination
-from framepipe.video import VideoInfo
 
 log = logging.getLogger("framepipe.backfill")
 
-# Settings that do not change a video's results: not part of the done-marker key.
-PERFORMANCE_ONLY = frozenset(
-    {"intra_op_threads", "decode_threads", "decode_workers", "prefetch_frames", "device", "http_timeout_s",
-     "hourly_price_usd", "price_gpu_usd_per_hour", "price_cpu_usd_per_hour", "backend"}
-)
-# Failures worth retrying on a re-run (the others are properties of the file and are final).
-TRANSIENT = frozenset({SourceUnreachable.code, "destination_error", "model_not_found", "internal_error"})
-FRAMES_PER_BLOCK = 8
-
-
-def settings_key(settings: Settings) -> str:
-    data = {k: v for k, v in settings.model_dump().items() if k not in PERFORMANCE_ONLY}
-    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def done_marker(video_id: str, identity: str, skey: str) -> str:
-    return f"{video_id}.{hashlib.sha1(f'{identity}|{skey}'.encode()).hexdigest()[:16]}"
+FRAMES_PER_BATCH = 8  # frames per yield of a decode task
+LIST_PAGE = 1000  # inputs per listing page
+# Environment variables handed to the workers: settings only. Credentials never travel in the runtime env (it is
+# readable in the job table, the dashboard and Ray's logs): nodes use their instance role, profile or own env.
+PASSED_ENV = re.compile(r"^(FRAMEPIPE_(?!SERVE_)\w+|AWS_ENDPOINT_URL\w*|AWS_REGION|AWS_DEFAULT_REGION)$")
 
 
 # --------------------------------------------------------------------------------------------------
-# stage 1: decode (a CPU task per video; frames leave in small batches, so memory stays flat)
+# listing: a page at a time, inside the dataset
 # --------------------------------------------------------------------------------------------------
 
 
-def decode_video(batch: dict, settings_json: str):
-    """One input row (a video) -> batches of frame rows, or one row carrying the error."""
-    settings = Settings.model_validate_json(settings_json)
-    for i in range(len(batch["source"])):
-        source, video_id = str(batch["source"][i]), str(batch["video_id"][i])
-        t0 = time.perf_counter()
-        try:
-            p = engine.plan(source, settings)
-        except FramepipeError as e:
-            meta = engine.video_meta(source, None).model_dump_json()
-            yield _frame_rows(video_id, meta, "", 0, [], error=json.dumps(e.to_dict()), decode_s=0.0)
-            continue
-        info = json.dumps(asdict(p.stream.info))
-        meta = engine.video_meta(source, p).model_dump_json()
-        rows, n, error = [], 0, ""
-        try:
-            for frame in p.stream.read(p.times, keyframes=settings.sampling == "keyframes"):
-                rows.append((frame, selection.measure(frame.image), engine.encode_jpeg(frame.image, settings.jpeg_quality)))
-                n += 1
-                if len(rows) == FRAMES_PER_BLOCK:
-                    yield _frame_rows(video_id, meta, info, -1, rows, decode_s=time.perf_counter() - t0)
-                    rows, t0 = [], time.perf_counter()
-        except FramepipeError as e:
-            error = json.dumps(e.to_dict())
-        finally:
-            p.stream.close()
-        extra = json.dumps({"backend": p.stream.backend, "warnings": p.stream.warnings})
-        # the last batch says how many frames the video has, so the reduce knows it is complete
-        yield _frame_rows(video_id, meta, info, n, rows, error=error, decode_s=time.perf_counter() - t0, extra=extra)
+def list_inputs(batch: dict, root: str, images: bool, timeout_s: float) -> Iterator[dict]:
+    page: list[sources.Source] = []
+    for src in sources.iter_videos(root, timeout_s=timeout_s, images=images):
+        page.append(src)
+        if len(page) == LIST_PAGE:
+            yield _page(page)
+            page = []
+    if page:
+        yield _page(page)
 
 
-def _frame_rows(video_id, meta, info, total, rows, error="", decode_s=0.0, extra="{}") -> dict:
-    """A batch of frame rows; a video with no frame still sends one (empty) row, so that it reaches the reduce."""
-    rows = rows or [(None, None, b"")]
-    k = len(rows)
-    return {
-        "video_id": [video_id] * k,
-        "meta": [meta] * k,
-        "info": [info] * k,
-        "extra": [extra] * k,
-        "total": [total] * k,
-        "error": [error] * k,
-        "decode_s": [decode_s / k] * k,
-        "pts": [f.pts_s if f else -1.0 for f, _, _ in rows],
-        "image": [f.image.tobytes() if f else b"" for f, _, _ in rows],
-        "shape": [json.dumps(f.image.shape) if f else "[]" for f, _, _ in rows],
-        "stats": [json.dumps(list(st)) if st else "[]" for _, st, _ in rows],
-        "jpeg": [jpeg for _, _, jpeg in rows],
-    }
+def _page(srcs: list[sources.Source]) -> dict:
+    return {"source": [s.source for s in srcs], "identity": [s.identity for s in srcs]}
 
 
 # --------------------------------------------------------------------------------------------------
-# stage 2: faces (actor pool)
+# decode: a task per video
 # --------------------------------------------------------------------------------------------------
 
 
-class FaceEmbedder:
-    """Holds the face model (once per actor) and turns frame rows into face rows; raw images stop here."""
+@dataclass
+class VideoSummary:
+    """What a decode task knows of its video, sent once (in the video's last row)."""
 
-    def __init__(self, settings_json: str):
-        self.model = load_face_model(Settings.model_validate_json(settings_json))
-
-    def __call__(self, batch: dict) -> dict:
-        faces, infer_s = [], []
-        for image, shape in zip(batch["image"], batch["shape"]):
-            t0 = time.perf_counter()
-            if len(image):
-                array = np.frombuffer(image, np.uint8).reshape(json.loads(shape))
-                faces.append(pickle.dumps(self.model.analyze(array)))
-            else:
-                faces.append(pickle.dumps([]))
-            infer_s.append(time.perf_counter() - t0)
-        out = {k: v for k, v in batch.items() if k != "image"}
-        out.update(
-            faces=faces,
-            infer_s=infer_s,
-            device=[self.model.device] * len(faces),
-            model=[self.model.pack] * len(faces),
-        )
-        return out
+    video_id: str
+    source: str
+    marker: str
+    started: float  # wall clock (time.time) when the decode task took the video
+    skipped: bool = False
+    meta: schema.VideoMeta | None = None
+    backend: str | None = None
+    frames: int = 0  # frame rows sent before this one
+    representatives: selection.Representatives | None = None
+    warnings: list[str] = field(default_factory=list)
+    error: dict | None = None  # {"type", "message"}
+    node: str = ""
 
 
-# --------------------------------------------------------------------------------------------------
-# stage 3: per-video reduce
-# --------------------------------------------------------------------------------------------------
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
-def reduce_video(group: dict, settings_json: str, dest: str, markers: dict) -> dict:
-    """All rows of one video -> its outputs, manifest rows and done marker; returns one summary row."""
-    t0 = time.perf_counter()
+def decode_video(batch: dict, settings_json: str, dest: str, force: bool) -> Iterator[dict]:
     settings = Settings.model_validate_json(settings_json)
     destination = Destination(dest, timeout_s=settings.http_timeout_s)
-    video_id = str(group["video_id"][0])
-    meta = schema.VideoMeta.model_validate_json(str(group["meta"][0]))
-    device = str(group["device"][0])
-    model = str(group["model"][0])
-    extra = next((json.loads(e) for e in group["extra"] if e != "{}"), {})
-    spent = float(np.sum(group["decode_s"]) + np.sum(group["infer_s"]))
-    errors = [json.loads(e) for e in group["error"] if e]
-    frames = sorted(
-        (float(group["pts"][i]), i) for i in range(len(group["pts"])) if len(group["jpeg"][i])
-    )
-    expected = max(int(t) for t in group["total"])
+    for source, identity in zip(batch["source"], batch["identity"]):
+        yield from _decode_one(str(source), str(identity), settings, destination, force)
 
-    def processing(n_frames: int = 0, n_faces: int = 0) -> schema.Processing:
-        elapsed = spent + time.perf_counter() - t0
-        return engine.processing_doc(settings, elapsed, device, extra.get("backend"), model, n_frames, n_faces)
 
+def _decode_one(source: str, identity: str, settings: Settings, destination: Destination, force: bool):
+    from framepipe.framesource import open_source
+
+    vid = ids.video_id(source)
+    summary = VideoSummary(vid, source, ids.done_marker(vid, identity, settings), time.time(), node=_node_id())
+    fs = None
     try:
-        if errors and not frames:
-            raise FramepipeError.with_code(errors[0]["type"], errors[0]["message"])
-        if len(frames) < expected:  # should not happen: Ray retries lost work
-            raise FramepipeError(f"only {len(frames)} of {expected} frames reached the reduce")
-        acc = engine.VideoAccumulator(VideoInfo(**json.loads(str(group["info"][0]))), settings)
-        acc.warnings += extra.get("warnings", [])
-        for pts, i in frames:
-            stats = tuple(json.loads(str(group["stats"][i])))
-            acc.add_encoded(pts, pickle.loads(group["faces"][i]), stats, bytes(group["jpeg"][i]))
-        result = engine.finish_video(
-            destination, video_id, meta, acc, lambda: processing(acc.frames_sampled, len(acc.records)), model
-        )
-    except FramepipeError as e:
-        result = engine.record_failure(destination, video_id, meta, e, processing(), model, settings)
-    except Exception as e:  # a bug must cost one video, not the backfill
-        log.exception("reduce of %s failed", video_id)
-        err = FramepipeError.with_code("internal_error", f"{type(e).__name__}: {e}")
-        result = engine.record_failure(destination, video_id, meta, err, processing(), model, settings)
-    if result.status == "succeeded" or (result.error and result.error.type not in TRANSIENT):
-        destination.write(f"_done/{markers[video_id]}", b"")
-    return {
-        "video_id": [video_id],
-        "source": [meta.source],
-        "status": [result.status],
-        "people": [len(result.talent_frames)],
-        "error": [f"{result.error.type}: {result.error.message}" if result.error else ""],
+        if not force and pipeline.is_done(destination, summary.marker):
+            summary.skipped = True
+        else:
+            fs = open_source(source, settings)
+            summary.meta, summary.backend = outputs.video_meta(source, fs), fs.backend
+            picks = state.FramePicks(fs.info, settings)
+            quality = settings.jpeg_quality
+            rows: list = []
+            with fs.frames() as frames:
+                for f in frames:
+                    picks.add(f.pts_s, f.measure, lambda img=f.image: outputs.encode_jpeg(img, quality))
+                    rows.append(f)
+                    if len(rows) == FRAMES_PER_BATCH:
+                        yield _frame_rows(vid, rows)
+                        summary.frames += len(rows)
+                        rows = []
+            if rows:
+                yield _frame_rows(vid, rows)
+                summary.frames += len(rows)
+            summary.representatives = picks.pick() if picks.frames_sampled else None
+            summary.warnings = list(fs.warnings)
+    except Exception as e:  # one bad input is one failed row, never a failed dataset
+        err = e if isinstance(e, FramepipeError) else pipeline.internal_error(e)
+        if not isinstance(e, FramepipeError):
+            log.exception("decoding %s failed", source)
+        summary.error = err.to_dict()
+    finally:
+        if fs is not None:
+            fs.close()
+    yield {
+        "video_id": [vid],
+        "pts": np.array([math.nan]),
+        "image": np.zeros((1, 1, 1, 3), np.uint8),
+        "summary": [pickle.dumps(summary)],
     }
+
+
+def _frame_rows(vid: str, frames: list) -> dict:
+    return {
+        "video_id": [vid] * len(frames),
+        "pts": np.array([f.pts_s for f in frames]),
+        "image": np.stack([f.image for f in frames]),  # one video: one shape; a tensor column
+        "summary": [None] * len(frames),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# faces: an actor pool
+# --------------------------------------------------------------------------------------------------
+
+
+class FaceActor:
+    """The models, once per actor (framepipe's LocalAnalyzer). Pixels stop here: out go the faces, and the JPEG of
+    frames that hold one."""
+
+    def __init__(self, settings_json: str):
+        from framepipe.analyzer import LocalAnalyzer
+
+        self.settings = Settings.model_validate_json(settings_json)
+        self.analyzer = LocalAnalyzer.load(self.settings)
+        self.tag = f"{self.analyzer.device}|{self.analyzer.pack}|{_node_id()}"
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["video_id"])
+        faces, jpegs, errors = [b""] * n, [b""] * n, [""] * n
+        todo = [i for i in range(n) if batch["summary"][i] is None]
+        size = self.analyzer.batch_size
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            try:
+                found = self.analyzer.analyze([batch["image"][i] for i in chunk])
+            except Exception as e:  # costs the video (a transient failure, retried by the next run), not the job
+                log.exception("face models failed")
+                for i in chunk:
+                    errors[i] = f"{type(e).__name__}: {str(e)[:200]}"
+                continue
+            for i, found_faces in zip(chunk, found):
+                faces[i] = pickle.dumps(found_faces)
+                if found_faces:
+                    jpegs[i] = outputs.encode_jpeg(batch["image"][i], self.settings.jpeg_quality)
+        return {
+            "video_id": batch["video_id"],
+            "pts": batch["pts"],
+            "faces": faces,
+            "jpeg": jpegs,
+            "error": errors,
+            "summary": batch["summary"],
+            "analyzer": [self.tag] * n,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# finish: a Ray task per complete video
+# --------------------------------------------------------------------------------------------------
+
+
+def finish_video(summary: VideoSummary, frames: list, settings_json: str, dest: str, analyzer: str) -> dict:
+    """People, outputs and done marker of one video whose frames have all been analysed (``frames``: (pts, pickled
+    faces, JPEG, error) per frame)."""
+    settings = Settings.model_validate_json(settings_json)
+    destination = Destination(dest, timeout_s=settings.http_timeout_s)
+    device, pack = (analyzer.split("|") + ["cpu", ""])[:2] if analyzer else ("cpu", None)
+    people = state.PeopleState()
+
+    def build() -> schema.Result:
+        if summary.error:
+            raise FramepipeError.with_code(summary.error["type"], summary.error["message"])
+        failed = next((e for _, _, _, e in frames if e), None)
+        if failed:
+            raise FramepipeError.with_code("internal_error", f"face models failed: {failed}")
+        for pts, faces, jpeg, _ in sorted(frames, key=lambda f: f[0]):
+            people.add(pts, pickle.loads(faces), jpeg)
+        reduction = state.reduce(people, summary.representatives, summary.frames, settings)
+
+        def processing() -> schema.Processing:
+            return outputs.processing_doc(settings, time.time() - summary.started, device, summary.backend, pack,
+                                          summary.frames, len(people.records))
+
+        return outputs.write_success(destination, summary.video_id, summary.meta, reduction, summary.warnings,
+                                     settings, processing, pack)
+
+    def processing_failed() -> schema.Processing:
+        return outputs.processing_doc(settings, time.time() - summary.started, device, summary.backend, pack, 0, 0)
+
+    meta = summary.meta or schema.VideoMeta(source=summary.source)
+    result = pipeline.run_or_record(build, destination, summary.video_id, lambda: meta, processing_failed, pack,
+                                    settings)
+    if pipeline.is_final(result):
+        pipeline.mark_done(destination, summary.marker)
+    return {
+        "video_id": summary.video_id,
+        "source": summary.source,
+        "status": result.status,
+        "people": len(result.talent_frames),
+        "error": f"{result.error.type}: {result.error.message}" if result.error else "",
+        "finished": time.time(),
+    }
+
+
+@dataclass
+class Pending:
+    """One video's rows gathered by the driver until it is complete."""
+
+    frames: dict = field(default_factory=dict)  # pts -> (pts, faces, jpeg, error); a retried task's rows count once
+    summary: VideoSummary | None = None
+    analyzer: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None and len(self.frames) >= self.summary.frames
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,31 +281,37 @@ class Resources:
     actors: int
     actor_cpus: float
     actor_gpus: float
+    actor_resources: dict
     decode_cpus: float
+    decode_resources: dict
     batch_size: int
     actor_threads: int
 
 
 def plan_resources(args, cluster: dict) -> Resources:
-    """Explicit resources. Defaults: one actor per GPU where the cluster has GPUs; on CPUs only, actors take at
-    most half the CPUs so decode and reduce tasks always have room (an actor pool holding every CPU deadlocks)."""
+    """Explicit resources (an actor pool holding every CPU deadlocks silently: no decode task could run).
+
+    GPU clusters: one actor per GPU (1 GPU + 1 CPU each, onnxruntime on the node's cores). CPU only: actors of half a
+    CPU with one onnxruntime thread each, together at most half the CPUs (on 2 cores, 2 single-threaded sessions
+    analyse more frames per second than one session with 2 threads), decode tasks of half a CPU."""
     gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
-    if args.actor_gpus is None:
-        args.actor_gpus = 1.0 if gpus >= 1 else 0.0
-    if args.actor_cpus is None:
-        args.actor_cpus = 1.0
-    if args.actors is None:
-        args.actors = int(gpus // args.actor_gpus) if args.actor_gpus else max(1, int(cpus // 2 // args.actor_cpus))
-    if args.actor_gpus == 0 and args.actors * args.actor_cpus >= cpus:
+    on_gpu = (args.actor_gpus if args.actor_gpus is not None else (1.0 if gpus >= 1 else 0.0)) > 0
+    actor_gpus = args.actor_gpus if args.actor_gpus is not None else (1.0 if on_gpu else 0.0)
+    actor_cpus = args.actor_cpus if args.actor_cpus is not None else (1.0 if on_gpu else 0.5)
+    threads = args.actor_threads if args.actor_threads is not None else (0 if on_gpu else 1)
+    actors = args.actors
+    if actors is None:
+        actors = int(gpus // actor_gpus) if on_gpu else max(1, int(cpus / 2 // actor_cpus))
+    if not on_gpu and not args.actor_resources and actors * actor_cpus >= cpus:
         raise SystemExit(
-            f"--actors {args.actors} x --actor-cpus {args.actor_cpus} would hold all {cpus:g} CPUs and leave none "
+            f"--actors {actors} x --actor-cpus {actor_cpus} would hold all {cpus:g} CPUs and leave none "
             "for decoding: lower one of them"
         )
-    return Resources(args.actors, args.actor_cpus, args.actor_gpus, args.decode_cpus, args.batch_size,
-                     args.actor_threads)
+    return Resources(actors, actor_cpus, actor_gpus, json.loads(args.actor_resources or "{}"), args.decode_cpus,
+                     json.loads(args.decode_resources or "{}"), args.batch_size, threads)
 
 
-def build_dataset(items: list[dict], settings: Settings, dest: str, res: Resources, markers: dict):
+def build_dataset(args, settings: Settings, res: Resources):
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -250,27 +319,34 @@ def build_dataset(items: list[dict], settings: Settings, dest: str, res: Resourc
     actor_settings = settings.with_overrides(
         intra_op_threads=res.actor_threads, device="cuda" if res.actor_gpus else settings.device
     ).model_dump_json()
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # SPREAD puts decode tasks across the CPU nodes. With the actors' explicit DEFAULT it also keeps Ray Data from
-    # fusing decoding into the actors (it fuses stages whose remote args match), so decoding and inference overlap.
+    ds = ray.data.from_items([{"root": args.source}]).map_batches(
+        list_inputs, batch_size=1, num_cpus=0.1,
+        fn_kwargs={"root": args.source, "images": args.images, "timeout_s": settings.http_timeout_s},
+    )
+    # a block per input, streamed (no all-to-all): each video gets its own decode task
+    ds = ds.repartition(target_num_rows_per_block=1)
+    if args.limit is not None:
+        ds = ds.limit(args.limit)
     ds = ds.map_batches(
         decode_video,
         batch_size=1,
         num_cpus=res.decode_cpus,
+        resources=res.decode_resources or None,
+        # SPREAD puts decode tasks across the CPU nodes. With the actors' DEFAULT it also keeps Ray Data from fusing
+        # decoding into the actors (it fuses stages whose remote args match), so decoding and inference overlap.
         scheduling_strategy="SPREAD",
-        fn_kwargs={"settings_json": settings_json},
+        fn_kwargs={"settings_json": settings_json, "dest": args.dest, "force": args.force},
     )
-    ds = ds.map_batches(
-        FaceEmbedder,
+    return ds.map_batches(
+        FaceActor,
         batch_size=res.batch_size,
-        compute=ActorPoolStrategy(min_size=1, max_size=res.actors),
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=res.actors),  # all started at once: no ramp-up while frames queue
         num_cpus=res.actor_cpus,
         num_gpus=res.actor_gpus,
-        scheduling_strategy="DEFAULT",  # differs from decoding's SPREAD: the two stages must not be fused
+        resources=res.actor_resources or None,
+        scheduling_strategy="DEFAULT",
         fn_constructor_kwargs={"settings_json": actor_settings},
-    )
-    return ds.groupby("video_id").map_groups(
-        reduce_video, num_cpus=1, fn_kwargs={"settings_json": settings_json, "dest": dest, "markers": markers}
     )
 
 
@@ -280,66 +356,153 @@ def parse_args(argv=None):
     ap.add_argument("--dest", required=True, help="s3://bucket/prefix or a local directory")
     ap.add_argument("--models", help="model pack name or folder (env FRAMEPIPE_MODELS)")
     ap.add_argument("--force", action="store_true", help="redo videos that are already done")
-    ap.add_argument("--limit", type=int, help="process at most this many videos")
+    ap.add_argument("--limit", type=int, help="take at most this many inputs from the listing (done ones included)")
     ap.add_argument("--images", action="store_true", help="also process photos (.jpg, .png, ...) as one-frame inputs")
-    ap.add_argument("--wave-size", type=int, default=64, help="videos per Ray Data run (bounds the shuffle)")
     ap.add_argument("--actors", type=int, help="max face-model actors (default: one per GPU, else CPUs/2)")
-    ap.add_argument("--actor-cpus", type=float, help="CPUs per actor (default 1)")
+    ap.add_argument("--actor-cpus", type=float, help="CPUs per actor (default 1 on GPU clusters, 0.5 on CPUs)")
     ap.add_argument("--actor-gpus", type=float, help="GPUs per actor (default 1 on GPU clusters, else 0)")
-    ap.add_argument("--actor-threads", type=int, default=0,
-                    help="onnxruntime threads per actor (default 0: the node's cores; the reservation is --actor-cpus, "
-                    "and idle threads do not spin)")
-    ap.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per decode task")
+    ap.add_argument("--actor-resources", help='custom resources per actor, JSON (e.g. \'{"t4": 1}\')')
+    ap.add_argument("--actor-threads", type=int,
+                    help="onnxruntime threads per actor (0: the node's cores; default 0 on GPU clusters, 1 on CPUs)")
+    ap.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs per decode task (default 0.5)")
+    ap.add_argument("--decode-resources", help="custom resources per decode task, JSON")
+    ap.add_argument("--finish-cpus", type=float, default=0.0,
+                    help="CPUs reserved per finish task (default 0: they are short and mostly I/O, and must never wait "
+                    "behind the dataset's own tasks)")
     ap.add_argument("--batch-size", type=int, default=8, help="frames per actor call")
+    ap.add_argument("--max-finishing", type=int, default=8, help="finish tasks in flight at once (bounds memory)")
     ap.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or "local",
                     help="Ray cluster (default: RAY_ADDRESS, as set by `ray job submit`, else a local Ray)")
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    import ray
-    from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
+def _spilled_bytes() -> int:
+    from ray._private.internal_api import memory_summary
 
+    try:
+        text = memory_summary(stats_only=True)
+    except Exception:  # noqa: BLE001 - a statistic, never worth failing the job for
+        return -1
+    m = re.search(r"Spilled (\d+) MiB", text)
+    return int(m.group(1)) * 2**20 if m else 0
+
+
+def run(args) -> dict:
+    import ray
+
+    settings = Settings().with_overrides(models=args.models)
+    started, wall0 = time.perf_counter(), time.time()
+    env = {k: v for k, v in os.environ.items() if PASSED_ENV.match(k)}
+    local = args.ray_address == "local"
+    if local:  # a local Ray started here must not outlive a driver killed outright
+        from jobs import reaper
+
+        reaper.start(os.getpid())
+    ray.init(address=args.ray_address, ignore_reinit_error=True, log_to_driver=False,
+             runtime_env={"env_vars": env}, **({"include_dashboard": False} if local else {}))
+    res = plan_resources(args, ray.cluster_resources())
+    log.info("resources: %s", res)
+    finish = ray.remote(finish_video).options(num_cpus=args.finish_cpus, max_retries=3)
+    settings_json = settings.model_dump_json()
+    summary = pipeline.RunSummary()
+    pending: dict[str, Pending] = {}
+    in_flight: list = []
+    placement = {"decode": set(), "analyzer": set()}
+    total_store = ray.cluster_resources().get("object_store_memory", 0)
+    peak_store, sampled = 0.0, 0.0
+    first_output_s = None
+
+    def collect(block: bool) -> None:
+        nonlocal in_flight, first_output_s
+        while in_flight:
+            done, in_flight = ray.wait(in_flight, num_returns=1, timeout=None if block else 0)
+            if not done:
+                return
+            out = ray.get(done[0])
+            if first_output_s is None:
+                first_output_s = out["finished"]
+            if out["status"] == "succeeded":
+                summary.succeeded += 1
+                summary.people += out["people"]
+            else:
+                summary.failed += 1
+                summary.failures.append(f"{out['source']}: {out['error']}")
+            log.info("%s: %s", out["video_id"], out["status"] if not out["error"] else out["error"])
+            if not block:
+                continue
+            return
+
+    def submit(vid: str, p: Pending) -> None:
+        while len(in_flight) >= args.max_finishing:
+            collect(block=True)
+        in_flight.append(finish.remote(p.summary, list(p.frames.values()), settings_json, args.dest, p.analyzer))
+        del pending[vid]
+
+    ds = build_dataset(args, settings, res)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, vid in enumerate(batch["video_id"]):
+            p = pending.setdefault(str(vid), Pending())
+            if batch["summary"][i] is not None:
+                s: VideoSummary = pickle.loads(batch["summary"][i])
+                if p.summary is not None:
+                    continue  # a retried decode task's second summary
+                p.summary = s
+                summary.listed += 1
+                placement["decode"].add(s.node)
+                if s.skipped:
+                    summary.skipped += 1
+                    del pending[str(vid)]
+                    continue
+            else:
+                pts = float(batch["pts"][i])
+                p.frames[pts] = (pts, batch["faces"][i], batch["jpeg"][i], str(batch["error"][i]))
+                p.analyzer = str(batch["analyzer"][i])
+                placement["analyzer"].add(p.analyzer.rsplit("|", 1)[-1])
+            if p.complete:
+                submit(str(vid), p)
+        collect(block=False)
+        if total_store and time.perf_counter() - sampled > 1.0:
+            sampled = time.perf_counter()
+            peak_store = max(peak_store, total_store - ray.available_resources().get("object_store_memory", 0))
+    if os.environ.get("FRAMEPIPE_BACKFILL_STATS"):
+        log.info("Ray Data stats:\n%s", ds.stats())
+    for vid, p in list(pending.items()):  # should not happen: Ray re-runs lost work
+        log.error("%s: incomplete (%d frames of %s)", vid, len(p.frames), p.summary and p.summary.frames)
+        if p.summary is not None:
+            p.summary.error = {"type": "internal_error", "message": "not every frame reached the finish"}
+            submit(vid, p)
+    while in_flight:
+        collect(block=True)
+    out = summary.as_dict()
+    out.update(
+        seconds=round(time.perf_counter() - started, 1),
+        first_output_s=round(first_output_s - wall0, 1) if first_output_s else None,
+        peak_object_store_bytes=int(peak_store),
+        spilled_bytes=_spilled_bytes(),
+        decode_nodes=sorted(placement["decode"]),
+        analyzer_nodes=sorted(placement["analyzer"]),
+    )
+    for line in summary.failures:
+        log.warning("failed: %s", line)
+    return out
+
+
+def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    started = time.perf_counter()
-    settings = Settings().with_overrides(models=args.models)
-    dest = Destination(args.dest, timeout_s=settings.http_timeout_s)
-    videos = sources.list_videos(args.source, timeout_s=settings.http_timeout_s, images=args.images)
-    skey = settings_key(settings)
-    done = set() if args.force else set(dest.list("_done"))
-    markers = {engine.video_id_for(v): done_marker(engine.video_id_for(v), v.identity, skey) for v in videos}
-    todo = [v for v in videos if markers[engine.video_id_for(v)] not in done]
+    out = run(args)
     if args.limit is not None:
-        todo = todo[: args.limit]
-    log.info("%d videos under %s: %d done already, %d to process", len(videos), args.source,
-             len(videos) - len(todo), len(todo))
-    summary = {"videos": len(videos), "skipped": len(videos) - len(todo), "succeeded": 0, "failed": 0, "people": 0}
-    failures = []
-    if todo:
-        ray.init(address=args.ray_address, ignore_reinit_error=True, log_to_driver=False,
-                 runtime_env={"env_vars": {k: v for k, v in os.environ.items()
-                                           if k.startswith(("FRAMEPIPE_", "AWS_"))}})
-        # the classic task-based sort shuffle: no aggregator actors competing with the face actors for CPUs
-        DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-        res = plan_resources(args, ray.cluster_resources())
-        log.info("resources: %s", res)
-        for start in range(0, len(todo), args.wave_size):
-            wave = todo[start : start + args.wave_size]
-            items = [{"source": v.source, "video_id": engine.video_id_for(v)} for v in wave]
-            for row in build_dataset(items, settings, args.dest, res, markers).iter_rows():
-                ok = row["status"] == "succeeded"
-                summary["succeeded" if ok else "failed"] += 1
-                summary["people"] += int(row["people"])
-                if not ok:
-                    failures.append(f"{row['source']}: {row['error']}")
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    for line in failures:
-        log.warning("failed: %s", line)
-    print("backfill summary: " + json.dumps(summary), flush=True)
+        log.info("--limit %d: took the first %d listed inputs; the rest of %s was not looked at", args.limit,
+                 out["listed"], args.source)
+    if out["skipped"]:
+        log.info("%d inputs done already (same object, settings and framepipe version): skipped; --force redoes them",
+                 out["skipped"])
+    print("backfill summary: " + json.dumps(out), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run through the module's real name, so the functions and classes Ray ships refer to jobs.backfill, not __main__
+    from jobs.backfill import main as module_main
+
+    sys.exit(module_main())

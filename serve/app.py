@@ -2,8 +2,9 @@
 
 Two deployments, split by resource profile:
 
-* ``VideoIngress`` (FastAPI, CPU): validates requests, decodes frames in threads, runs the engine's accumulation,
-  clustering and output writing, keeps job status, posts the webhook;
+* ``VideoIngress`` (FastAPI, CPU): validates requests, runs framepipe's per-video pipeline
+  (``pipeline.process_video``: decoding in reader threads, clustering, output writing) in a worker thread with
+  :class:`HandleAnalyzer` as its analyzer, keeps job status, posts the webhook;
 * ``FaceModel`` (GPU where there is one): holds the models once and batches frames across all callers with
   ``@serve.batch``.
 
@@ -27,10 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from ray import serve
 
-from framepipe import engine, schema, selection, sources
+from framepipe import ids, outputs, pipeline, schema, sources
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError, InputTooLarge, SourceNotFound
 from framepipe.faces import load_face_model
+from framepipe.framesource import Cancel
 from framepipe.storage import Destination
 from serve import webhook
 
@@ -142,7 +144,19 @@ class FaceModel:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def analyze(self, images: list) -> list:
-        return [self.model.analyze(image) for image in images]
+        return self.model.analyze_batch(images)
+
+
+class HandleAnalyzer:
+    """The FaceModel deployment as the pipeline's analyzer. Called from the pipeline's worker thread: a batch of
+    frames goes out as concurrent calls, which ``@serve.batch`` groups with other jobs' frames."""
+
+    def __init__(self, handle, info: dict, batch_size: int):
+        self.handle, self.device, self.pack, self.batch_size = handle, info["device"], info["pack"], batch_size
+
+    def analyze(self, images):
+        responses = [self.handle.analyze.remote(image) for image in images]
+        return [r.result() for r in responses]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
@@ -223,14 +237,11 @@ class VideoIngress:
     async def _run(self, job: JobStatus, settings: Settings, webhook_url: str | None) -> None:
         job.status = "running"
         await self._save(job)
-        t0 = time.perf_counter()
         try:
-            result = await asyncio.wait_for(self._process(job.source, settings, t0), self.cfg.job_timeout_s)
-        except asyncio.TimeoutError:
-            result = await self._failed(job.source, settings, t0, "timeout", f"over {self.cfg.job_timeout_s:.0f} s")
+            result = await self._process(job.source, settings)
         except Exception as e:  # a bug costs this job, never the service
             log.exception("job %s failed", job.job_id)
-            result = await self._failed(job.source, settings, t0, "internal_error", type(e).__name__)
+            result = await self._failed(job.source, settings, "internal_error", type(e).__name__)
         job.result = self._presigned(result)
         job.status = result.status
         await self._save(job)
@@ -244,41 +255,26 @@ class VideoIngress:
                            "error": delivery.error}
             await self._save(job)
 
-    async def _process(self, source: str, settings: Settings, t0: float) -> schema.Result:
-        info = await self.model.info.remote()
-        p = None
+    async def _process(self, source: str, settings: Settings) -> schema.Result:
+        """framepipe's per-video pipeline in a worker thread. On timeout the pipeline is told to stop (it checks
+        between frames and closes its decoders in their own threads) and its own failed record is awaited: one
+        result per job, never a late success after the failure."""
+        analyzer = HandleAnalyzer(self.model, await self.model.info.remote(), settings.analyze_batch)
+        cancel = Cancel()
+        work = asyncio.ensure_future(
+            asyncio.to_thread(pipeline.process_video, source, self.dest, settings, analyzer, None, cancel)
+        )
         try:
-            p = await asyncio.to_thread(engine.plan, source, settings)
-            acc = engine.VideoAccumulator(p.stream.info, settings)
-            frames = iter(p.stream.read(p.times, keyframes=settings.sampling == "keyframes"))
-            try:
-                while (frame := await asyncio.to_thread(next, frames, None)) is not None:
-                    stats = await asyncio.to_thread(selection.measure, frame.image)
-                    acc.add(frame, await self.model.analyze.remote(frame.image), stats)
-            finally:
-                p.stream.close()
-            acc.warnings += p.stream.warnings
+            return await asyncio.wait_for(asyncio.shield(work), self.cfg.job_timeout_s)
+        except asyncio.TimeoutError:
+            cancel.stop("timeout", f"over {self.cfg.job_timeout_s:.0f} s")
+            return await work
 
-            def processing() -> schema.Processing:
-                return engine.processing_doc(settings, time.perf_counter() - t0, info["device"], p.stream.backend,
-                                             info["pack"], acc.frames_sampled, len(acc.records))
-
-            return await asyncio.to_thread(
-                engine.finish_video, self.dest, p.video_id, engine.video_meta(source, p), acc, processing, info["pack"]
-            )
-        except FramepipeError as e:
-            video_id = p.video_id if p else engine.fallback_video_id(source)
-            failed = engine.processing_doc(settings, time.perf_counter() - t0, info["device"], None, info["pack"], 0, 0)
-            return await asyncio.to_thread(
-                engine.record_failure, self.dest, video_id, engine.video_meta(source, p), e, failed, info["pack"],
-                settings,
-            )
-
-    async def _failed(self, source, settings, t0, code, message) -> schema.Result:
+    async def _failed(self, source, settings, code, message) -> schema.Result:
         err = FramepipeError.with_code(code, message)
-        failed = engine.processing_doc(settings, time.perf_counter() - t0, "cpu", None, None, 0, 0)
-        return await asyncio.to_thread(engine.record_failure, self.dest, engine.fallback_video_id(source),
-                                       engine.video_meta(source, None), err, failed, None, settings)
+        failed = outputs.processing_doc(settings, 0.0, "cpu", None, None, 0, 0)
+        return await asyncio.to_thread(outputs.record_failure, self.dest, ids.video_id(source),
+                                       outputs.video_meta(source, None), err, failed, None, settings)
 
     def _presigned(self, result: schema.Result) -> schema.Result:
         if not (self.cfg.presign_seconds and self.dest.is_s3):

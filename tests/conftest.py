@@ -52,13 +52,13 @@ def outdir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def extracted(settings, model, outdir):
     """Process each ground-truth video once per session (lazily) and hand back its Result."""
-    from framepipe import engine
+    from framepipe import pipeline
 
     cache = {}
 
     def get(key: str):
         if key not in cache:
-            cache[key] = engine.extract(str(MEDIA / key), str(outdir), settings, model=model, raise_errors=True)
+            cache[key] = pipeline.extract(str(MEDIA / key), str(outdir), settings, model=model, raise_errors=True)
         return cache[key]
 
     return get
@@ -230,7 +230,7 @@ LIBRARY_VIDEOS = [
 def library(settings, model, tmp_path_factory):
     """A destination with 9 videos, the 17 photos of photos/face_recognition and one broken input,
     each processed by the engine (as `framepipe extract` does). Returns {"dest", "results": {media key: Result}}."""
-    from framepipe import engine
+    from framepipe import pipeline
 
     dest = tmp_path_factory.mktemp("library") / "out"
     broken = tmp_path_factory.mktemp("broken") / "broken.mp4"
@@ -238,7 +238,7 @@ def library(settings, model, tmp_path_factory):
     keys = LIBRARY_VIDEOS + sorted(
         str(p.relative_to(MEDIA)) for p in (MEDIA / "photos/face_recognition").rglob("*") if p.is_file()
     )
-    results = {k: engine.extract(str(MEDIA / k), str(dest), settings, model=model, raise_errors=True) for k in keys}
-    results["broken"] = engine.extract(str(broken), str(dest), settings, model=model)
+    results = {k: pipeline.extract(str(MEDIA / k), str(dest), settings, model=model, raise_errors=True) for k in keys}
+    results["broken"] = pipeline.extract(str(broken), str(dest), settings, model=model)
     assert results["broken"].status == "failed"
     return {"dest": dest, "results": results}

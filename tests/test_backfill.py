@@ -92,7 +92,7 @@ def check_rows(videos):
 
 def test_backfill_s3_to_s3_then_rerun(s3_server, videos_bucket, settings, model, tmp_path):
     first = backfill(s3_server, "--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/out")
-    assert first["videos"] == 7 and first["skipped"] == 0
+    assert first["listed"] == 7 and first["skipped"] == 0
     assert (first["succeeded"], first["failed"]) == (5, 2)
     videos, people = manifests(s3_server, videos_bucket, "out")
     check_rows(videos)
@@ -100,9 +100,9 @@ def test_backfill_s3_to_s3_then_rerun(s3_server, videos_bucket, settings, model,
     assert len(people.column("embedding")[0]) == 128
 
     # the same video gives the same results as `framepipe extract`
-    from framepipe import engine
+    from framepipe import pipeline
 
-    local = engine.extract(str(MEDIA / CLIPS["in/drama/tears.mp4"]), str(tmp_path), settings, model=model)
+    local = pipeline.extract(str(MEDIA / CLIPS["in/drama/tears.mp4"]), str(tmp_path), settings, model=model)
     row = next(v for v in videos if v["source"].endswith("/in/drama/tears.mp4"))
     s3 = boto3.client("s3")
     remote = json.loads(s3.get_object(Bucket=videos_bucket, Key=f"out/{row['video_id']}/result.json")["Body"].read())
@@ -123,7 +123,7 @@ def test_backfill_s3_to_s3_then_rerun(s3_server, videos_bucket, settings, model,
 
 
 def test_interrupted_backfill_finishes_the_rest(s3_server, videos_bucket):
-    args = ["--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/interrupted", "--wave-size", "2"]
+    args = ["--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/interrupted"]
     proc = subprocess.Popen([sys.executable, "-m", "jobs.backfill", *args], cwd=ROOT, env=job_env(s3_server),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     s3 = boto3.client("s3")
@@ -152,7 +152,7 @@ def test_actor_killed_mid_run_costs_a_retry_not_a_video(s3_server, videos_bucket
     while killed is None and time.time() < deadline and proc.poll() is None:
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(p.info["cmdline"] or [])
-            if "FaceEmbedder" in cmd and p.pid != proc.pid:
+            if "FaceActor" in cmd and p.pid != proc.pid:
                 time.sleep(3)  # let it take some frames first
                 p.kill()
                 killed = p.pid
@@ -170,7 +170,9 @@ def test_actor_killed_mid_run_costs_a_retry_not_a_video(s3_server, videos_bucket
 def test_ray_job_submit_to_a_head_started_here(s3_server, videos_bucket):
     port, dash = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="fpray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
-    env = {**job_env(s3_server), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    secret = "fpsecret" + secrets.token_hex(12)  # moto takes any key: one we can search for afterwards
+    env = {**job_env(s3_server), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "AWS_SECRET_ACCESS_KEY": secret}
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     start = subprocess.run([ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
                             "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}",
@@ -190,9 +192,50 @@ def test_ray_job_submit_to_a_head_started_here(s3_server, videos_bucket):
         assert (summary["succeeded"], summary["failed"]) == (5, 2)
         videos, _ = manifests(s3_server, videos_bucket, "submitted")
         check_rows(videos)
+        # credentials never travel in the runtime env: not in the job table, not in Ray's logs
+        jobs = subprocess.run([ray, "list", "jobs", "--detail", f"--address=http://127.0.0.1:{dash}"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert jobs.returncode == 0 and "jobs.backfill" in jobs.stdout, jobs.stderr[-2000:]
+        assert secret not in jobs.stdout + jobs.stderr
+        logs = [os.path.join(d, f) for d, _, fs in os.walk(temp_dir) for f in fs if f.endswith((".log", ".out"))]
+        assert any("runtime_env_agent" in p for p in logs)
+        for path in logs:
+            with open(path, errors="replace") as f:
+                assert secret not in f.read(), path
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for k in ["videos/composed/talking_heads_montage.mp4", "videos/composed/photo_slideshow_6people.mp4"]:
+        os.symlink(MEDIA / k, src / os.path.basename(k))
+    env = {**os.environ, "FRAMEPIPE_MODELS": str(PACK)}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.backfill", "--source", str(src), "--dest", str(tmp_path / "o")],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    driver = psutil.Process(proc.pid)
+
+    def cmd(p) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:  # gone, or a zombie
+            return ""
+
+    deadline = time.time() + 120
+    ray_procs = []
+    while time.time() < deadline and proc.poll() is None:
+        ray_procs = [p for p in driver.children(recursive=True) if "jobs.reaper" not in cmd(p)]
+        if any("FaceActor" in cmd(p) for p in ray_procs):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None and len(ray_procs) >= 4, "the local Ray did not start"
+    proc.kill()  # the driver alone, as the OOM killer would
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(ray_procs, timeout=30)
+    assert not alive, [cmd(p)[:80] for p in alive]
 
 
 def test_cluster_yaml_is_a_valid_ray_cluster_config():

@@ -47,9 +47,9 @@ def test_exactly_ten_representative_frames_spread_over_the_video(extracted, sett
 
 
 def test_video_shorter_than_ten_frames_yields_all_its_frames(settings, model, made, tmp_path):
-    from framepipe import engine
+    from framepipe import pipeline
 
-    result = engine.extract(str(made("tiny_6_frames.mp4")), str(tmp_path), settings, model=model)
+    result = pipeline.extract(str(made("tiny_6_frames.mp4")), str(tmp_path), settings, model=model)
     assert result.status == "succeeded"
     assert result.video.total_frames == 6
     assert len(result.representative_frames) == 6 and result.short_video
@@ -67,9 +67,9 @@ def test_portrait_stays_portrait(extracted):
 
 def test_rotation_tag_is_applied(settings, model, made, tmp_path):
     """A phone video coded landscape with a 90-degree display matrix comes out portrait, as players show it."""
-    from framepipe import engine
+    from framepipe import pipeline
 
-    result = engine.extract(str(made("rotated_phone.mp4")), str(tmp_path), settings, model=model)
+    result = pipeline.extract(str(made("rotated_phone.mp4")), str(tmp_path), settings, model=model)
     assert (result.video.width, result.video.height) == (360, 640)
     h, w = _image(result.representative_frames[0].url).shape[:2]
     assert (w, h) == (360, 640)
@@ -117,19 +117,19 @@ def test_decoders_agree(settings, model):
 
 def test_av1_falls_back_to_pyav(settings, model, made, tmp_path):
     """decord's FFmpeg cannot read AV1; the engine opens it with PyAV and still finds the person."""
-    from framepipe import engine
+    from framepipe import pipeline
 
-    result = engine.extract(str(made("av1.mp4")), str(tmp_path), settings, model=model)
+    result = pipeline.extract(str(made("av1.mp4")), str(tmp_path), settings, model=model)
     assert result.status == "succeeded", result.error
     assert result.video.codec == "av1" and result.processing.backend == "pyav"
     assert len(result.talent_frames) == 1 and len(result.representative_frames) == 10
 
 
 def test_keyframes_sampling_mode(settings, model, tmp_path):
-    from framepipe import engine
+    from framepipe import pipeline
 
     s = settings.with_overrides(sampling="keyframes")
-    result = engine.extract(str(MEDIA / "videos/composed/photo_slideshow_6people.mp4"), str(tmp_path), s, model=model)
+    result = pipeline.extract(str(MEDIA / "videos/composed/photo_slideshow_6people.mp4"), str(tmp_path), s, model=model)
     assert result.status == "succeeded" and result.processing.sampling == "keyframes"
     assert 0 < result.processing.frames_sampled <= 48
     assert len(result.representative_frames) == 10

@@ -54,10 +54,10 @@ def test_notebook_runs_on_a_local_destination_with_a_people_index(library, monke
 
 @pytest.mark.timeout(600)
 def test_notebook_runs_on_an_s3_destination_without_a_people_index(bucket, s3_server, settings, model, monkeypatch):
-    from framepipe import engine
+    from framepipe import pipeline
 
     for key in ("videos/talking_heads/retalking_3.mp4", "videos/talking_heads/sadtalker_WDA_AlexandriaOcasioCortez_000.mp4"):
-        engine.extract(str(MEDIA / key), f"s3://{bucket}/out", settings, model=model, raise_errors=True)
+        pipeline.extract(str(MEDIA / key), f"s3://{bucket}/out", settings, model=model, raise_errors=True)
     nb = run_notebook(f"s3://{bucket}/out", monkeypatch)
     [faces] = html_outputs(nb, 'class="video-faces"')
     assert faces.count("<img") == 2

@@ -8,7 +8,7 @@ from conftest import MEDIA
 
 
 def test_photo_is_a_one_frame_input_upright_by_its_exif_orientation(tmp_path, settings, model):
-    from framepipe import engine
+    from framepipe import pipeline
 
     original = MEDIA / "photos/face_recognition/barack_obama/obama.jpg"
     sideways = tmp_path / "obama_sideways.jpg"
@@ -17,8 +17,8 @@ def test_photo_is_a_one_frame_input_upright_by_its_exif_orientation(tmp_path, se
     with Image.open(original) as im:
         w, h = im.size
         im.rotate(90, expand=True).save(sideways, exif=exif, quality=95)
-    upright = engine.extract(str(original), str(tmp_path / "out"), settings, model=model, raise_errors=True)
-    turned = engine.extract(str(sideways), str(tmp_path / "out"), settings, model=model, raise_errors=True)
+    upright = pipeline.extract(str(original), str(tmp_path / "out"), settings, model=model, raise_errors=True)
+    turned = pipeline.extract(str(sideways), str(tmp_path / "out"), settings, model=model, raise_errors=True)
     for r in (upright, turned):
         assert r.video.media_type == "image" and (r.video.width, r.video.height) == (w, h)
         assert r.video.total_frames == 1 and r.video.fps is None and r.video.duration_s is None
@@ -29,13 +29,13 @@ def test_photo_is_a_one_frame_input_upright_by_its_exif_orientation(tmp_path, se
 
 
 def test_rgba_png_and_group_photo(tmp_path, settings, model):
-    from framepipe import engine
+    from framepipe import pipeline
 
     png = MEDIA / "photos/face_recognition/lin_manuel_miranda/lin-manuel-miranda.png"
     with Image.open(png) as im:
         assert im.mode == "RGBA"
-    r = engine.extract(str(png), str(tmp_path), settings, model=model, raise_errors=True)
+    r = pipeline.extract(str(png), str(tmp_path), settings, model=model, raise_errors=True)
     assert r.video.media_type == "image" and len(r.talent_frames) == 1
-    group = engine.extract(str(MEDIA / "photos/face_recognition/groups/kit_with_rose.jpg"), str(tmp_path), settings,
+    group = pipeline.extract(str(MEDIA / "photos/face_recognition/groups/kit_with_rose.jpg"), str(tmp_path), settings,
                            model=model, raise_errors=True)
     assert len(group.talent_frames) == 2

@@ -1,0 +1,242 @@
+"""The per-video pipeline, and the same over many inputs in one process.
+
+One video goes through four parts, each in its own module, whichever front door drives it:
+
+    FrameSource (framesource.py)  -> Analyzer (analyzer.py)  -> VideoState (state.py)  -> outputs (outputs.py)
+    sampled frames + measures        faces of each frame        people, frame picks        JPEGs, Parquet, result.json
+
+* :func:`process_video` runs them in one process: ``framepipe extract``, and the Serve consumer (with an analyzer
+  that calls the model deployment). Decoding runs in reader threads while the models run in the calling thread.
+* The Ray backfill (``jobs/backfill.py``) runs the same parts on different workers: the FrameSource and the frame
+  picks in decode tasks, the analyzer in an actor pool, the people and the outputs in a per-video finish task.
+* :func:`process_many` runs :func:`process_video` over every input under a folder or prefix, with the backfill's
+  done markers (``framepipe extract SRC_DIR --out DEST``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from framepipe import ids, outputs, schema, sources
+from framepipe.analyzer import Analyzer, LocalAnalyzer
+from framepipe.config import Settings
+from framepipe.errors import FramepipeError, SourceUnreachable
+from framepipe.framesource import Cancel, FrameSource, open_source
+from framepipe.state import VideoState
+from framepipe.storage import Destination
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (frames done, frames planned)
+
+# Failures worth retrying on a later run; the others are properties of the input and are final (marked done).
+TRANSIENT = frozenset({SourceUnreachable.code, "destination_error", "model_not_found", "internal_error", "cancelled"})
+
+
+def internal_error(e: BaseException) -> FramepipeError:
+    """A bug of ours (or an unexpected library error) as a failure of one video, never of a whole run."""
+    return FramepipeError.with_code("internal_error", f"{type(e).__name__}: {str(e)[:300]}")
+
+
+def analyse(fs: FrameSource, analyzer: Analyzer, state: VideoState, progress: Progress | None = None) -> None:
+    """Every sampled frame of ``fs`` through the analyzer into ``state`` (frames in batches of
+    ``analyzer.batch_size``; decoding goes on in the reader threads meanwhile)."""
+    quality = fs.settings.jpeg_quality
+    planned = len(fs.times)
+
+    def flush(batch):
+        for f, faces in zip(batch, analyzer.analyze([f.image for f in batch])):
+            state.add(f.pts_s, f.measure, faces, lambda img=f.image: outputs.encode_jpeg(img, quality))
+        if progress:
+            progress(state.frames_sampled, planned)
+
+    batch = []
+    with fs.frames() as frames:
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) >= analyzer.batch_size:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+
+
+def analyse_video(source: str, settings: Settings, analyzer: Analyzer) -> VideoState:
+    """The analysed state of one video, nothing written (for tuning scripts)."""
+    fs = open_source(source, settings)
+    try:
+        state = VideoState(fs.info, settings)
+        analyse(fs, analyzer, state)
+        return state
+    finally:
+        fs.close()
+
+
+def run_or_record(
+    build: Callable[[], schema.Result],
+    destination: Destination,
+    video_id: str,
+    meta: Callable[[], schema.VideoMeta],
+    failed_processing: Callable[[], schema.Processing],
+    pack: str | None,
+    settings: Settings,
+    raise_errors: bool = False,
+) -> schema.Result:
+    """``build()`` (which writes a video's outputs), or, when it raises, the video's failed record: a typed error
+    for bad input, ``internal_error`` for anything else (logged with its traceback). Never raises unless
+    ``raise_errors``."""
+    try:
+        return build()
+    except Exception as e:
+        if not isinstance(e, FramepipeError):
+            log.exception("processing %s failed", video_id)
+        if raise_errors:
+            raise
+        error = e if isinstance(e, FramepipeError) else internal_error(e)
+        return outputs.record_failure(destination, video_id, meta(), error, failed_processing(), pack, settings)
+
+
+def process_video(
+    source: str,
+    dest: str | Destination,
+    settings: Settings,
+    analyzer: Analyzer | Callable[[], Analyzer],
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    raise_errors: bool = False,
+) -> schema.Result:
+    """Process one input and write its outputs under ``dest/<video_id>/``.
+
+    Bad input never raises (unless ``raise_errors``): the result has ``status: failed`` and a typed ``error``, and
+    ``result.json`` plus the one-row ``video.parquet`` are written for it too. ``processing.duration_s`` is the wall
+    time from opening the input to its outputs written. ``analyzer`` may be a function making it (a model that
+    cannot load is then a failed video). ``cancel.stop(code, message)`` stops the work between frames: the video
+    fails with that error, and nothing but its failed record is written."""
+    t0 = time.perf_counter()
+    destination = dest if isinstance(dest, Destination) else Destination(dest, timeout_s=settings.http_timeout_s)
+    fs: FrameSource | None = None
+    used = {"device": "cpu", "pack": None}
+
+    def build() -> schema.Result:
+        nonlocal fs, analyzer
+        if not hasattr(analyzer, "analyze"):
+            analyzer = analyzer()
+        used.update(device=analyzer.device, pack=analyzer.pack)
+        fs = open_source(source, settings, cancel)
+        video = VideoState(fs.info, settings)
+        analyse(fs, analyzer, video, progress)
+        if fs.cancel.is_set():
+            raise fs.cancel.error
+        reduction = video.finish()
+
+        def processing() -> schema.Processing:
+            return outputs.processing_doc(settings, time.perf_counter() - t0, used["device"], fs.backend,
+                                          used["pack"], video.frames_sampled, video.faces_detected)
+
+        return outputs.write_success(destination, fs.video_id, outputs.video_meta(source, fs), reduction,
+                                     fs.warnings, settings, processing, used["pack"])
+
+    def failed_processing() -> schema.Processing:
+        return outputs.processing_doc(settings, time.perf_counter() - t0, used["device"],
+                                      fs.backend if fs else None, used["pack"], 0, 0)
+
+    try:
+        return run_or_record(build, destination, ids.video_id(source), lambda: outputs.video_meta(source, fs),
+                             failed_processing, used["pack"], settings, raise_errors)
+    finally:
+        if fs is not None:
+            fs.close()
+
+
+def extract(
+    source: str,
+    dest: str,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+    model=None,
+    raise_errors: bool = False,
+) -> schema.Result:
+    """:func:`process_video` with the models in this process (``model``: an already loaded
+    :class:`~framepipe.faces.FaceModel`)."""
+    settings = settings or Settings()
+    analyzer = LocalAnalyzer(model, settings.analyze_batch) if model is not None else (
+        lambda: LocalAnalyzer.load(settings))
+    return process_video(source, dest, settings, analyzer, progress=progress, raise_errors=raise_errors)
+
+
+# --------------------------------------------------------------------------------------------------
+# many inputs: done markers, shared with the Ray backfill
+# --------------------------------------------------------------------------------------------------
+
+
+def is_final(result: schema.Result) -> bool:
+    """Is this video done for good (succeeded, or failed for a reason a re-run cannot change)?"""
+    return result.status == "succeeded" or (result.error is not None and result.error.type not in TRANSIENT)
+
+
+def is_done(destination: Destination, marker: str) -> bool:
+    return destination.exists(f"{ids.DONE}/{marker}")
+
+
+def mark_done(destination: Destination, marker: str) -> None:
+    destination.write(f"{ids.DONE}/{marker}", b"")
+
+
+@dataclass
+class RunSummary:
+    """What a run over many inputs did (the backfill prints the same fields)."""
+
+    listed: int = 0
+    skipped: int = 0  # done already (a marker for the same object, settings and versions)
+    succeeded: int = 0
+    failed: int = 0
+    people: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def count(self, result: schema.Result) -> None:
+        if result.status == "succeeded":
+            self.succeeded += 1
+            self.people += len(result.talent_frames)
+        else:
+            self.failed += 1
+            self.failures.append(f"{result.video.source}: {result.error.type}: {result.error.message}")
+
+    def as_dict(self) -> dict:
+        return {"listed": self.listed, "skipped": self.skipped, "succeeded": self.succeeded, "failed": self.failed,
+                "people": self.people}
+
+
+def process_many(
+    root: str,
+    dest: str,
+    settings: Settings,
+    analyzer: Analyzer | None = None,
+    force: bool = False,
+    limit: int | None = None,
+    images: bool = False,
+    on_result: Callable[[schema.Result], None] | None = None,
+) -> RunSummary:
+    """Every video under a folder or ``s3://`` prefix, one after another in this process (models loaded once),
+    with the same outputs and done markers as the Ray backfill: a re-run skips what is done."""
+    destination = Destination(dest, timeout_s=settings.http_timeout_s)
+    summary = RunSummary()
+    for src in sources.iter_videos(root, timeout_s=settings.http_timeout_s, images=images):
+        if limit is not None and summary.listed >= limit:
+            break
+        summary.listed += 1
+        marker = ids.done_marker(ids.video_id(src.source), src.identity, settings)
+        if not force and is_done(destination, marker):
+            summary.skipped += 1
+            continue
+        if analyzer is None:
+            analyzer = LocalAnalyzer.load(settings)
+        result = process_video(src.source, destination, settings, analyzer)
+        summary.count(result)
+        if is_final(result):
+            mark_done(destination, marker)
+        if on_result:
+            on_result(result)
+    return summary

@@ -1,0 +1,195 @@
+"""Fast unit tests: no models, no footage, no servers. Sampling, splitting, ids, done-marker keys, clustering on
+fixed embeddings, the frame picker, the host allow-list, listing, and what the backfill hands to Ray."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from framepipe import clustering, ids, selection
+from framepipe.config import Settings
+from framepipe.framesource import FrameSource, SampledFrame, split_times
+from framepipe.prefetch import prefetch
+from framepipe.video import VideoInfo, sample_times
+
+
+def info(duration_s: float, fps: float = 25.0, start_s: float = 0.0) -> VideoInfo:
+    return VideoInfo(width=64, height=48, fps=fps, total_frames=int(duration_s * fps), duration_s=duration_s,
+                     start_s=start_s, codec="h264", rotation=0, stream_index=0)
+
+
+# ---- sampling -------------------------------------------------------------------------------------
+
+
+def test_one_sample_per_second_from_the_first_frame():
+    times = sample_times(info(60.0, start_s=0.852), 1.0, 20)
+    assert len(times) == 60 and times[0] == 0.852 and times[1] == pytest.approx(1.852)
+    assert all(t < 0.852 + 60 for t in times)
+
+
+def test_short_videos_get_min_samples_or_every_frame():
+    assert len(sample_times(info(5.0), 1.0, 20)) == 20
+    six = info(0.24)  # 6 frames at 25 fps
+    assert len(sample_times(six, 1.0, 20)) == 6
+
+
+def test_split_times_is_contiguous_and_complete():
+    times = [float(t) for t in range(100)]
+    parts = split_times(times, 2, 30)
+    assert len(parts) == 2 and sum(parts, []) == times
+    assert max(parts[0]) < min(parts[1])
+    assert split_times(times[:40], 2, 30) == [times[:40]]  # too short to split
+    assert split_times([], 2, 30) == [[]]
+
+
+def test_frames_are_yielded_once_even_when_two_readers_take_the_same_one():
+    image = np.zeros((2, 2, 3), np.uint8)
+    m = selection.measure(image)
+    frames = [SampledFrame(t, image, m) for t in (1.0, 2.0, 2.0, 3.0, 1.0000000001)]
+    assert [f.pts_s for f in FrameSource._once(iter(frames))] == [1.0, 2.0, 3.0]
+
+
+# ---- ids and done markers -------------------------------------------------------------------------
+
+
+def test_one_video_id_rule_for_success_and_early_failure(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.mp4").write_bytes(b"x")
+    assert ids.video_id("notes.mp4") == ids.video_id(str(tmp_path / "notes.mp4"))
+    assert ids.video_id("notes.mp4").startswith("notes-")  # never "notes.mp4-..."
+    assert ids.video_id(f"file://{tmp_path}/notes.mp4") == ids.video_id("notes.mp4")
+    assert ids.video_id("s3://b/in/a b.mov").startswith("a_b-")
+    assert ids.video_id("s3://b/in/a.mp4") != ids.video_id("s3://b/other/a.mp4")
+
+
+def test_done_marker_key_follows_results_and_versions(monkeypatch):
+    import framepipe
+
+    s = Settings(models="/packs/x")
+    key = ids.done_marker("v-1", "etag=1", s)
+    assert key.startswith("v-1.")
+    assert ids.done_marker("v-1", "etag=1", s.with_overrides(decode_workers=4, device="cpu")) == key
+    assert ids.done_marker("v-1", "etag=1", s.with_overrides(cluster_eps=0.4)) != key
+    assert ids.done_marker("v-1", "etag=2", s) != key
+    monkeypatch.setattr(framepipe, "__version__", "99.0.0")
+    assert ids.done_marker("v-1", "etag=1", s) != key  # an upgrade redoes everything
+
+
+# ---- clustering -----------------------------------------------------------------------------------
+
+
+def test_dbscan_matches_scikit_learn_label_for_label():
+    from sklearn.cluster import DBSCAN
+
+    rng = np.random.default_rng(7)
+    for _ in range(100):
+        k, n = int(rng.integers(1, 6)), int(rng.integers(1, 80))
+        x = rng.normal(size=(k, 16))[rng.integers(0, k, n)] + rng.normal(scale=rng.uniform(0.2, 1.0), size=(n, 16))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        eps, ms = float(rng.uniform(0.1, 0.8)), int(rng.integers(1, 4))
+        expected = DBSCAN(eps=eps, min_samples=min(ms, n), metric="cosine").fit_predict(x)
+        assert np.array_equal(clustering.dbscan_cosine(x, eps, min(ms, n)), expected)
+
+
+def test_people_from_fixed_embeddings():
+    a, b = np.eye(4)[0], np.eye(4)[1]
+    emb = np.stack([a, a, b, b, np.eye(4)[2], np.eye(4)[3]]).astype(np.float32)
+    quality = np.array([0.5, 0.5, 0.5, 0.5, 0.9, 0.1])
+    labels = clustering.cluster_faces(emb, quality, 0.3, 2, 0.45)
+    # two people seen twice, a clear face seen once kept, a poor one dropped; numbered by first appearance
+    assert labels.tolist() == [0, 0, 1, 1, 2, -1]
+
+
+# ---- the representative-frame picker ---------------------------------------------------------------
+
+
+def test_picker_gives_exactly_ten_spread_frames_and_skips_black_ones():
+    picker = selection.RepresentativePicker(0.0, 100.0)
+    rng = np.random.default_rng(1)
+    for t in range(100):
+        luma = 5.0 if t % 10 == 0 else 120.0  # the first frame of every bin is black
+        picker.offer(selection.FrameStats(float(t), luma, 100.0 + t % 7, int(rng.integers(0, 2**63)), jpeg=b"j"))
+    reps = picker.pick()
+    assert len(reps.frames) == 10 and not reps.short_video and reps.relaxed == []
+    assert sorted({int(f.pts_s // 10) for f in reps.frames}) == list(range(10))
+    assert all(f.luma > 20 for f in reps.frames)
+
+
+def test_picker_relaxes_duplicates_for_a_still_video_and_says_so():
+    picker = selection.RepresentativePicker(0.0, 20.0)
+    for t in range(20):
+        picker.offer(selection.FrameStats(float(t), 120.0, 100.0, 0xABCDEF, jpeg=b"j"))
+    reps = picker.pick()
+    assert len(reps.frames) == 10 and reps.relaxed == ["duplicate"]
+
+
+def test_picker_on_a_short_video_returns_every_frame():
+    picker = selection.RepresentativePicker(0.0, 0.2)
+    for t in range(6):
+        picker.offer(selection.FrameStats(t / 30, 120.0, 100.0, t * 7919, jpeg=b"j"))
+    reps = picker.pick()
+    assert len(reps.frames) == 6 and reps.short_video
+
+
+# ---- plumbing -------------------------------------------------------------------------------------
+
+
+def test_prefetch_closes_each_generator_in_its_own_thread():
+    closed_in = []
+
+    def frames():
+        try:
+            yield from range(100)
+        finally:
+            closed_in.append(threading.current_thread().name)
+
+    with prefetch(frames(), frames(), depth=2) as items:
+        next(items)  # leave early: the producers stop and close their generators themselves
+    assert len(closed_in) == 2 and all(n.startswith("framepipe-prefetch-") for n in closed_in)
+
+
+def test_destination_child_keeps_its_timeout(tmp_path):
+    from framepipe.storage import Destination
+
+    assert Destination(str(tmp_path), timeout_s=3.0).child("v").timeout_s == 3.0
+
+
+def test_listing_skips_a_dangling_symlink(tmp_path):
+    from framepipe import sources
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    os.symlink(tmp_path / "missing.mp4", tmp_path / "y.mp4")
+    (tmp_path / "notes.txt").write_text("not listed")
+    assert [os.path.basename(s.source) for s in sources.iter_videos(str(tmp_path))] == ["a.mp4"]
+    assert not sources.is_single_input(str(tmp_path)) and sources.is_single_input(str(tmp_path / "a.mp4"))
+    assert sources.is_single_input("s3://b/k/a.mp4") and not sources.is_single_input("s3://b/k/")
+
+
+def test_webhook_host_allow_list():
+    from serve.webhook import host_allowed
+
+    allowed = ["hooks.example.com", "*.corp.example"]
+    assert host_allowed("https://hooks.example.com/x", allowed)
+    assert host_allowed("https://a.b.corp.example/x", allowed)
+    assert not host_allowed("https://corp.example.evil/x", allowed)
+    assert not host_allowed("https://user:pw@hooks.example.com/x", allowed)
+    assert not host_allowed("ftp://hooks.example.com/x", allowed)
+    assert not host_allowed("http://[::1/", allowed)
+
+
+def test_backfill_passes_settings_but_never_credentials_to_ray():
+    from jobs.backfill import PASSED_ENV
+
+    passed = ["FRAMEPIPE_MODELS", "FRAMEPIPE_SAMPLE_FPS", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"]
+    kept = ["AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "FRAMEPIPE_SERVE_API_TOKEN",
+            "FRAMEPIPE_SERVE_WEBHOOK_SECRET", "AWS_PROFILE_X"]
+    assert all(PASSED_ENV.match(k) for k in passed)
+    assert not any(PASSED_ENV.match(k) for k in kept)
+
+
+def test_settings_reject_non_finite_numbers():
+    with pytest.raises(ValueError):
+        Settings(sample_fps=float("nan"))
