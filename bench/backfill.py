@@ -1,12 +1,16 @@
-"""Backfill throughput: the engine one video after another vs the Ray Data job (not a test).
+"""Backfill throughput: `framepipe extract SRC_DIR` (one process, no Ray) vs the Ray Data job (not a test).
 
-    python bench/backfill.py [--models PACK] [--copies N]
+    python bench/backfill.py [--models PACK] [--copies 1,3] [--long]
 
-In one run, on the same set of shared videos (all 16 labelled ones by default; --copies repeats the set):
-(a) the single-video engine, one video after another, in one process (model loaded once);
-(b) the Ray Data job (`python -m jobs.backfill`) with 1 face-model actor, then with 2 actors of half a CPU each,
-    each run from a fresh process with a local Ray, its start-up included.
-Prints videos/minute for each and the ratios.
+In one run, on the same inputs, each command a fresh process timed as a whole (start-up included):
+
+(a) ``framepipe extract SRC_DIR --out DEST``: every video one after another, models loaded once;
+(b) ``python -m jobs.backfill --source SRC_DIR --dest DEST``: the Ray Data job with its defaults (a local Ray).
+
+``--copies 1,3``: the 16 labelled shared videos, then 3 copies of them (48). Prints videos/minute and the ratio
+(b)/(a) for each, and the job's peak object-store use and spilled bytes.
+``--long``: two 12-minute 720p videos plus the 16 short ones in one Ray run: says when the first short video's
+outputs were written against when the first 12-minute video was finished, peak object store and spilled bytes.
 """
 
 from __future__ import annotations
@@ -19,77 +23,104 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 SHARED = Path(os.environ.get("FRAMEPIPE_SHARED", ROOT.parent / "shared"))
+BIN = Path(sys.executable).parent
 
 
-def videos_dir(copies: int) -> tuple[str, int]:
+def videos_dir(copies: int, long_videos: list[Path] = ()) -> tuple[str, int]:
     gt = json.loads((SHARED / "media" / "ground_truth.json").read_text())
     paths = [SHARED / "media" / k for k in gt if k.startswith("videos/")]
     d = tempfile.mkdtemp(prefix="fpbench-videos-")
     for c in range(copies):
         for p in paths:
             os.symlink(p, os.path.join(d, f"{c}_{p.name}"))
-    return d, len(paths) * copies
+    for i, p in enumerate(long_videos):
+        os.symlink(p, os.path.join(d, f"long{i}_{p.name}"))
+    return d, len(paths) * copies + len(long_videos)
 
 
-def sequential(src: str, models: str) -> float:
-    warnings.filterwarnings("ignore")
-    from framepipe import pipeline
-    from framepipe.config import Settings
-    from framepipe.faces import load_face_model
-
-    out = tempfile.mkdtemp(prefix="fpbench-seq-")
+def timed(cmd: list[str], models: str, prefix: str) -> tuple[float, str]:
+    env = {**os.environ, "FRAMEPIPE_MODELS": models}
     t0 = time.perf_counter()
-    settings = Settings(models=models)
-    model = load_face_model(settings)
-    for name in sorted(os.listdir(src)):
-        pipeline.extract(os.path.join(src, name), out, settings, model=model)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
-    shutil.rmtree(out, ignore_errors=True)
-    return elapsed
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(prefix)]
+    if not lines:
+        raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-3000:])
+    return elapsed, lines[-1].split(": ", 1)[1]
 
 
-def ray_job(src: str, models: str, *extra: str) -> tuple[float, dict]:
+def extract(src: str, models: str) -> float:
+    out = tempfile.mkdtemp(prefix="fpbench-extract-")
+    try:
+        secs, _ = timed([str(BIN / "framepipe"), "extract", src, "--out", out], models, "extract summary: ")
+        return secs
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def ray_job(src: str, models: str) -> tuple[float, dict, str]:
     out = tempfile.mkdtemp(prefix="fpbench-ray-")
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs.backfill", "--source", src, "--dest", out, *extra],
-        cwd=ROOT, env={**os.environ, "FRAMEPIPE_MODELS": models}, capture_output=True, text=True,
-    )
-    elapsed = time.perf_counter() - t0
-    shutil.rmtree(out, ignore_errors=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("backfill summary: ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(proc.stderr[-3000:])
-    return elapsed, json.loads(lines[-1].split(": ", 1)[1])
+    try:
+        secs, summary = timed([sys.executable, "-m", "jobs.backfill", "--source", src, "--dest", out], models,
+                              "backfill summary: ")
+        return secs, json.loads(summary), out
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def finished_at(out: str) -> dict[str, float]:
+    """When each video's result.json was written (mtime)."""
+    return {d: os.path.getmtime(os.path.join(out, d, "result.json")) for d in os.listdir(out)
+            if os.path.exists(os.path.join(out, d, "result.json"))}
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=str(SHARED / "models" / "scrfd_mobilefacenet"))
-    ap.add_argument("--copies", type=int, default=1)
+    ap.add_argument("--copies", default="1,3")
+    ap.add_argument("--long", action="store_true")
     args = ap.parse_args()
-    src, n = videos_dir(args.copies)
-    try:
-        print(f"{n} videos, {os.cpu_count()} cores")
-        seq = sequential(src, args.models)
-        one, s1 = ray_job(src, args.models, "--actors", "1", "--actor-cpus", "1")
-        two, s2 = ray_job(src, args.models, "--actors", "2", "--actor-cpus", "0.5")
-        rate = lambda secs: n / secs * 60  # noqa: E731
-        print(f"(a) engine, one after another: {seq:7.1f} s  {rate(seq):6.1f} videos/min")
-        print(f"(b) Ray Data job, 1 actor:      {one:7.1f} s  {rate(one):6.1f} videos/min  "
-              f"(job's own clock {s1['seconds']} s; {s1['succeeded']} ok, {s1['failed']} failed)")
-        print(f"    Ray Data job, 2 actors:     {two:7.1f} s  {rate(two):6.1f} videos/min  "
-              f"(job's own clock {s2['seconds']} s)")
-        print(f"ratio (b) 1 actor / (a):        {seq / one:.2f}   (>= 1 means the Ray job is at least as fast)")
-        print(f"ratio 2 actors / 1 actor:       {one / two:.2f}")
-    finally:
-        shutil.rmtree(src, ignore_errors=True)
+    print(f"{os.cpu_count()} cores")
+    for copies in [int(c) for c in args.copies.split(",") if c]:
+        src, n = videos_dir(copies)
+        try:
+            a = extract(src, args.models)
+            b, s, out = ray_job(src, args.models)
+            shutil.rmtree(out, ignore_errors=True)
+            rate = lambda secs: n / secs * 60  # noqa: E731
+            print(f"{n} videos: (a) framepipe extract SRC_DIR {a:6.1f} s {rate(a):6.1f} videos/min | "
+                  f"(b) Ray job {b:6.1f} s {rate(b):6.1f} videos/min ({s['succeeded']} ok, {s['failed']} failed) | "
+                  f"ratio (b)/(a) {a / b:.2f} | peak object store {mib(s['peak_object_store_bytes'])}, "
+                  f"spilled {mib(s['spilled_bytes'])}")
+        finally:
+            shutil.rmtree(src, ignore_errors=True)
+    if args.long:
+        import inputs
+
+        long_video = inputs.thirty_minute(copies=4)  # 12 minutes, 1280x720, 30 fps
+        src, n = videos_dir(1, [long_video, long_video])
+        try:
+            secs, s, out = ray_job(src, args.models)
+            done = finished_at(out)
+            shutil.rmtree(out, ignore_errors=True)
+            first_short = min(t for d, t in done.items() if not d.startswith("long"))
+            first_long = min(t for d, t in done.items() if d.startswith("long"))
+            print(f"{n} videos incl. two 12-minute 720p ones: Ray job {secs:.1f} s; first short video written "
+                  f"{first_long - first_short:.1f} s before the first 12-minute one was finished "
+                  f"({'OK' if first_short < first_long else 'NOT streaming'}); peak object store "
+                  f"{mib(s['peak_object_store_bytes'])}, spilled {mib(s['spilled_bytes'])}")
+        finally:
+            shutil.rmtree(src, ignore_errors=True)
 
 
 if __name__ == "__main__":

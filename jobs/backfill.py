@@ -211,7 +211,7 @@ class FaceActor:
 
 
 # --------------------------------------------------------------------------------------------------
-# finish: a Ray task per complete video
+# finish: per complete video, on a small pool of Ray actors
 # --------------------------------------------------------------------------------------------------
 
 
@@ -254,8 +254,18 @@ def finish_video(summary: VideoSummary, frames: list, settings_json: str, dest: 
         "status": result.status,
         "people": len(result.talent_frames),
         "error": f"{result.error.type}: {result.error.message}" if result.error else "",
+        "started": summary.started,
         "finished": time.time(),
     }
+
+
+class Finisher:
+    """Runs :func:`finish_video`. A few long-lived actors rather than a task each: a task that reserves no CPU gets a
+    fresh worker process per concurrent call, and each such start (Python, Ray, pyarrow) cost more CPU than the
+    finish itself on a 2-core machine."""
+
+    def finish(self, *args) -> dict:
+        return finish_video(*args)
 
 
 @dataclass
@@ -366,11 +376,12 @@ def parse_args(argv=None):
                     help="onnxruntime threads per actor (0: the node's cores; default 0 on GPU clusters, 1 on CPUs)")
     ap.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs per decode task (default 0.5)")
     ap.add_argument("--decode-resources", help="custom resources per decode task, JSON")
+    ap.add_argument("--finishers", type=int, default=2, help="actors that write finished videos' outputs")
     ap.add_argument("--finish-cpus", type=float, default=0.0,
-                    help="CPUs reserved per finish task (default 0: they are short and mostly I/O, and must never wait "
+                    help="CPUs reserved per finisher (default 0: the work is short and mostly I/O, and must never wait "
                     "behind the dataset's own tasks)")
     ap.add_argument("--batch-size", type=int, default=8, help="frames per actor call")
-    ap.add_argument("--max-finishing", type=int, default=8, help="finish tasks in flight at once (bounds memory)")
+    ap.add_argument("--max-finishing", type=int, default=8, help="videos being finished at once (bounds memory)")
     ap.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or "local",
                     help="Ray cluster (default: RAY_ADDRESS, as set by `ray job submit`, else a local Ray)")
     return ap.parse_args(argv)
@@ -402,7 +413,10 @@ def run(args) -> dict:
              runtime_env={"env_vars": env}, **({"include_dashboard": False} if local else {}))
     res = plan_resources(args, ray.cluster_resources())
     log.info("resources: %s", res)
-    finish = ray.remote(finish_video).options(num_cpus=args.finish_cpus, max_retries=3)
+    # a finisher lost with its node is restarted elsewhere and its calls retried (their arguments live with the driver)
+    finisher_cls = ray.remote(Finisher).options(num_cpus=args.finish_cpus, max_restarts=-1, max_task_retries=3)
+    finishers: list = []  # started with the first finished video: not competing with the pool's start-up
+    submitted = 0
     settings_json = settings.model_dump_json()
     summary = pipeline.RunSummary()
     pending: dict[str, Pending] = {}
@@ -427,15 +441,22 @@ def run(args) -> dict:
             else:
                 summary.failed += 1
                 summary.failures.append(f"{out['source']}: {out['error']}")
-            log.info("%s: %s", out["video_id"], out["status"] if not out["error"] else out["error"])
+            log.info("%s: %s (started at +%.1f s, done at +%.1f s)", out["video_id"], out["error"] or out["status"],
+                     out["started"] - wall0, out["finished"] - wall0)
             if not block:
                 continue
             return
 
     def submit(vid: str, p: Pending) -> None:
+        nonlocal submitted
         while len(in_flight) >= args.max_finishing:
             collect(block=True)
-        in_flight.append(finish.remote(p.summary, list(p.frames.values()), settings_json, args.dest, p.analyzer))
+        if len(finishers) < max(1, args.finishers):
+            finishers.append(finisher_cls.remote())
+        finisher = finishers[submitted % len(finishers)]
+        submitted += 1
+        in_flight.append(finisher.finish.remote(p.summary, list(p.frames.values()), settings_json, args.dest,
+                                                p.analyzer))
         del pending[vid]
 
     ds = build_dataset(args, settings, res)
@@ -459,6 +480,7 @@ def run(args) -> dict:
                 p.analyzer = str(batch["analyzer"][i])
                 placement["analyzer"].add(p.analyzer.rsplit("|", 1)[-1])
             if p.complete:
+                log.debug("%s: all frames analysed at +%.1f s", vid, time.time() - wall0)
                 submit(str(vid), p)
         collect(block=False)
         if total_store and time.perf_counter() - sampled > 1.0:

