@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     max_duration_s: float = Field(4 * 3600.0, gt=0, description="Videos longer than this are refused.")
     max_pixels: int = Field(7680 * 4320, gt=0, description="Frames larger than 8K are refused.")
     http_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout for http(s) and S3 sources.")
+    follow_redirects: bool = Field(
+        True, description="Follow HTTP redirects of http(s) sources (the HTTP service turns this off: never fetch "
+        "where a redirect points).")
 
     # --- cost ---------------------------------------------------------------------------------------
     hourly_price_usd: float | None = Field(

@@ -137,7 +137,8 @@ class FrameSource:
 
 def open_source(source: str, settings: Settings, cancel: Cancel | None = None) -> FrameSource:
     """Resolve, probe and plan one input (raises a :class:`FramepipeError` for bad input)."""
-    src = sources.resolve(source, timeout_s=settings.http_timeout_s, max_bytes=settings.max_bytes)
+    src = sources.resolve(source, timeout_s=settings.http_timeout_s, max_bytes=settings.max_bytes,
+                          follow_redirects=settings.follow_redirects)
     stream = open_video(
         src.uri,
         backend=settings.backend,

@@ -17,7 +17,8 @@ DONE = "_done"  # DEST/_done/<video_id>.<key>: written last for a finished video
 # Settings that do not change a video's results: left out of the done-marker key.
 PERFORMANCE_ONLY = frozenset(
     {"intra_op_threads", "decode_threads", "decode_workers", "prefetch_frames", "device", "http_timeout_s",
-     "hourly_price_usd", "price_gpu_usd_per_hour", "price_cpu_usd_per_hour", "backend", "analyze_batch"}
+     "hourly_price_usd", "price_gpu_usd_per_hour", "price_cpu_usd_per_hour", "backend", "analyze_batch",
+     "follow_redirects"}
 )
 
 

@@ -37,13 +37,14 @@ class Source:
         return os.path.splitext(base)[0]
 
 
-def resolve(source: str, timeout_s: float = 30.0, max_bytes: int | None = None) -> Source:
-    """Check that the source exists and is reachable, and say how the decoder should open it."""
+def resolve(source: str, timeout_s: float = 30.0, max_bytes: int | None = None, follow_redirects: bool = True) -> Source:
+    """Check that the source exists and is reachable, and say how the decoder should open it. With
+    ``follow_redirects`` off (the HTTP service), an http(s) source that answers with a redirect is refused."""
     scheme = urlparse(source).scheme.lower() if "://" in source else ""
     if scheme == "s3":
         src = _resolve_s3(source, timeout_s)
     elif scheme in ("http", "https"):
-        src = _resolve_http(source, timeout_s)
+        src = _resolve_http(source, timeout_s, follow_redirects)
     elif scheme in ("", "file"):
         path = urlparse(source).path if scheme == "file" else source
         path = os.path.abspath(os.path.expanduser(path))
@@ -79,10 +80,13 @@ def _resolve_s3(source: str, timeout_s: float) -> Source:
     return Source(source, url, int(head["ContentLength"]), f"etag={head.get('ETag', '').strip(chr(34))}")
 
 
-def _resolve_http(source: str, timeout_s: float) -> Source:
+def _resolve_http(source: str, timeout_s: float, follow_redirects: bool = True) -> Source:
     try:
         # A one-byte range GET rather than HEAD: presigned URLs are often signed for GET only.
-        with requests.get(source, headers={"Range": "bytes=0-0"}, timeout=timeout_s, stream=True) as r:
+        with requests.get(source, headers={"Range": "bytes=0-0"}, timeout=timeout_s, stream=True,
+                          allow_redirects=follow_redirects) as r:
+            if r.is_redirect:
+                raise SourceUnreachable(f"HTTP {r.status_code} for {source}: redirects are not followed")
             if r.status_code == 404:
                 raise SourceNotFound(f"HTTP 404 for {source}")
             if r.status_code >= 400:

@@ -1,32 +1,44 @@
-"""Ray Serve application: one video per request over HTTP, results on a signed webhook.
+"""Ray Serve application: one video per request over HTTP, durable jobs, results on a Standard Webhook.
 
-Two deployments, split by resource profile:
+Three deployments, split by resource profile:
 
-* ``VideoIngress`` (FastAPI, CPU): validates requests, runs framepipe's per-video pipeline
-  (``pipeline.process_video``: decoding in reader threads, clustering, output writing) in a worker thread with
-  :class:`HandleAnalyzer` as its analyzer, keeps job status, posts the webhook;
-* ``FaceModel`` (GPU where there is one): holds the models once and batches frames across all callers with
+* ``VideoIngress`` (FastAPI, CPU, light): authenticates (before reading a body), validates, refuses what would reach
+  private addresses, pushes back (429 + ``Retry-After`` beyond ``FRAMEPIPE_SERVE_QUEUE_MAX`` queued jobs), honours
+  ``Idempotency-Key``, stores the job and puts it on the broker before answering 202; answers status from the store
+  (any replica can). Its blocking calls run on its own small thread pool, never on the event loop.
+* ``VideoWorker`` (CPU): a Ray Serve task consumer (Celery on the broker, ``serve/jobs.py``) running at most
+  ``max_ongoing_requests`` jobs at once: framepipe's per-video pipeline (``pipeline.process_video``) with
+  :class:`HandleAnalyzer`, a cooperative timeout, then the webhook. Tasks are acknowledged late: a job whose worker
+  dies is delivered again and finishes (same outputs, same webhook id).
+* ``FaceModel`` (GPU where there is one): holds the models once and batches frames across all jobs with
   ``@serve.batch``.
 
 Run it with ``serve run serve/config.yaml`` (or ``serve deploy``); settings come from the environment
-(``FRAMEPIPE_SERVE_*``, see :class:`ServeSettings`, and the engine's ``FRAMEPIPE_*``).
+(``FRAMEPIPE_SERVE_*``: :class:`ServeSettings`, ``serve.jobs.QueueSettings``; the pipeline's ``FRAMEPIPE_*``).
 """
 
-
 import asyncio
+import functools
 import hmac
+import ipaddress
 import logging
 import re
+import socket
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from fastapi import Depends, FastAPI, HTTPException
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from ray import serve
+from ray.serve.task_consumer import instantiate_adapter_from_config, task_consumer, task_handler
 
 from framepipe import ids, outputs, pipeline, schema, sources
 from framepipe.config import Settings
@@ -34,30 +46,55 @@ from framepipe.errors import FramepipeError, InputTooLarge, SourceNotFound
 from framepipe.faces import load_face_model
 from framepipe.framesource import Cancel
 from framepipe.storage import Destination
-from serve import webhook
+from serve import jobs, webhook
+from serve.jobs import JobStatus
 
 log = logging.getLogger("framepipe.serve")
 
 BUCKET_RE = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"  # plus the rules in VideoRequest._one_source
+URL_RE = r"^https?://[!-~]+$"  # printable ASCII, no space, tab or control character
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+QUEUE = jobs.QueueSettings()
+TASKS = jobs.task_processor_config(QUEUE)  # the task consumer's decorator needs it at import
 
 
 class ServeSettings(BaseSettings):
-    """The service's own settings (env ``FRAMEPIPE_SERVE_<NAME>``); the engine's come from ``Settings``."""
+    """The service's own settings (env ``FRAMEPIPE_SERVE_<NAME>``); the pipeline's come from ``Settings``."""
 
-    model_config = SettingsConfigDict(env_prefix="FRAMEPIPE_SERVE_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="FRAMEPIPE_SERVE_", frozen=True, extra="ignore")
 
     api_token: SecretStr = Field(description="Bearer token that every request must carry.")
-    webhook_secret: SecretStr = Field(description="Shared secret of the webhook signatures.")
+    webhook_secret: SecretStr = Field(
+        description="Standard Webhooks secret(s), whsec_<base64>; several, comma-separated, during a rotation (each "
+        "delivery is signed with all of them).")
     webhook_allowed_hosts: str = Field("", description="Comma-separated hosts webhooks may go to (*.x.com ok).")
+    webhook_ports: str = Field("80,443", description="Ports webhook URLs may name (comma-separated; * for any).")
     source_allowed_hosts: str = Field("", description="Comma-separated hosts that `url` sources may name "
                                       "(empty: S3 sources only). Keeps the service from fetching arbitrary URLs.")
+    allow_private_networks: bool = Field(
+        False, description="Let webhooks and url sources reach loopback, link-local and private addresses (tests, "
+        "internal receivers). Off: their hosts must resolve to public addresses only.")
     output: str = Field(description="Where outputs go: s3://bucket/prefix or a local directory.")
     presign_seconds: int = Field(0, ge=0, description="> 0: results also carry presigned URLs valid this long.")
     job_timeout_s: float = Field(900.0, gt=0, description="A job running longer fails with a timeout.")
+    max_body_bytes: int = Field(65536, ge=1024, description="Larger request bodies are refused (413) unread.")
     webhook_max_attempts: int = Field(5, ge=1, le=20)
     webhook_backoff_s: float = Field(1.0, ge=0)
     webhook_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr) -> SecretStr:
+        for secret in value.get_secret_value().split(","):
+            try:
+                webhook.sign([secret.strip()], "check", 0, b"")
+            except Exception:
+                raise ValueError("each webhook secret must be whsec_<base64>") from None
+        return value
+
+    @property
+    def secrets(self) -> list[str]:
+        return [s.strip() for s in self.webhook_secret.get_secret_value().split(",") if s.strip()]
 
     @property
     def allowed_hosts(self) -> list[str]:
@@ -68,8 +105,31 @@ class ServeSettings(BaseSettings):
         return [h.strip() for h in self.source_allowed_hosts.split(",") if h.strip()]
 
 
+@functools.lru_cache(maxsize=1)
+def serve_settings() -> ServeSettings:
+    return ServeSettings()
+
+
+def public_only(url: str) -> bool:
+    """Does every address the URL's host resolves to lie on the public internet?"""
+    parsed = urlparse(url)
+    try:
+        infos = socket.getaddrinfo(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
+    except (socket.gaierror, UnicodeError, ValueError):
+        return False
+    return all(ipaddress.ip_address(info[4][0]).is_global for info in infos)
+
+
+def port_allowed(url: str, ports: str) -> bool:
+    if ports.strip() == "*":
+        return True
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return str(port) in {p.strip() for p in ports.split(",")}
+
+
 class RequestSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     sample_fps: float | None = Field(None, gt=0, le=5)
     sampling: Literal["exact", "keyframes"] | None = None
     require_faces: bool | None = None
@@ -78,11 +138,11 @@ class RequestSettings(BaseModel):
 class VideoRequest(BaseModel):
     """A video in S3 (``bucket`` + ``key``) or at an http(s) ``url``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     bucket: str | None = Field(None, min_length=3, max_length=63, pattern=BUCKET_RE)
     key: str | None = Field(None, min_length=1, max_length=1024)
-    url: str | None = Field(None, max_length=4096, pattern=r"^https?://[^\s]+$")
-    webhook_url: str | None = Field(None, max_length=2048)
+    url: str | None = Field(None, max_length=4096, pattern=URL_RE)
+    webhook_url: str | None = Field(None, max_length=2048, pattern=URL_RE)
     settings: RequestSettings | None = None
 
     @model_validator(mode="after")
@@ -99,7 +159,7 @@ class VideoRequest(BaseModel):
             value = getattr(self, name)
             if value is not None:
                 try:
-                    urlparse(value).hostname
+                    urlparse(value).port
                 except ValueError:
                     raise ValueError(f"{name} is not a valid URL") from None
         if self.key is not None:
@@ -115,21 +175,36 @@ class VideoRequest(BaseModel):
 
 class Accepted(BaseModel):
     job_id: str
-    status: Literal["queued"]
+    status: Literal["queued", "running", "succeeded", "failed"]  # not "queued" only for a repeated Idempotency-Key
     status_url: str
 
 
-class JobStatus(BaseModel):
-    job_id: str
-    status: Literal["queued", "running", "succeeded", "failed"]
-    source: str
-    submitted_at: float
-    result: schema.Result | None = None
-    webhook: dict | None = None
-
-
 api = FastAPI(title="framepipe", version="1", description="Find the people in a video.")
-bearer = HTTPBearer(auto_error=False)
+bearer = HTTPBearer(auto_error=False)  # documents the scheme in OpenAPI; the check itself is `guard` below
+
+
+@api.middleware("http")
+async def guard(request: Request, call_next):
+    """Before any body is read: the bearer token, then the body's declared size (413 unread, 411 without a length)."""
+    if request.url.path.startswith("/v1/"):
+        cfg = serve_settings()
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), cfg.api_token.get_secret_value().encode()):
+            return JSONResponse({"detail": "missing or wrong bearer token"}, 401, headers={"WWW-Authenticate": "Bearer"})
+        if request.method in ("POST", "PUT", "PATCH"):
+            length = request.headers.get("content-length", "")
+            if not length.isdigit():
+                return JSONResponse({"detail": "a Content-Length is required"}, 411)
+            if int(length) > cfg.max_body_bytes:
+                return JSONResponse({"detail": f"body over {cfg.max_body_bytes} bytes"}, 413)
+    return await call_next(request)
+
+
+@api.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 that says what is wrong and where, and never echoes the input back."""
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    return JSONResponse({"detail": errors}, 422)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
@@ -148,8 +223,8 @@ class FaceModel:
 
 
 class HandleAnalyzer:
-    """The FaceModel deployment as the pipeline's analyzer. Called from the pipeline's worker thread: a batch of
-    frames goes out as concurrent calls, which ``@serve.batch`` groups with other jobs' frames."""
+    """The FaceModel deployment as the pipeline's analyzer. Called from a worker thread: a batch of frames goes out as
+    concurrent calls, which ``@serve.batch`` groups with other jobs' frames."""
 
     def __init__(self, handle, info: dict, batch_size: int):
         self.handle, self.device, self.pack, self.batch_size = handle, info["device"], info["pack"], batch_size
@@ -159,122 +234,68 @@ class HandleAnalyzer:
         return [r.result() for r in responses]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-@serve.ingress(api)
-class VideoIngress:
+@serve.deployment(max_ongoing_requests=2, ray_actor_options={"num_cpus": 0.5})
+@task_consumer(task_processor_config=TASKS)
+class VideoWorker:
+    """Consumes jobs from the broker, at most ``max_ongoing_requests`` at once (Celery threads)."""
+
     def __init__(self, model):
         self.cfg = ServeSettings()
-        self.settings = Settings()
+        self.settings = Settings().with_overrides(follow_redirects=False)
         self.model = model
         self.dest = Destination(self.cfg.output, timeout_s=self.settings.http_timeout_s)
-        self.jobs: dict[str, JobStatus] = {}
-        self.tasks: set[asyncio.Task] = set()
+        self.store = jobs.open_store(QUEUE)
 
-    # ---- auth -------------------------------------------------------------------------------------
+    def ready(self) -> bool:
+        return True
 
-    def _check(self, creds: HTTPAuthorizationCredentials | None) -> None:
-        token = self.cfg.api_token.get_secret_value()
-        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    # ---- endpoints --------------------------------------------------------------------------------
-
-    @api.get("/healthz")
-    async def healthz(self) -> dict:
-        return {"status": "ok"}
-
-    @api.post("/v1/videos", status_code=202, response_model=Accepted)
-    async def submit(
-        self,
-        body: VideoRequest,
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
-    ):
-        self._check(creds)
-        if body.webhook_url and not webhook.host_allowed(body.webhook_url, self.cfg.allowed_hosts):
-            raise HTTPException(422, "webhook_url host is not on the allow-list")
-        if body.url and not webhook.host_allowed(body.url, self.cfg.source_hosts):
-            raise HTTPException(422, "url host is not on the allow-list of sources")
-        overrides = body.settings.model_dump() if body.settings else {}
-        settings = self.settings.with_overrides(**overrides)
-        try:  # fail fast on what a HEAD can tell: missing object, too large
-            await asyncio.to_thread(sources.resolve, body.source, settings.http_timeout_s, settings.max_bytes)
-        except SourceNotFound as e:
-            raise HTTPException(404, e.message) from None
-        except InputTooLarge as e:
-            raise HTTPException(413, e.message) from None
-        except FramepipeError as e:
-            raise HTTPException(422, f"{e.code}: {e.message}") from None
-        job_id = uuid.uuid4().hex
-        job = JobStatus(job_id=job_id, status="queued", source=body.source, submitted_at=time.time())
-        await self._save(job)
-        task = asyncio.create_task(self._run(job, settings, body.webhook_url))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return Accepted(job_id=job_id, status="queued", status_url=f"/v1/videos/{job_id}")
-
-    @api.get("/v1/videos/{job_id}", response_model=JobStatus)
-    async def status(
-        self, job_id: str, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None
-    ):
-        self._check(creds)
-        if not JOB_ID_RE.match(job_id):
-            raise HTTPException(404, "no such job")
-        job = self.jobs.get(job_id)
+    @task_handler(name=jobs.TASK)
+    def process_job(self, job_id: str) -> str:
+        """Run one job to its end. Delivered again after a worker died: a finished job only gets its webhook (if
+        that had not gone out), an unfinished one runs again and writes the same outputs."""
+        job = self.store.get(job_id)
         if job is None:
-            try:
-                raw = await asyncio.to_thread(self.dest.read, f"jobs/{job_id}.json")
-            except Exception:
-                raise HTTPException(404, "no such job") from None
-            job = JobStatus.model_validate_json(raw)
-        return job
+            log.error("job %s is not in the store", job_id)
+            return "unknown"
+        if job.status not in ("succeeded", "failed"):
+            job.status, job.position, job.attempts = "running", None, job.attempts + 1
+            self.store.save(job)
+            result = self._run(job)
+            job.result, job.status = self._presigned(result), result.status
+            self.store.save(job)
+        hook = job.request.get("webhook_url")
+        if hook and not (job.webhook or {}).get("delivered"):
+            d = webhook.deliver(hook, jobs.result_payload(job), self.cfg.secrets, job.job_id,
+                                self.cfg.webhook_max_attempts, self.cfg.webhook_backoff_s, self.cfg.webhook_timeout_s)
+            job.webhook = {"delivered": d.delivered, "attempts": d.attempts, "status": d.status, "error": d.error,
+                           "log": d.log}
+            self.store.save(job)
+        return job.status
 
-    # ---- the work ---------------------------------------------------------------------------------
-
-    async def _save(self, job: JobStatus) -> None:
-        self.jobs[job.job_id] = job
-        await asyncio.to_thread(self.dest.write, f"jobs/{job.job_id}.json", job.model_dump_json().encode())
-
-    async def _run(self, job: JobStatus, settings: Settings, webhook_url: str | None) -> None:
-        job.status = "running"
-        await self._save(job)
+    def _run(self, job: JobStatus) -> schema.Result:
+        """framepipe's pipeline; on timeout it is told to stop (checked between frames, decoders closed in their own
+        threads) and writes its own failed record: one result per run, never a late success after the failure."""
+        settings = self.settings.with_overrides(**(job.request.get("settings") or {}))
         try:
-            result = await self._process(job.source, settings)
-        except Exception as e:  # a bug costs this job, never the service
-            log.exception("job %s failed", job.job_id)
-            result = await self._failed(job.source, settings, "internal_error", type(e).__name__)
-        job.result = self._presigned(result)
-        job.status = result.status
-        await self._save(job)
-        if webhook_url:
-            payload = {**job.result.model_dump(mode="json"), "job_id": job.job_id, "status": job.status}
-            delivery = await asyncio.to_thread(
-                webhook.deliver, webhook_url, payload, self.cfg.webhook_secret.get_secret_value(), job.job_id,
-                self.cfg.webhook_max_attempts, self.cfg.webhook_backoff_s, self.cfg.webhook_timeout_s,
-            )
-            job.webhook = {"delivered": delivery.delivered, "attempts": delivery.attempts, "status": delivery.status,
-                           "error": delivery.error}
-            await self._save(job)
+            analyzer = HandleAnalyzer(self.model, self.model.info.remote().result(), settings.analyze_batch)
+        except Exception as e:  # the model deployment is down: the job fails, retryable by the caller
+            err = FramepipeError.with_code("model_unavailable", type(e).__name__)
 
-    async def _process(self, source: str, settings: Settings) -> schema.Result:
-        """framepipe's per-video pipeline in a worker thread. On timeout the pipeline is told to stop (it checks
-        between frames and closes its decoders in their own threads) and its own failed record is awaited: one
-        result per job, never a late success after the failure."""
-        analyzer = HandleAnalyzer(self.model, await self.model.info.remote(), settings.analyze_batch)
+            def fail():
+                raise err
+
+            return pipeline.run_or_record(fail, self.dest, ids.video_id(job.source),
+                                          lambda: schema.VideoMeta(source=job.source),
+                                          lambda: outputs.processing_doc(settings, 0.0, "cpu", None, None, 0, 0),
+                                          None, settings)
         cancel = Cancel()
-        work = asyncio.ensure_future(
-            asyncio.to_thread(pipeline.process_video, source, self.dest, settings, analyzer, None, cancel)
-        )
+        timer = threading.Timer(self.cfg.job_timeout_s, cancel.stop, ("timeout", f"over {self.cfg.job_timeout_s:.0f} s"))
+        timer.daemon = True
+        timer.start()
         try:
-            return await asyncio.wait_for(asyncio.shield(work), self.cfg.job_timeout_s)
-        except asyncio.TimeoutError:
-            cancel.stop("timeout", f"over {self.cfg.job_timeout_s:.0f} s")
-            return await work
-
-    async def _failed(self, source, settings, code, message) -> schema.Result:
-        err = FramepipeError.with_code(code, message)
-        failed = outputs.processing_doc(settings, 0.0, "cpu", None, None, 0, 0)
-        return await asyncio.to_thread(outputs.record_failure, self.dest, ids.video_id(source),
-                                       outputs.video_meta(source, None), err, failed, None, settings)
+            return pipeline.process_video(job.source, self.dest, settings, analyzer, cancel=cancel)
+        finally:
+            timer.cancel()
 
     def _presigned(self, result: schema.Result) -> schema.Result:
         if not (self.cfg.presign_seconds and self.dest.is_s3):
@@ -286,4 +307,81 @@ class VideoIngress:
         return result.model_copy(update={"talent_frames": talent, "representative_frames": reps})
 
 
-app = VideoIngress.bind(FaceModel.bind())
+def _accepted(job: JobStatus) -> Accepted:
+    return Accepted(job_id=job.job_id, status=job.status, status_url=f"/v1/videos/{job.job_id}")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(api)
+class VideoIngress:
+    def __init__(self, worker, model):
+        self.cfg = serve_settings()
+        self.settings = Settings().with_overrides(follow_redirects=False)
+        self.worker, self.model = worker, model  # handles: they make the worker and the model part of this app
+        self.store = jobs.open_store(QUEUE)
+        self.broker = instantiate_adapter_from_config(TASKS)
+        self.pool = ThreadPoolExecutor(8, thread_name_prefix="ingress")  # its own: never starved by other work
+
+    async def _blocking(self, fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+
+    # ---- endpoints --------------------------------------------------------------------------------
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.post("/v1/videos", status_code=202, response_model=Accepted, dependencies=[Depends(bearer)],
+              responses={429: {"description": "queue full: retry after the Retry-After header's seconds"}})
+    async def submit(
+        self, body: VideoRequest, idempotency_key: Annotated[str | None, Header(max_length=255)] = None
+    ):
+        cfg = self.cfg
+        for name, url, hosts in (("webhook_url", body.webhook_url, cfg.allowed_hosts),
+                                 ("url", body.url, cfg.source_hosts)):
+            if url is None:
+                continue
+            what = "webhook_url host" if name == "webhook_url" else "url host"
+            if not webhook.host_allowed(url, hosts):
+                raise HTTPException(422, f"{what} is not on the allow-list" + (" of sources" if name == "url" else ""))
+            if name == "webhook_url" and not port_allowed(url, cfg.webhook_ports):
+                raise HTTPException(422, "webhook_url port is not allowed")
+            if not cfg.allow_private_networks and not await self._blocking(public_only, url):
+                raise HTTPException(422, f"{what} does not resolve to public addresses only")
+        if idempotency_key:  # a retried POST: the job it made before, whatever the queue holds now
+            known = await self._blocking(self.store.find, idempotency_key)
+            if known is not None:
+                return _accepted(known)
+        if await self._blocking(self.store.queued) >= QUEUE.queue_max:
+            raise HTTPException(429, f"{QUEUE.queue_max} jobs are waiting: retry later", headers={"Retry-After": "10"})
+        overrides = body.settings.model_dump(exclude_none=True) if body.settings else {}
+        settings = self.settings.with_overrides(**overrides)
+        try:  # fail fast on what a HEAD can tell: missing object, too large
+            await self._blocking(sources.resolve, body.source, settings.http_timeout_s, settings.max_bytes, False)
+        except SourceNotFound as e:
+            raise HTTPException(404, e.message) from None
+        except InputTooLarge as e:
+            raise HTTPException(413, e.message) from None
+        except FramepipeError as e:
+            raise HTTPException(422, f"{e.code}: {e.message}") from None
+        job = JobStatus(job_id=uuid.uuid4().hex, status="queued", source=body.source, submitted_at=time.time(),
+                        request={"settings": overrides, "webhook_url": body.webhook_url})
+        job, created = await self._blocking(self.store.create, job, idempotency_key)
+        if created:
+            await self._blocking(self.broker.enqueue_task_sync, jobs.TASK, args=[job.job_id], task_id=job.job_id)
+        return _accepted(job)
+
+    @api.get("/v1/videos/{job_id}", response_model=JobStatus, dependencies=[Depends(bearer)])
+    async def status(self, job_id: str):
+        if not JOB_ID_RE.match(job_id):
+            raise HTTPException(404, "no such job")
+        job = await self._blocking(self.store.get, job_id)
+        if job is None:
+            raise HTTPException(404, "no such job")
+        if job.status == "queued":
+            job.position = await self._blocking(self.store.position, job_id)
+        return job
+
+
+_model = FaceModel.bind()
+app = VideoIngress.bind(VideoWorker.bind(_model), _model)

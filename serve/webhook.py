@@ -1,49 +1,46 @@
-"""Signed webhook delivery.
+"""Webhook delivery, signed as the Standard Webhooks specification says (https://www.standardwebhooks.com).
 
-Each delivery is a JSON POST with these headers:
+Each delivery is a JSON POST with the spec's three headers, signed with its reference library (``standardwebhooks``):
 
-* ``X-Framepipe-Timestamp``: Unix seconds when it was signed;
-* ``X-Framepipe-Signature``: ``v1=<hex HMAC-SHA256 of "<timestamp>.<body>" with the shared secret>``;
-* ``X-Framepipe-Idempotency-Key``: the job id, the same on every retry, so a receiver can drop duplicates.
+* ``webhook-id``: the job id, the same on every retry and on a redelivered job: receivers drop duplicates by it;
+* ``webhook-timestamp``: Unix seconds when it was signed;
+* ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">``, one per secret, space separated,
+  so a secret can be rotated (sign with old and new, receivers move to the new one, drop the old).
 
-Verifying, on the receiver's side (reject old timestamps to stop replays)::
+Secrets are ``whsec_`` + base64, as the spec has them. A receiver verifies with any Standard Webhooks library::
 
-    import hashlib, hmac, time
-    def verify(secret: bytes, body: bytes, headers) -> bool:
-        ts = headers["X-Framepipe-Timestamp"]
-        good = "v1=" + hmac.new(secret, f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(good, headers["X-Framepipe-Signature"]) and abs(time.time() - int(ts)) < 300
+    from standardwebhooks import Webhook
+    Webhook("whsec_...").verify(body, headers)   # raises if the signature or the timestamp is wrong
 
-Timeouts, connection errors and 5xx answers are retried with exponential backoff, a bounded number of times; 4xx
-answers are final. Every attempt is logged (never the secret).
+Retries: timeouts, connection errors, 408, 5xx and 429 are retried with exponential backoff and full jitter, at most
+``max_attempts`` times; a ``Retry-After`` on 429 or 503 is honoured (capped); 410 Gone stops at once (the receiver
+asks for no more); redirects are never followed (a 3xx is a final failure); other 4xx are final. Every attempt is
+recorded (``Delivery.attempts``) and logged, never the secret.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
+import datetime as dt
+import email.utils
 import json
 import logging
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import requests
+from standardwebhooks import Webhook
 
 log = logging.getLogger("framepipe.webhook")
 
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    return "v1=" + hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+RETRY_AFTER_MAX_S = 300.0
 
 
-def verify(secret: str, body: bytes, timestamp: str, signature: str, max_age_s: float = 300) -> bool:
-    try:
-        fresh = abs(time.time() - int(timestamp)) <= max_age_s
-    except ValueError:
-        return False
-    return fresh and hmac.compare_digest(sign(secret, int(timestamp), body), signature)
+def sign(secrets: list[str], msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header: one ``v1,<sig>`` per secret."""
+    when = dt.datetime.fromtimestamp(timestamp, tz=dt.timezone.utc)
+    return " ".join(Webhook(s).sign(msg_id, when, body.decode()) for s in secrets)
 
 
 def host_allowed(url: str, allowed_hosts: list[str]) -> bool:
@@ -61,53 +58,75 @@ def host_allowed(url: str, allowed_hosts: list[str]) -> bool:
     return False
 
 
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
 @dataclass
 class Delivery:
     delivered: bool
     attempts: int
     status: int | None
     error: str | None = None
+    log: list[dict] = field(default_factory=list)  # one entry per attempt: at, status, error, next wait
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), capped."""
+    if not value:
+        return None
+    try:
+        return min(RETRY_AFTER_MAX_S, max(0.0, float(value)))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            return min(RETRY_AFTER_MAX_S, max(0.0, when.timestamp() - time.time()))
+        except (TypeError, ValueError):
+            return None
 
 
 def deliver(
     url: str,
     payload: dict,
-    secret: str,
-    key: str,
+    secrets: list[str],
+    msg_id: str,
     max_attempts: int = 5,
     backoff_s: float = 1.0,
     timeout_s: float = 10.0,
+    session: requests.Session | None = None,
 ) -> Delivery:
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    http = session or requests
+    attempts: list[dict] = []
     status, error = None, None
     for attempt in range(1, max_attempts + 1):
         timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
-            "User-Agent": "framepipe-webhook/1",
-            "X-Framepipe-Timestamp": str(timestamp),
-            "X-Framepipe-Signature": sign(secret, timestamp, body),
-            "X-Framepipe-Idempotency-Key": key,
+            "User-Agent": "framepipe-webhook/2",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secrets, msg_id, timestamp, body),
         }
+        wait = backoff_s * 2 ** (attempt - 1) * random.random()  # full jitter
+        final = False
         try:
-            r = requests.post(url, data=body, headers=headers, timeout=timeout_s, allow_redirects=False)
+            r = http.post(url, data=body, headers=headers, timeout=timeout_s, allow_redirects=False)
             status, error = r.status_code, None
-            log.info("webhook %s attempt %d/%d -> HTTP %d", key, attempt, max_attempts, r.status_code)
-            if r.status_code < 300:
-                return Delivery(True, attempt, status)
-            if r.status_code < 500:
-                return Delivery(False, attempt, status, f"HTTP {r.status_code}")  # the receiver refused: final
+            if 200 <= r.status_code < 300:
+                attempts.append({"at": timestamp, "status": status, "error": None})
+                log.info("webhook %s attempt %d -> HTTP %d", msg_id, attempt, status)
+                return Delivery(True, attempt, status, None, attempts)
+            error = f"HTTP {r.status_code}"
+            if r.status_code in (429, 503):
+                wait = retry_after(r.headers.get("Retry-After")) or wait
+            elif r.status_code == 410 or 300 <= r.status_code < 400:
+                final = True  # gone: stop; a redirect is never followed
+                error += " (gone: no more attempts)" if r.status_code == 410 else " (redirects are not followed)"
+            elif r.status_code < 500 and r.status_code != 408:
+                final = True  # the receiver refused the delivery
         except requests.RequestException as e:
             status, error = None, type(e).__name__
-            log.info("webhook %s attempt %d/%d -> %s", key, attempt, max_attempts, error)
-        if attempt < max_attempts:
-            time.sleep(backoff_s * 2 ** (attempt - 1))
-    return Delivery(False, max_attempts, status, error or f"HTTP {status}")
+        last = final or attempt == max_attempts
+        attempts.append({"at": timestamp, "status": status, "error": error, "retry_in_s": None if last else round(wait, 2)})
+        log.info("webhook %s attempt %d -> %s", msg_id, attempt, error)
+        if last:
+            break
+        time.sleep(wait)
+    return Delivery(False, len(attempts), status, error, attempts)

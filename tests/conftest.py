@@ -192,6 +192,36 @@ def s3_server(tmp_path_factory):
     s3.client.cache_clear()
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """Debian's redis-server on 127.0.0.1 and a free port (no persistence); stopped by PID."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        message = "redis-server is not installed (apt-get install redis-server; .ci/run does)"
+        if os.environ.get("FRAMEPIPE_REQUIRE_REDIS"):
+            raise RuntimeError(message)
+        pytest.skip(message)
+    port = free_port()
+    d = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                             "--dir", str(d)], stdout=open(d / "redis.log", "wb"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("redis-server did not start")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
 @pytest.fixture()
 def bucket(s3_server, request):
     import boto3

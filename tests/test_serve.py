@@ -1,8 +1,10 @@
-"""The Ray Serve endpoint over real HTTP: `serve run` started here (local Ray), a moto S3 server and a webhook
-receiver on 127.0.0.1 that verifies the signatures."""
+"""The Ray Serve endpoint over real HTTP: `serve run` started here (local Ray), a real Redis as broker and job store,
+a moto S3 server, and a webhook receiver on 127.0.0.1 that verifies every delivery with the `standardwebhooks`
+package (the specification's own library) and drops duplicates by webhook-id, as receivers must."""
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import os
@@ -15,27 +17,35 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import boto3
+import psutil
 import pytest
 import requests
 import yaml
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from conftest import MEDIA, PACK, ROOT, VIDEOS, free_port
 
 pytestmark = pytest.mark.timeout(900)
 
 TOKEN = "test-token-" + os.urandom(8).hex()
-SECRET = "test-secret-" + os.urandom(8).hex()
+SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 CLIP = "videos/tears_of_steel_10s.mp4"
+QUEUE_MAX = 8
 
 
 class Receiver(http.server.ThreadingHTTPServer):
-    """Collects webhook deliveries; POST /flaky answers 500 twice per idempotency key, then 200."""
+    """Collects webhook deliveries; POST /flaky answers 500 twice per webhook-id, then 200."""
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), ReceiverHandler)
         self.deliveries: list[dict] = []
         self.failures: dict[str, int] = {}
         self.lock = threading.Lock()
+
+    def unique(self) -> dict[str, dict]:
+        """The accepted deliveries, one per webhook-id (duplicates dropped, as a receiver must)."""
+        with self.lock:
+            return {d["key"]: d for d in self.deliveries if d["code"] == 200}
 
     def wait_for(self, job_id: str, timeout: float = 300, count: int = 1) -> list[dict]:
         deadline = time.time() + timeout
@@ -50,12 +60,13 @@ class Receiver(http.server.ThreadingHTTPServer):
 
 class ReceiverHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
-        from serve.webhook import verify
-
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        key = self.headers.get("X-Framepipe-Idempotency-Key", "")
-        ok = verify(SECRET, body, self.headers.get("X-Framepipe-Timestamp", ""),
-                    self.headers.get("X-Framepipe-Signature", ""))
+        key = self.headers.get("webhook-id", "")
+        try:
+            Webhook(SECRET).verify(body, dict(self.headers))
+            ok = True
+        except WebhookVerificationError:
+            ok = False
         code = 200 if ok else 401
         with self.server.lock:
             if self.path == "/flaky" and self.server.failures.get(key, 0) < 2:
@@ -79,7 +90,7 @@ def receiver():
 
 
 @pytest.fixture(scope="module")
-def service(s3_server, made, tmp_path_factory):
+def service(s3_server, redis_server, made, tmp_path_factory):
     s3 = boto3.client("s3")
     bucket = f"serve-{os.getpid()}"
     s3.create_bucket(Bucket=bucket)
@@ -96,7 +107,11 @@ def service(s3_server, made, tmp_path_factory):
            "FRAMEPIPE_SERVE_API_TOKEN": TOKEN, "FRAMEPIPE_SERVE_WEBHOOK_SECRET": SECRET,
            "FRAMEPIPE_SERVE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "FRAMEPIPE_SERVE_OUTPUT": f"s3://{bucket}/out",
            "FRAMEPIPE_SERVE_WEBHOOK_BACKOFF_S": "0.2", "FRAMEPIPE_SERVE_PRESIGN_SECONDS": "600",
-           "FRAMEPIPE_MAX_BYTES": "3000000", "FRAMEPIPE_MAX_DURATION_S": "15"}  # caps: 3 MB, 15 s
+           "FRAMEPIPE_MAX_BYTES": "3000000", "FRAMEPIPE_MAX_DURATION_S": "15",  # caps: 3 MB, 15 s
+           "FRAMEPIPE_SERVE_BROKER_URL": redis_server, "FRAMEPIPE_SERVE_QUEUE_MAX": str(QUEUE_MAX),
+           "FRAMEPIPE_SERVE_VISIBILITY_TIMEOUT_S": "20",  # a dead worker's job is delivered again after 20 s
+           "FRAMEPIPE_SERVE_ALLOW_PRIVATE_NETWORKS": "1", "FRAMEPIPE_SERVE_WEBHOOK_PORTS": "*",  # all on 127.0.0.1
+           "FRAMEPIPE_SERVE_SOURCE_ALLOWED_HOSTS": "127.0.0.1"}
     log = open(path.parent / "serve.log", "w")
     serve_bin = os.path.join(os.path.dirname(sys.executable), "serve")
     proc = subprocess.Popen([serve_bin, "run", str(path)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -236,7 +251,9 @@ def test_webhook_retried_until_it_succeeds(service, receiver):
     while status.get("webhook") is None and time.time() < deadline:
         time.sleep(0.5)
         status = wait_done(service, job_id)
-    assert status["webhook"] == {"delivered": True, "attempts": 3, "status": 200, "error": None}
+    hook_status = {k: status["webhook"][k] for k in ("delivered", "attempts", "status", "error")}
+    assert hook_status == {"delivered": True, "attempts": 3, "status": 200, "error": None}
+    assert [a["status"] for a in status["webhook"]["log"]] == [500, 500, 200]  # every attempt recorded
 
 
 def test_webhook_host_not_allowed(service):
@@ -245,15 +262,154 @@ def test_webhook_host_not_allowed(service):
         assert r.status_code == 422, url
 
 
-def test_ten_concurrent_requests_all_complete(service):
+def test_a_burst_is_queued_up_to_the_bound_and_the_rest_get_429(service):
     body = {"bucket": service["bucket"], "key": "clips/tears.mp4"}
-    with ThreadPoolExecutor(10) as pool:
-        responses = list(pool.map(lambda _: post(service, body), range(10)))
-    assert [r.status_code for r in responses] == [202] * 10
-    jobs = {r.json()["job_id"] for r in responses}
-    assert len(jobs) == 10
-    done = [wait_done(service, j, timeout=600) for j in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: post(service, body), range(20)))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {202, 429} and codes.count(202) >= QUEUE_MAX and 429 in codes, codes
+    assert all(r.headers.get("Retry-After", "").isdigit() for r in responses if r.status_code == 429)
+    accepted = [r.json()["job_id"] for r in responses if r.status_code == 202]
+    first = requests.get(f"{service['base']}/v1/videos/{accepted[-1]}", headers=auth(), timeout=10).json()
+    assert first["status"] in ("queued", "running", "succeeded")
+    if first["status"] == "queued":
+        assert first["position"] >= 1
+    done = [wait_done(service, j, timeout=600) for j in accepted]
     assert all(d["status"] == "succeeded" for d in done), [d.get("result", {}).get("error") for d in done]
+
+
+def test_idempotency_key_returns_the_same_job(service):
+    body = {"bucket": service["bucket"], "key": "clips/tears.mp4"}
+    key = {"Idempotency-Key": os.urandom(8).hex()}
+    first = requests.post(f"{service['base']}/v1/videos", json=body, headers={**auth(), **key}, timeout=30)
+    again = requests.post(f"{service['base']}/v1/videos", json=body, headers={**auth(), **key}, timeout=30)
+    other = post(service, body)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["job_id"] == again.json()["job_id"] != other.json()["job_id"]
+    wait_done(service, first.json()["job_id"])
+    assert requests.post(f"{service['base']}/v1/videos", json=body, headers={**auth(), **key},
+                         timeout=30).json()["job_id"] == first.json()["job_id"]
+
+
+def test_hardening_nan_tab_body_size_and_auth_first(service):
+    base = f"{service['base']}/v1/videos"
+    nan = '{"bucket": "%s", "key": "clips/tears.mp4", "settings": {"sample_fps": NaN}}' % service["bucket"]
+    r = requests.post(base, data=nan, headers={**auth(), "Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 422
+    r = post(service, {"bucket": service["bucket"], "key": "clips/tears.mp4",
+                       "webhook_url": "http://127.0.0.1:9/ho\tok"})
+    assert r.status_code == 422
+    big = b'{"bucket": "' + b"a" * 10_000_000 + b'"}'
+    t0 = time.time()
+    r = requests.post(base, data=big, headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 401 and len(r.content) < 1000 and time.time() - t0 < 10
+    r = requests.post(base, data=big, headers={**auth(), "Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and len(r.content) < 1000
+    r = post(service, {"bucket": "x" * 70, "key": "secret-looking-input-" + "k" * 50})
+    assert r.status_code == 422 and "secret-looking-input" not in r.text  # errors never echo the input
+
+
+def test_redirects_are_never_followed(service):
+    """A url source on an allowed host (127.0.0.1 here) that answers 302 to an internal address is refused."""
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", f"{os.environ['AWS_ENDPOINT_URL']}/{service['bucket']}/clips/tears.mp4")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        r = post(service, {"url": f"http://127.0.0.1:{server.server_port}/video.mp4"})
+        if r.status_code == 202:
+            assert wait_done(service, r.json()["job_id"])["status"] == "failed"
+        else:
+            assert r.status_code == 422 and "redirect" in r.text, r.text
+    finally:
+        server.shutdown()
+
+
+def replica_pids(name: str) -> list[int]:
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if any(
+        f"ServeReplica:framepipe:{name}" in part for part in (p.info["cmdline"] or []))]
+
+
+def submit_many(service, receiver, n: int) -> list[str]:
+    hook = f"http://127.0.0.1:{receiver.server_port}/hook"
+    body = {"bucket": service["bucket"], "key": "clips/tears.mp4", "webhook_url": hook}
+    jobs = []
+    for _ in range(n):
+        r = post(service, body)
+        assert r.status_code == 202, r.text
+        jobs.append(r.json()["job_id"])
+    return jobs
+
+
+def wait_running(service, jobs: list[str], timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = [requests.get(f"{service['base']}/v1/videos/{j}", headers=auth(), timeout=10).json()["status"]
+                  for j in jobs]
+        if "running" in states:
+            return
+        time.sleep(0.3)
+    raise AssertionError("no job started")
+
+
+def wait_service(service, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{service['base']}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise AssertionError("the service did not come back")
+
+
+def finish_all(service, receiver, jobs: list[str], timeout: float = 600) -> None:
+    """Every accepted job ends succeeded or failed, and its webhook arrives (once per webhook-id)."""
+    deadline = time.time() + timeout
+    for j in jobs:
+        doc = None
+        while time.time() < deadline:
+            try:
+                doc = requests.get(f"{service['base']}/v1/videos/{j}", headers=auth(), timeout=10).json()
+            except (requests.RequestException, ValueError):
+                doc = None  # the ingress restarting
+            if doc and doc["status"] in ("succeeded", "failed"):
+                break
+            time.sleep(1)
+        assert doc and doc["status"] == "succeeded", doc
+    while time.time() < deadline and not set(jobs) <= set(receiver.unique()):
+        time.sleep(0.5)
+    assert set(jobs) <= set(receiver.unique())
+
+
+def test_a_killed_worker_replica_loses_no_accepted_job(service, receiver):
+    jobs = submit_many(service, receiver, 4)
+    wait_running(service, jobs)
+    [pid] = replica_pids("VideoWorker")
+    os.kill(pid, signal.SIGKILL)
+    finish_all(service, receiver, jobs)
+    docs = [requests.get(f"{service['base']}/v1/videos/{j}", headers=auth(), timeout=10).json() for j in jobs]
+    assert any(d["attempts"] > 1 for d in docs)  # at least one job was delivered again
+
+
+def test_every_replica_killed_at_once_loses_no_accepted_job(service, receiver):
+    jobs = submit_many(service, receiver, 3)
+    wait_running(service, jobs)
+    pids = replica_pids("VideoWorker") + replica_pids("VideoIngress") + replica_pids("FaceModel")
+    assert len(pids) == 3
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    wait_service(service)
+    finish_all(service, receiver, jobs)
 
 
 def test_url_source_host_must_be_allowed(service):

@@ -193,3 +193,22 @@ def test_backfill_passes_settings_but_never_credentials_to_ray():
 def test_settings_reject_non_finite_numbers():
     with pytest.raises(ValueError):
         Settings(sample_fps=float("nan"))
+
+
+def test_an_unexpected_error_while_decoding_costs_one_video_not_the_dataset(tmp_path, monkeypatch):
+    """A bug (any exception that is not a FramepipeError) inside a decode task becomes that video's internal_error
+    summary row; nothing escapes the task, so Ray Data never fails the whole backfill on it."""
+    import pickle
+
+    import framepipe.framesource
+    from framepipe.storage import Destination
+    from jobs.backfill import _decode_one
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(framepipe.framesource, "open_source", broken)
+    rows = list(_decode_one(str(tmp_path / "a.mp4"), "size=1", Settings(), Destination(str(tmp_path)), force=True))
+    assert len(rows) == 1
+    summary = pickle.loads(rows[0]["summary"][0])
+    assert summary.error["type"] == "internal_error" and "KeyError" in summary.error["message"]
