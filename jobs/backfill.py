@@ -152,6 +152,7 @@ def _decode_one(source: str, identity: str, settings: Settings, destination: Des
         "video_id": [vid],
         "pts": np.array([math.nan]),
         "image": np.zeros((1, 1, 1, 3), np.uint8),
+        "last": np.array([True]),
         "summary": [pickle.dumps(summary)],
     }
 
@@ -161,7 +162,9 @@ def _frame_rows(vid: str, frames: list) -> dict:
         "video_id": [vid] * len(frames),
         "pts": np.array([f.pts_s for f in frames]),
         "image": np.stack([f.image for f in frames]),  # one video: one shape; a tensor column
-        "summary": [None] * len(frames),
+        # typed columns: an all-None column would come back as float NaNs from a block that holds no summary
+        "last": np.zeros(len(frames), dtype=bool),
+        "summary": [b""] * len(frames),
     }
 
 
@@ -184,7 +187,7 @@ class FaceActor:
     def __call__(self, batch: dict) -> dict:
         n = len(batch["video_id"])
         faces, jpegs, errors = [b""] * n, [b""] * n, [""] * n
-        todo = [i for i in range(n) if batch["summary"][i] is None]
+        todo = [i for i in range(n) if not batch["last"][i]]
         size = self.analyzer.batch_size
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
@@ -205,6 +208,7 @@ class FaceActor:
             "faces": faces,
             "jpeg": jpegs,
             "error": errors,
+            "last": batch["last"],
             "summary": batch["summary"],
             "analyzer": [self.tag] * n,
         }
@@ -463,7 +467,7 @@ def run(args) -> dict:
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i, vid in enumerate(batch["video_id"]):
             p = pending.setdefault(str(vid), Pending())
-            if batch["summary"][i] is not None:
+            if batch["last"][i]:
                 s: VideoSummary = pickle.loads(batch["summary"][i])
                 if p.summary is not None:
                     continue  # a retried decode task's second summary
