@@ -60,10 +60,11 @@ def wait_http(url: str, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            requests.get(url, timeout=2)
-            return
+            if requests.get(url, timeout=5).status_code == 200:
+                return
         except requests.RequestException:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     raise RuntimeError(f"{url} did not come up")
 
 
@@ -76,6 +77,8 @@ def post(base: str, hook: str) -> tuple[int, str | None, float]:
 
 def one(base: str, hook: str) -> float:
     code, job, t0 = post(base, hook)
+    if code != 202:
+        raise RuntimeError(f"POST answered {code}")
     while job not in ARRIVED:
         time.sleep(0.01)
     return ARRIVED[job] - t0
@@ -152,8 +155,6 @@ def main() -> None:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         base = f"http://127.0.0.1:{serve_port}"
         wait_http(f"{base}/healthz", 300)
-        while requests.get(f"{base}/healthz", timeout=5).status_code != 200:
-            time.sleep(0.5)
         one(base, hook)  # warm-up
         lat = [one(base, hook) for _ in range(args.runs)]
         print(f"clip: {CLIP.name} (10 s, 640x360); {os.cpu_count()} cores; broker: "
