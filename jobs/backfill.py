@@ -263,15 +263,6 @@ def finish_video(summary: VideoSummary, frames: list, settings_json: str, dest: 
     }
 
 
-class Finisher:
-    """Runs :func:`finish_video`. A few long-lived actors rather than a task each: a task that reserves no CPU gets a
-    fresh worker process per concurrent call, and each such start (Python, Ray, pyarrow) cost more CPU than the
-    finish itself on a 2-core machine."""
-
-    def finish(self, *args) -> dict:
-        return finish_video(*args)
-
-
 @dataclass
 class Pending:
     """One video's rows gathered by the driver until it is complete."""
@@ -380,12 +371,13 @@ def parse_args(argv=None):
                     help="onnxruntime threads per actor (0: the node's cores; default 0 on GPU clusters, 1 on CPUs)")
     ap.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs per decode task (default 0.5)")
     ap.add_argument("--decode-resources", help="custom resources per decode task, JSON")
-    ap.add_argument("--finishers", type=int, default=2, help="actors that write finished videos' outputs")
     ap.add_argument("--finish-cpus", type=float, default=0.0,
-                    help="CPUs reserved per finisher (default 0: the work is short and mostly I/O, and must never wait "
-                    "behind the dataset's own tasks)")
+                    help="CPUs reserved per finish task (default 0: the work is short and mostly I/O, and must never "
+                    "wait behind the dataset's own tasks)")
     ap.add_argument("--batch-size", type=int, default=8, help="frames per actor call")
-    ap.add_argument("--max-finishing", type=int, default=8, help="videos being finished at once (bounds memory)")
+    ap.add_argument("--max-finishing", type=int, default=2,
+                    help="finish tasks in flight at once (default 2: bounds memory, and a task that reserves no CPU "
+                    "gets a worker process of its own per concurrent call, each start costing more than a finish)")
     ap.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or "local",
                     help="Ray cluster (default: RAY_ADDRESS, as set by `ray job submit`, else a local Ray)")
     return ap.parse_args(argv)
@@ -417,14 +409,13 @@ def run(args) -> dict:
              runtime_env={"env_vars": env}, **({"include_dashboard": False} if local else {}))
     res = plan_resources(args, ray.cluster_resources())
     log.info("resources: %s", res)
-    # a finisher lost with its node is restarted elsewhere and its calls retried (their arguments live with the driver)
-    finisher_cls = ray.remote(Finisher).options(num_cpus=args.finish_cpus, max_restarts=-1, max_task_retries=3)
-    finishers: list = []  # started with the first finished video: not competing with the pool's start-up
-    submitted = 0
+    # a finish task lost with its node is retried by Ray elsewhere (its arguments live with the driver)
+    finish = ray.remote(finish_video).options(num_cpus=args.finish_cpus, max_retries=5)
     settings_json = settings.model_dump_json()
     summary = pipeline.RunSummary()
     pending: dict[str, Pending] = {}
     in_flight: list = []
+    inputs: dict = {}  # finish task -> (video id, its rows, tries), until its result is in
     placement = {"decode": set(), "analyzer": set()}
     total_store = ray.cluster_resources().get("object_store_memory", 0)
     peak_store, sampled = 0.0, 0.0
@@ -436,7 +427,16 @@ def run(args) -> dict:
             done, in_flight = ray.wait(in_flight, num_returns=1, timeout=None if block else 0)
             if not done:
                 return
-            out = ray.get(done[0])
+            vid, p, tries = inputs.pop(done[0])
+            try:
+                out = ray.get(done[0])
+            except ray.exceptions.RayError as e:  # beyond Ray's own retries: again, a few times (idempotent)
+                if tries >= 3:
+                    raise
+                log.warning("%s: finish failed (%s), again", vid, type(e).__name__)
+                time.sleep(2**tries)
+                start(vid, p, tries + 1)
+                continue
             if first_output_s is None:
                 first_output_s = out["finished"]
             if out["status"] == "succeeded":
@@ -451,16 +451,15 @@ def run(args) -> dict:
                 continue
             return
 
+    def start(vid: str, p: Pending, tries: int = 0) -> None:
+        ref = finish.remote(p.summary, list(p.frames.values()), settings_json, args.dest, p.analyzer)
+        inputs[ref] = (vid, p, tries)
+        in_flight.append(ref)
+
     def submit(vid: str, p: Pending) -> None:
-        nonlocal submitted
         while len(in_flight) >= args.max_finishing:
             collect(block=True)
-        if len(finishers) < max(1, args.finishers):
-            finishers.append(finisher_cls.remote())
-        finisher = finishers[submitted % len(finishers)]
-        submitted += 1
-        in_flight.append(finisher.finish.remote(p.summary, list(p.frames.values()), settings_json, args.dest,
-                                                p.analyzer))
+        start(vid, p)
         del pending[vid]
 
     ds = build_dataset(args, settings, res)

@@ -20,10 +20,8 @@ Run it with ``serve run serve/config.yaml`` (or ``serve deploy``); settings come
 import asyncio
 import functools
 import hmac
-import ipaddress
 import logging
 import re
-import socket
 import threading
 import time
 import uuid
@@ -108,24 +106,6 @@ class ServeSettings(BaseSettings):
 @functools.lru_cache(maxsize=1)
 def serve_settings() -> ServeSettings:
     return ServeSettings()
-
-
-def public_only(url: str) -> bool:
-    """Does every address the URL's host resolves to lie on the public internet?"""
-    parsed = urlparse(url)
-    try:
-        infos = socket.getaddrinfo(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
-    except (socket.gaierror, UnicodeError, ValueError):
-        return False
-    return all(ipaddress.ip_address(info[4][0]).is_global for info in infos)
-
-
-def port_allowed(url: str, ports: str) -> bool:
-    if ports.strip() == "*":
-        return True
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return str(port) in {p.strip() for p in ports.split(",")}
 
 
 class RequestSettings(BaseModel):
@@ -344,9 +324,9 @@ class VideoIngress:
             what = "webhook_url host" if name == "webhook_url" else "url host"
             if not webhook.host_allowed(url, hosts):
                 raise HTTPException(422, f"{what} is not on the allow-list" + (" of sources" if name == "url" else ""))
-            if name == "webhook_url" and not port_allowed(url, cfg.webhook_ports):
+            if name == "webhook_url" and not webhook.port_allowed(url, cfg.webhook_ports):
                 raise HTTPException(422, "webhook_url port is not allowed")
-            if not cfg.allow_private_networks and not await self._blocking(public_only, url):
+            if not cfg.allow_private_networks and not await self._blocking(webhook.public_only, url):
                 raise HTTPException(422, f"{what} does not resolve to public addresses only")
         if idempotency_key:  # a retried POST: the job it made before, whatever the queue holds now
             known = await self._blocking(self.store.find, idempotency_key)

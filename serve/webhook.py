@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import ipaddress
 import json
 import logging
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -56,6 +58,26 @@ def host_allowed(url: str, allowed_hosts: list[str]) -> bool:
         if host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:])):
             return True
     return False
+
+
+def port_allowed(url: str, ports: str) -> bool:
+    """Is the URL's port (or its scheme's default) one of ``ports`` (comma-separated; ``*`` for any)?"""
+    if ports.strip() == "*":
+        return True
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return str(port) in {p.strip() for p in ports.split(",")}
+
+
+def public_only(url: str) -> bool:
+    """Does every address the URL's host resolves to lie on the public internet (no loopback, link-local, private
+    or reserved range)?"""
+    parsed = urlparse(url)
+    try:
+        infos = socket.getaddrinfo(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
+    except (socket.gaierror, UnicodeError, ValueError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_global for info in infos)
 
 
 @dataclass

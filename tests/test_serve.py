@@ -68,6 +68,8 @@ class ReceiverHandler(http.server.BaseHTTPRequestHandler):
         except WebhookVerificationError:
             ok = False
         code = 200 if ok else 401
+        if self.path == "/hang":
+            time.sleep(5)  # a slow receiver
         with self.server.lock:
             if self.path == "/flaky" and self.server.failures.get(key, 0) < 2:
                 self.server.failures[key] = self.server.failures.get(key, 0) + 1
@@ -429,6 +431,28 @@ def test_openapi_fuzzed_without_server_errors(service):
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
     counts = re.search(r"(\d+) generated, (\d+) passed", proc.stdout)
     assert counts and int(counts.group(1)) >= 50 and counts.group(1) == counts.group(2), proc.stdout[-3000:]
+
+
+def test_hanging_webhook_receivers_do_not_slow_the_api(service, receiver):
+    """Deliveries run in the workers, the ingress on its own pool: hanging receivers cost the API nothing."""
+    hook = f"http://127.0.0.1:{receiver.server_port}/hang"
+    body = {"bucket": service["bucket"], "key": "clips/tears.mp4", "webhook_url": hook}
+    jobs = [post(service, body).json()["job_id"] for _ in range(6)]
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(d["path"] == "/hang" for d in receiver.deliveries):
+        time.sleep(0.2)
+    timings = []
+    for _ in range(3):  # while deliveries hang
+        t0 = time.perf_counter()
+        r = post(service, {"bucket": service["bucket"], "key": "clips/tears.mp4"})
+        timings.append(time.perf_counter() - t0)
+        assert r.status_code == 202
+        t0 = time.perf_counter()
+        assert requests.get(f"{service['base']}/v1/videos/{jobs[0]}", headers=auth(), timeout=10).ok
+        timings.append(time.perf_counter() - t0)
+    assert max(timings) < 2.0, timings
+    for j in jobs:
+        wait_done(service, j, timeout=600)
 
 
 def test_openapi_and_health(service):

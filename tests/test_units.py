@@ -180,6 +180,29 @@ def test_webhook_host_allow_list():
     assert not host_allowed("http://[::1/", allowed)
 
 
+def test_webhook_and_source_addresses_must_be_public_and_ports_allowed():
+    from serve.webhook import port_allowed, public_only
+
+    for url in ("http://127.0.0.1/x", "http://localhost:8080/x", "http://169.254.169.254/latest", "http://10.1.2.3/",
+                "http://[::1]/", "http://192.168.0.1/", "http://no-such-host.invalid/"):
+        assert not public_only(url), url
+    assert public_only("http://8.8.8.8/hook")
+    assert port_allowed("https://hooks.example.com/x", "80,443") and port_allowed("http://h/x", "80,443")
+    assert not port_allowed("http://hooks.example.com:6379/x", "80,443")
+    assert port_allowed("http://hooks.example.com:6379/x", "*")
+
+
+def test_webhook_retry_after_is_read_as_seconds_or_a_date():
+    import email.utils
+    import time
+
+    from serve.webhook import retry_after
+
+    assert retry_after("7") == 7.0 and retry_after("100000") == 300.0 and retry_after(None) is None
+    assert 50 <= retry_after(email.utils.formatdate(time.time() + 60, usegmt=True)) <= 61
+    assert retry_after("soon") is None
+
+
 def test_backfill_passes_settings_but_never_credentials_to_ray():
     from jobs.backfill import PASSED_ENV
 
