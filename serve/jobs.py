@@ -67,13 +67,14 @@ def task_processor_config(q: QueueSettings):
         )
     elif not q.broker_url:
         queue, done = os.path.join(q.state, "broker", "queue"), os.path.join(q.state, "broker", "processed")
-        for d in (queue, done, os.path.join(q.state, "results")):
+        control = os.path.join(q.state, "broker", "control")  # kombu's default is ./control, in the working dir
+        for d in (queue, done, control, os.path.join(q.state, "results")):
             os.makedirs(d, exist_ok=True)
         adapter = CeleryAdapterConfig(
             broker_url="filesystem://",
             backend_url="file://" + os.path.join(q.state, "results"),
             broker_transport_options={"data_folder_in": queue, "data_folder_out": queue, "processed_folder": done,
-                                      "store_processed": False},
+                                      "control_folder": control, "store_processed": False},
             app_custom_config=app,
         )
     else:
