@@ -46,7 +46,6 @@ def face_crop(image: np.ndarray, bbox: np.ndarray, margin: float = 0.25) -> np.n
     return image[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
 
 
-
 def write_outputs(
     dest: Destination,
     video_id: str,

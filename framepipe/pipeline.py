@@ -41,6 +41,14 @@ def internal_error(e: BaseException) -> FramepipeError:
     return FramepipeError.with_code("internal_error", f"{type(e).__name__}: {str(e)[:300]}")
 
 
+def typed_error(e: Exception, what: str) -> FramepipeError:
+    """``e`` as the failure of one video: itself if typed, else an ``internal_error`` (logged with its traceback)."""
+    if isinstance(e, FramepipeError):
+        return e
+    log.exception("%s failed", what)
+    return internal_error(e)
+
+
 def analyse(fs: FrameSource, analyzer: Analyzer, state: VideoState, progress: Progress | None = None) -> None:
     """Every sampled frame of ``fs`` through the analyzer into ``state`` (frames in batches of
     ``analyzer.batch_size``; decoding goes on in the reader threads meanwhile)."""
@@ -91,11 +99,9 @@ def run_or_record(
     try:
         return build()
     except Exception as e:
-        if not isinstance(e, FramepipeError):
-            log.exception("processing %s failed", video_id)
+        error = typed_error(e, f"processing {video_id}")
         if raise_errors:
             raise
-        error = e if isinstance(e, FramepipeError) else internal_error(e)
         return outputs.record_failure(destination, video_id, meta(), error, failed_processing(), pack, settings)
 
 
@@ -197,12 +203,16 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)
 
     def count(self, result: schema.Result) -> None:
-        if result.status == "succeeded":
+        error = f"{result.error.type}: {result.error.message}" if result.error else ""
+        self.add(result.video.source, result.status, len(result.talent_frames), error)
+
+    def add(self, source: str, status: str, people: int, error: str) -> None:
+        if status == "succeeded":
             self.succeeded += 1
-            self.people += len(result.talent_frames)
+            self.people += people
         else:
             self.failed += 1
-            self.failures.append(f"{result.video.source}: {result.error.type}: {result.error.message}")
+            self.failures.append(f"{source}: {error}")
 
     def as_dict(self) -> dict:
         return {"listed": self.listed, "skipped": self.skipped, "succeeded": self.succeeded, "failed": self.failed,

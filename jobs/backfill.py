@@ -141,10 +141,7 @@ def _decode_one(source: str, identity: str, settings: Settings, destination: Des
             summary.representatives = picks.pick() if picks.frames_sampled else None
             summary.warnings = list(fs.warnings)
     except Exception as e:  # one bad input is one failed row, never a failed dataset
-        err = e if isinstance(e, FramepipeError) else pipeline.internal_error(e)
-        if not isinstance(e, FramepipeError):
-            log.exception("decoding %s failed", source)
-        summary.error = err.to_dict()
+        summary.error = pipeline.typed_error(e, f"decoding {source}").to_dict()
     finally:
         if fs is not None:
             fs.close()
@@ -215,7 +212,7 @@ class FaceActor:
 
 
 # --------------------------------------------------------------------------------------------------
-# finish: per complete video, on a small pool of Ray actors
+# finish: a Ray task per complete video
 # --------------------------------------------------------------------------------------------------
 
 
@@ -439,17 +436,11 @@ def run(args) -> dict:
                 continue
             if first_output_s is None:
                 first_output_s = out["finished"]
-            if out["status"] == "succeeded":
-                summary.succeeded += 1
-                summary.people += out["people"]
-            else:
-                summary.failed += 1
-                summary.failures.append(f"{out['source']}: {out['error']}")
+            summary.add(out["source"], out["status"], out["people"], out["error"])
             log.info("%s: %s (started at +%.1f s, done at +%.1f s)", out["video_id"], out["error"] or out["status"],
                      out["started"] - wall0, out["finished"] - wall0)
-            if not block:
-                continue
-            return
+            if block:  # one result was waited for; without blocking, take every one that is in
+                return
 
     def start(vid: str, p: Pending, tries: int = 0) -> None:
         ref = finish.remote(p.summary, list(p.frames.values()), settings_json, args.dest, p.analyzer)
