@@ -7,6 +7,6 @@ It imports no Ray; ``jobs/`` and ``serve/`` call into it.
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["Settings", "FramepipeError", "__version__"]

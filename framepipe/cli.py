@@ -190,6 +190,11 @@ def _destination_command(args) -> int:
             for row in multi.itertuples():
                 names = ", ".join(os.path.basename(s) for s in row.sources)
                 print(f"  person {row.global_person_id}: {row.videos} inputs ({names})")
+            joins = people_index.within_video_joins(index)
+            print(f"{len(joins)} within-input joins (two persons of one input found to be one person: a split)")
+            for j in joins:
+                print(f"  {os.path.basename(j.source)}: persons {', '.join(map(str, j.person_ids))} -> "
+                      f"person {j.global_person_id}")
             if not args.no_report:
                 print(f"report: {report.write(d)}")
         else:

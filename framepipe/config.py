@@ -59,8 +59,25 @@ class Settings(BaseSettings):
     require_faces: bool = Field(False, description="Treat a video in which no person is found as failed.")
 
     # --- people (clustering) ------------------------------------------------------------------------
-    cluster_eps: float = Field(0.5, gt=0, lt=2, description="DBSCAN radius in cosine distance (1 - cos).")
-    cluster_min_samples: int = Field(2, ge=1, description="DBSCAN min_samples.")
+    cluster_max_distance: float = Field(
+        0.6, gt=0, lt=2, description="Average-linkage cosine distance (1 - cos) under which the tracks of one video "
+        "are one person (bench/tune_clustering.py)."
+    )
+    track_max_distance: float = Field(
+        0.6, gt=0, lt=2, description="Faces in consecutive samples of one shot are one track when their cosine "
+        "distance is at most this ..."
+    )
+    track_min_iou: float = Field(0.1, ge=0, le=1, description="... and their boxes overlap at least this much (IoU).")
+    track_min_det_score: float = Field(
+        0.7, ge=0, le=1, description="A track becomes (part of) a person only when one of its faces was detected with "
+        "this confidence ...")
+    track_min_quality: float = Field(
+        0.3, ge=0, le=1, description="... or has this quality (blurred background faces and partial faces at the "
+        "frame's edges do neither).")
+    shot_cut_distance: float = Field(
+        0.2, gt=0, le=1, description="Colour-histogram distance (0-1) between consecutive samples above which a shot "
+        "cut lies between them."
+    )
     singleton_min_quality: float = Field(
         0.45, ge=0, le=1, description="A person seen in one sample only is kept if that face scores at least this."
     )

@@ -95,7 +95,7 @@ class FrameSource:
             for frame in stream.read(times, keyframes=keyframes):
                 if self.cancel.is_set():
                     raise self.cancel.error
-                yield SampledFrame(frame.pts_s, frame.image, measure(frame.image))
+                yield SampledFrame(frame.pts_s, frame.image, measure(frame.image, frame.corrupt))
         finally:
             self.warnings += stream.warnings
             stream.close()

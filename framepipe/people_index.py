@@ -3,7 +3,9 @@
 Each video's people carry the mean of their face embeddings (``people`` manifest). Those embeddings are
 clustered over the whole destination by average-linkage agglomerative clustering on cosine distance: two
 groups join while the mean distance between their members is below ``people_max_distance``. Average linkage
-does not chain the way single linkage (or DBSCAN) does, so one ambiguous face cannot bridge two people.
+does not chain the way single linkage (or DBSCAN) does, so one ambiguous face cannot bridge two people. Two
+people of one video seen at the same time are never one global person (a cluster holding such a pair is clustered
+again with that cannot-link, as the per-video pass does).
 Embeddings of different models are never compared (each model is clustered on its own).
 
 The result is ``DEST/manifests/people_index.parquet`` (:data:`~framepipe.schema.PEOPLE_INDEX_SCHEMA`): one row
@@ -19,12 +21,14 @@ approximate-nearest-neighbour index is the way.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 from scipy.cluster.hierarchy import fcluster, linkage
 
-from framepipe import manifests, schema
+from framepipe import clustering, manifests, schema
 from framepipe.errors import InputTooLarge
 from framepipe.storage import Destination
 
@@ -37,6 +41,40 @@ def cluster_embeddings(embeddings: np.ndarray, max_distance: float) -> np.ndarra
     raw = fcluster(tree, t=max_distance, criterion="distance")
     order: dict[int, int] = {}
     return np.array([order.setdefault(int(lab), len(order)) for lab in raw])
+
+
+def co_occurring(part: pd.DataFrame) -> np.ndarray:
+    """Pairs (boolean n x n) of people of one video seen at the same time: two people, whatever their faces say."""
+    n = len(part)
+    cannot = np.zeros((n, n), dtype=bool)
+    seen = [set(s) if s is not None and len(s) else set() for s in part.get("seen_s", pd.Series([None] * n))]
+    videos = part["video_id"].to_numpy()
+    for i in range(n):
+        for j in range(i + 1, n):
+            if videos[i] == videos[j] and seen[i] & seen[j]:
+                cannot[i, j] = cannot[j, i] = True
+    return cannot
+
+
+def split_co_occurring(emb: np.ndarray, labels: np.ndarray, part: pd.DataFrame, max_distance: float) -> np.ndarray:
+    """Clusters holding two people seen together in one video are clustered again with that cannot-link (average
+    linkage, the same threshold): the per-video pass already knew they were two."""
+    labels = labels.copy()
+    next_label = int(labels.max()) + 1 if len(labels) else 0
+    for lab in np.unique(labels):
+        members = np.flatnonzero(labels == lab)
+        if len(members) < 2 or part["video_id"].iloc[members].nunique() == len(members):
+            continue
+        cannot = co_occurring(part.iloc[members])
+        if not cannot.any():
+            continue
+        sub = clustering.average_linkage(emb[members], cannot, max_distance)
+        for k, g in enumerate(np.unique(sub)):
+            if k:
+                labels[members[sub == g]] = next_label
+                next_label += 1
+    order: dict[int, int] = {}
+    return np.array([order.setdefault(int(lab), len(order)) for lab in labels])
 
 
 def build(people: pd.DataFrame, max_distance: float, max_count: int | None = None) -> pd.DataFrame:
@@ -56,7 +94,7 @@ def build(people: pd.DataFrame, max_distance: float, max_count: int | None = Non
                 )
             emb = np.stack([np.asarray(e, dtype=np.float32) for e in part["embedding"]])
             emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-            labels = cluster_embeddings(emb, max_distance)
+            labels = split_co_occurring(emb, cluster_embeddings(emb, max_distance), part, max_distance)
             similarity = np.empty(len(part), dtype=np.float32)
             for lab in range(int(labels.max()) + 1):
                 members = labels == lab
@@ -79,6 +117,25 @@ def write(dest: str | Destination, max_distance: float, max_count: int | None = 
     table = pa.Table.from_pandas(index, schema=schema.PEOPLE_INDEX_SCHEMA, preserve_index=False)
     d.write(schema.PEOPLE_INDEX, schema.parquet_bytes(table))
     return index
+
+
+class Join(NamedTuple):
+    video_id: str
+    source: str
+    global_person_id: int
+    person_ids: list[int]
+
+
+def within_video_joins(index: pd.DataFrame) -> list[Join]:
+    """Global persons holding two or more persons of one video: the per-video pass split someone that the
+    cross-video pass put back together (or the cross-video pass merged two people). Needs no ground truth."""
+    if index.empty:
+        return []
+    joins = []
+    for (vid, gid), group in index.groupby(["video_id", "global_person_id"], sort=True):
+        if len(group) > 1:
+            joins.append(Join(str(vid), str(group["source"].iloc[0]), int(gid), sorted(map(int, group["person_id"]))))
+    return joins
 
 
 def summary(index: pd.DataFrame) -> pd.DataFrame:

@@ -74,16 +74,21 @@ class FramePicks:
             black_luma=settings.black_luma,
             blur_min=settings.blur_min,
             duplicate_max_distance=settings.duplicate_max_distance,
+            shot_cut_distance=settings.shot_cut_distance,
         )
         self.frames_sampled = 0
 
     def add(self, pts_s: float, measure: selection.FrameMeasure, jpeg: Jpeg) -> None:
         self.frames_sampled += 1
+        self.picker.note(pts_s, measure)
         if self.picker.wants(pts_s, measure):
             self.picker.offer(selection.FrameStats(pts_s, *measure, jpeg=_once(jpeg)()))
 
     def pick(self) -> selection.Representatives:
         return self.picker.pick()
+
+    def shots(self) -> selection.Shots:
+        return self.picker.shots()
 
 
 class PeopleState:
@@ -98,15 +103,26 @@ class PeopleState:
             self.face_frames[pts_s] = _once(jpeg)()
             self.records.extend(FaceRecord(pts_s, f) for f in faces)
 
-    def people(self, settings: Settings) -> list[Person]:
-        """Cluster the faces into people (:mod:`framepipe.clustering`)."""
+    def people(self, settings: Settings, shots: selection.Shots | None = None) -> list[Person]:
+        """Cluster the faces into people (:mod:`framepipe.clustering`); ``shots``: every sampled frame's time and
+        shot (without them, frames holding faces count as consecutive samples of one shot)."""
         records = sorted(self.records, key=lambda r: r.pts_s)  # frames may arrive out of order
         if not records:
             return []
-        emb = np.stack([r.face.embedding for r in records])
-        qual = np.array([r.face.quality for r in records])
+        times = np.array([r.pts_s for r in records])
+        if shots and shots.times:
+            sample = np.array([shots.index_of(t) for t in times])
+            shot = np.array([shots.ids[i] for i in sample])
+        else:
+            sample, shot = np.unique(times, return_inverse=True)[1], np.zeros(len(times), dtype=int)
         labels = clustering.cluster_faces(
-            emb, qual, settings.cluster_eps, settings.cluster_min_samples, settings.singleton_min_quality
+            np.stack([r.face.embedding for r in records]),
+            np.array([r.face.quality for r in records]),
+            np.array([r.face.det_score for r in records]),
+            np.stack([r.face.bbox for r in records]),
+            sample,
+            shot,
+            cluster_params(settings),
         )
         people = []
         for pid in range(int(labels.max()) + 1 if len(labels) else 0):
@@ -128,13 +144,24 @@ class PeopleState:
         return people
 
 
+def cluster_params(settings: Settings) -> clustering.Params:
+    return clustering.Params(
+        max_distance=settings.cluster_max_distance,
+        link_max_distance=settings.track_max_distance,
+        link_min_iou=settings.track_min_iou,
+        singleton_min_quality=settings.singleton_min_quality,
+        track_min_det_score=settings.track_min_det_score,
+        track_min_quality=settings.track_min_quality,
+    )
+
+
 def reduce(
     people_state: PeopleState, representatives: selection.Representatives, frames_sampled: int, settings: Settings
 ) -> VideoReduction:
     """People and representative frames of a video whose frames have all been analysed."""
     if frames_sampled == 0:
         raise NoFrames("no frame of the video could be decoded")
-    people = people_state.people(settings)
+    people = people_state.people(settings, representatives.shots)
     frames = {p.best.pts_s: people_state.face_frames[p.best.pts_s] for p in people}
     frames.update({f.pts_s: f.jpeg for f in representatives.frames})
     return VideoReduction(people, representatives, frames, frames_sampled, len(people_state.records))

@@ -69,6 +69,7 @@ class Frame:
     index: int  # frame number in presentation order (-1 where the backend does not know it)
     pts_s: float
     image: np.ndarray = field(repr=False)  # H x W x 3, BGR, uint8, upright
+    corrupt: bool = False  # the decoder flagged the picture (a missing reference, a damaged slice)
 
 
 class VideoStream(Protocol):
@@ -447,6 +448,7 @@ class PyAVStream:
         frames = self._decode(targets, keyframes)
         pos = -math.inf  # pts of the last decoded frame
         done = 0
+        tainted = False
         try:
             for t in targets:
                 if t <= pos + 1e-6:
@@ -455,13 +457,15 @@ class PyAVStream:
                     container.seek(int(t / tb), backward=True, any_frame=False, stream=stream)
                     frames = self._decode(targets, keyframes)
                 for frame in frames:
+                    # a damaged picture spoils those predicted from it, up to the next keyframe
+                    tainted = (tainted and not frame.key_frame) or bool(frame.is_corrupt)
                     if frame.pts is None:
                         continue
                     pos = float(frame.pts * tb)
                     if pos + 1e-6 >= t:
                         done += 1
                         image = _rotate(frame.to_ndarray(format="bgr24"), self.info.rotation)
-                        yield Frame(index=-1, pts_s=pos, image=image)
+                        yield Frame(index=-1, pts_s=pos, image=image, corrupt=tainted)
                         break
                 else:
                     return  # end of stream

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import av
 import cv2
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +114,15 @@ def made(tmp_path_factory):
         elif name == "rotated_phone.mp4":
             # coded landscape 640x360 with a display matrix: players show it as portrait 360x640
             encode_frames(p, read_frames(MEDIA / "videos/short_hamilton_clip.mp4", 60), rotation=-90)
+        elif name == "damaged_mid_stream.mp4":
+            # bytes scrambled in the data of frames around 3 s: the decoder returns smeared pictures up to the
+            # next keyframe (8 s), flagging only some of them corrupt
+            data = bytearray((MEDIA / "videos/tears_of_steel_10s.mp4").read_bytes())
+            rng = np.random.default_rng(1)
+            for k in range(30):
+                at = int(len(data) * 0.3) + k * 9000
+                data[at : at + 40] = rng.integers(0, 256, 40, dtype=np.uint8).tobytes()
+            p.write_bytes(bytes(data))
         elif name == "not_a_video.mp4":
             p.write_text("this is a text file, not a video\n" * 100)
         elif name == "truncated_no_index.mp4":

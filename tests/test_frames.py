@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import MEDIA
+from conftest import GROUND_TRUTH, MEDIA
 
 
 def _image(url: str) -> np.ndarray:
@@ -38,12 +38,48 @@ def test_exactly_ten_representative_frames_spread_over_the_video(extracted, sett
     bins = {min(9, int((t - start) / duration * 10)) for t in ts}
     assert len(bins) >= 8, f"frames bunched together: {ts}"
     stats = [measure(_image(r.url)) for r in reps]
-    for luma, sharpness, _ in stats:
-        assert luma >= settings.black_luma and sharpness >= settings.blur_min
+    for m in stats:
+        assert m.luma >= settings.black_luma and m.sharpness >= settings.blur_min
     if "duplicate" not in result.relaxed_rules:
-        hashes = [h for _, _, h in stats]
+        hashes = [m.dhash for m in stats]
         # JPEG re-encoding moves a hash by a bit or two; duplicates are far closer than this
         assert min(hamming(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1 :]) > 2
+
+
+@pytest.mark.parametrize(
+    "key", ["videos/composed/photo_slideshow_6people.mp4", "videos/composed/talking_heads_montage.mp4"]
+)
+def test_representative_frames_come_from_different_shots(extracted, key):
+    """Shots from the composition's own segments (16 photos of 3 s; 7 clips): with 10 or more shots, no two frames
+    of one shot; with fewer, the frames shared out (at most ceil(10 / shots) of one)."""
+    segments = GROUND_TRUTH[key]["segments"]
+    result = extracted(key)
+    shots = [next(i for i, (s, e, _) in enumerate(segments) if s <= r.timestamp_s < e)
+             for r in result.representative_frames]
+    most = max(shots.count(s) for s in shots)
+    assert len(shots) == 10 and most <= -(-10 // len(segments)), shots
+    assert "shot" not in result.relaxed_rules
+
+
+def test_no_damaged_frame_among_the_representative_frames(settings, model, made, tmp_path):
+    """The decoder's corrupt flag spoils the pictures predicted from a damaged one, up to the next keyframe: none
+    of them is a representative frame while clean frames are left."""
+    from framepipe import pipeline
+
+    path = made("damaged_mid_stream.mp4")
+    spoiled, tainted = [], False
+    with av.open(str(path)) as c:  # the damaged span, as the decoder reports it
+        s = c.streams.video[0]
+        for f in c.decode(s):
+            tainted = (tainted and not f.key_frame) or f.is_corrupt
+            if tainted:
+                spoiled.append(float(f.pts * s.time_base))
+    assert spoiled and spoiled[-1] - spoiled[0] > 2, "the test file no longer has a damaged span"
+    result = pipeline.extract(str(path), str(tmp_path), settings, model=model)
+    assert result.status == "succeeded" and len(result.representative_frames) == 10
+    assert "damaged" not in result.relaxed_rules
+    for r in result.representative_frames:
+        assert not spoiled[0] - 1e-3 <= r.timestamp_s <= spoiled[-1] + 1e-3, (r.timestamp_s, spoiled[0], spoiled[-1])
 
 
 def test_video_shorter_than_ten_frames_yields_all_its_frames(settings, model, made, tmp_path):

@@ -39,6 +39,46 @@ def test_composed_no_person_split_or_merged(extracted, key):
     assert any(all(p in c for p, c in zip(perm, candidates)) for perm in permutations(people)), candidates
 
 
+SPANS = sorted(k for k, v in VIDEOS.items() if v.get("people") or v.get("segments"))
+
+
+@pytest.mark.parametrize("key", SPANS)
+def test_people_are_pure_and_their_talent_frames_match(extracted, key):
+    """Purity: the share of every person's ``seen_s`` inside the on-screen spans of the one identity best covering
+    that person (a merge of two people seen at different times shows at once); F1 of talent frames matched one to
+    one to identities (bench/quality.py prints the same for every labelled video)."""
+    quality = _bench_quality()
+    result = extracted(key)
+    spans = quality.identity_spans(VIDEOS[key], result.video.start_s + result.video.duration_s)
+    s = quality.score([(t.seen_s, t.timestamp_s) for t in result.talent_frames], spans, quality.wide_shots(key))
+    assert s["purity"] >= 0.95 and s["f1"] >= 0.9, (s, [(t.timestamp_s, t.seen_s) for t in result.talent_frames])
+
+
+def test_framepipe_people_joins_no_two_persons_of_one_video(extracted, outdir):
+    """A cross-video join of two persons of one video is a split the per-video pass missed (or a merge of two
+    people by the cross-video pass): none on the labelled shared set."""
+    from framepipe import manifests, people_index
+    from framepipe.config import Settings
+
+    for key in WITH_RANGE:
+        extracted(key)
+    index = people_index.build(manifests.load_people(outdir), Settings().people_max_distance)
+    assert index["video_id"].nunique() >= len(WITH_RANGE) - 1  # every video with a person
+    assert people_index.within_video_joins(index) == []
+
+
+def _bench_quality():
+    """bench/quality.py: the same purity and F1 as the benchmark prints."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
+    spec = importlib.util.spec_from_file_location("bench_quality", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_composed_montage_joins_both_appearances_of_the_same_woman(extracted):
     """AOC appears at 11-19 s and again at 38.6-43.6 s, from two different source clips: one person."""
     talent = extracted("videos/composed/talking_heads_montage.mp4").talent_frames

@@ -88,6 +88,7 @@ def test_same_person_gets_the_same_global_id_across_videos_and_photos(library):
                  for t in r.talent_frames}
     assert {gid[(slideshow.video_id, t.person_id)] for t in slideshow.talent_frames} <= photo_ids
     assert "distinct people" in proc.stdout and "report:" in proc.stdout
+    assert "0 within-input joins" in proc.stdout, proc.stdout  # no person of one input split in two
 
 
 def test_embeddings_of_different_models_are_never_compared(library):

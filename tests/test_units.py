@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 
+import cv2
 import numpy as np
 import pytest
 
@@ -72,7 +73,7 @@ def test_done_marker_key_follows_results_and_versions(monkeypatch):
     key = ids.done_marker("v-1", "etag=1", s)
     assert key.startswith("v-1.")
     assert ids.done_marker("v-1", "etag=1", s.with_overrides(decode_workers=4, device="cpu")) == key
-    assert ids.done_marker("v-1", "etag=1", s.with_overrides(cluster_eps=0.4)) != key
+    assert ids.done_marker("v-1", "etag=1", s.with_overrides(cluster_max_distance=0.4)) != key
     assert ids.done_marker("v-1", "etag=2", s) != key
     monkeypatch.setattr(framepipe, "__version__", "99.0.0")
     assert ids.done_marker("v-1", "etag=1", s) != key  # an upgrade redoes everything
@@ -81,26 +82,96 @@ def test_done_marker_key_follows_results_and_versions(monkeypatch):
 # ---- clustering -----------------------------------------------------------------------------------
 
 
-def test_dbscan_matches_scikit_learn_label_for_label():
-    from sklearn.cluster import DBSCAN
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    return len(set(zip(a.tolist(), b.tolist()))) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_average_linkage_matches_scipy_without_constraints():
+    from scipy.cluster.hierarchy import fcluster, linkage
 
     rng = np.random.default_rng(7)
-    for _ in range(100):
-        k, n = int(rng.integers(1, 6)), int(rng.integers(1, 80))
+    for _ in range(60):
+        k, n = int(rng.integers(1, 6)), int(rng.integers(2, 60))
         x = rng.normal(size=(k, 16))[rng.integers(0, k, n)] + rng.normal(scale=rng.uniform(0.2, 1.0), size=(n, 16))
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        eps, ms = float(rng.uniform(0.1, 0.8)), int(rng.integers(1, 4))
-        expected = DBSCAN(eps=eps, min_samples=min(ms, n), metric="cosine").fit_predict(x)
-        assert np.array_equal(clustering.dbscan_cosine(x, eps, min(ms, n)), expected)
+        t = float(rng.uniform(0.1, 0.9))
+        expected = fcluster(linkage(x, method="average", metric="cosine"), t=t, criterion="distance")
+        got = clustering.average_linkage(x, np.zeros((n, n), dtype=bool), t)
+        assert _same_partition(got, expected)
+
+
+def test_average_linkage_never_joins_across_a_cannot_link():
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    cannot = np.zeros((3, 3), dtype=bool)
+    cannot[0, 1] = cannot[1, 0] = True
+    labels = clustering.average_linkage(x, cannot, 0.5)
+    assert labels[0] != labels[1] and labels[2] in (labels[0], labels[1])  # the third joins one, never both
+
+
+def _faces(spec):
+    """(sample, x, embedding axis, quality) per face -> the arrays cluster_faces takes."""
+    emb = np.stack([np.eye(8)[axis] for _, _, axis, _ in spec]).astype(np.float32)
+    boxes = np.array([[x, 0, x + 50, 50] for _, x, _, _ in spec], dtype=np.float32)
+    sample = np.array([s for s, _, _, _ in spec])
+    quality = np.array([q for _, _, _, q in spec])
+    return emb, quality, np.full(len(spec), 0.9), boxes, sample
 
 
 def test_people_from_fixed_embeddings():
-    a, b = np.eye(4)[0], np.eye(4)[1]
-    emb = np.stack([a, a, b, b, np.eye(4)[2], np.eye(4)[3]]).astype(np.float32)
-    quality = np.array([0.5, 0.5, 0.5, 0.5, 0.9, 0.1])
-    labels = clustering.cluster_faces(emb, quality, 0.3, 2, 0.45)
-    # two people seen twice, a clear face seen once kept, a poor one dropped; numbered by first appearance
+    # two people seen twice (not in consecutive samples), a clear face seen once kept, a poor one dropped
+    emb, q, det, boxes, sample = _faces([(0, 0, 0, 0.5), (2, 0, 0, 0.5), (4, 0, 1, 0.5), (6, 0, 1, 0.5),
+                                        (8, 0, 2, 0.9), (10, 0, 3, 0.1)])
+    labels = clustering.cluster_faces(emb, q, det, boxes, sample, np.zeros(6, int), clustering.Params())
     assert labels.tolist() == [0, 0, 1, 1, 2, -1]
+
+
+def test_two_faces_in_one_frame_are_two_people_even_with_the_same_embedding():
+    emb, q, det, boxes, sample = _faces([(0, 0, 0, 0.9), (0, 200, 0, 0.9), (1, 0, 0, 0.9), (1, 200, 0, 0.9)])
+    labels = clustering.cluster_faces(emb, q, det, boxes, sample, np.zeros(4, int), clustering.Params())
+    assert labels.tolist() == [0, 1, 0, 1]  # the boxes keep each track on its own face
+
+
+def test_a_track_carries_one_person_through_a_pose_change():
+    # the same place in consecutive samples: the embedding turns step by step (a head turning)
+    angles = np.linspace(0, 5 * np.pi / 6, 6)  # 30 degrees a step; the ends are 150 degrees apart
+    emb = np.stack([np.cos(angles), np.sin(angles)] + [np.zeros(6)] * 6, axis=1).astype(np.float32)
+    boxes = np.array([[10 * i, 0, 10 * i + 50, 50] for i in range(6)], dtype=np.float32)
+    args = (emb, np.full(6, 0.6), np.full(6, 0.9), boxes)
+    one_shot = clustering.cluster_faces(*args, np.arange(6), np.zeros(6, int), clustering.Params())
+    assert one_shot.tolist() == [0] * 6  # only the track joins the ends
+    cut = clustering.cluster_faces(*args, np.arange(6), np.array([0, 0, 0, 1, 1, 1]), clustering.Params())
+    assert len(set(cut.tolist())) == 2  # a shot cut between samples 2 and 3: no track across it
+
+
+def test_unreliable_tracks_are_not_people():
+    emb, q, _, boxes, sample = _faces([(0, 0, 0, 0.2), (1, 0, 0, 0.2)])
+    labels = clustering.cluster_faces(emb, q, np.full(2, 0.55), boxes, sample, np.zeros(2, int), clustering.Params())
+    assert labels.tolist() == [-1, -1]  # a blurred background face, however steady
+    labels = clustering.cluster_faces(emb, q, np.full(2, 0.8), boxes, sample, np.zeros(2, int), clustering.Params())
+    assert labels.tolist() == [0, 0]
+
+
+def test_people_index_never_joins_two_people_seen_together():
+    import pandas as pd
+
+    from framepipe import people_index
+
+    e = np.eye(4)[0].astype(np.float32)
+    rows = pd.DataFrame([
+        {"video_id": "v", "source": "v", "person_id": 0, "embedding": e, "embedding_model": "m", "seen_s": [1.0, 2.0],
+         "face_url": None, "frame_url": None, "timestamp_s": 1.0, "quality": 0.5},
+        {"video_id": "v", "source": "v", "person_id": 1, "embedding": e, "embedding_model": "m", "seen_s": [2.0, 3.0],
+         "face_url": None, "frame_url": None, "timestamp_s": 2.0, "quality": 0.5},
+        {"video_id": "w", "source": "w", "person_id": 0, "embedding": e, "embedding_model": "m", "seen_s": [2.0],
+         "face_url": None, "frame_url": None, "timestamp_s": 2.0, "quality": 0.5},
+    ])
+    index = people_index.build(rows, 0.6)
+    ids = dict(zip(zip(index["video_id"], index["person_id"]), index["global_person_id"]))
+    assert ids[("v", 0)] != ids[("v", 1)] and ids[("w", 0)] in (ids[("v", 0)], ids[("v", 1)])
+    assert people_index.within_video_joins(index) == []
+    rows.loc[1, "seen_s"] = [5.0]  # not on screen together: a split the per-video pass missed, and reported
+    joins = people_index.within_video_joins(people_index.build(rows, 0.6))
+    assert [(j.video_id, j.person_ids) for j in joins] == [("v", [0, 1])]
 
 
 # ---- the representative-frame picker ---------------------------------------------------------------
@@ -132,6 +203,54 @@ def test_picker_on_a_short_video_returns_every_frame():
         picker.offer(selection.FrameStats(t / 30, 120.0, 100.0, t * 7919, jpeg=b"j"))
     reps = picker.pick()
     assert len(reps.frames) == 6 and reps.short_video
+
+
+def _offer(picker, t, colour, damaged=False, dhash=None):
+    m = selection.FrameMeasure(120.0, 100.0, dhash if dhash is not None else (int(t * 7919) * 2654435761) % 2**64,
+                               colour, damaged)
+    picker.note(t, m)
+    picker.offer(selection.FrameStats(t, *m, jpeg=b"j"))
+
+
+def _colour(k: int) -> bytes:
+    """A colour signature all in hue bin k (a shot of its own colour)."""
+    h = np.zeros(selection.HUE_BINS * selection.SAT_BINS + selection.LUMA_BINS, np.uint8)
+    h[k % (selection.HUE_BINS * selection.SAT_BINS)] = 255
+    h[-1] = 255
+    return h.tobytes()
+
+
+def test_picker_takes_one_frame_per_shot_when_there_are_ten_shots():
+    picker = selection.RepresentativePicker(0.0, 60.0)
+    # 12 shots of 5 s, shot k has colour k; bins of 6 s straddle the cuts
+    for t in range(60):
+        _offer(picker, float(t), _colour(t // 5))
+    reps = picker.pick()
+    assert reps.shots.count == 12 and reps.shots.cuts == [5.0 * k for k in range(1, 12)]
+    shots = [reps.shots.shot_of(f.pts_s) for f in reps.frames]
+    assert len(reps.frames) == 10 and len(set(shots)) == 10 and reps.relaxed == []
+
+
+def test_picker_spreads_frames_over_few_shots_and_skips_damaged_frames():
+    picker = selection.RepresentativePicker(0.0, 40.0)
+    for t in range(40):  # 2 shots; frames 10-19 decoded damaged
+        _offer(picker, float(t), _colour(t // 20), damaged=10 <= t < 20)
+    reps = picker.pick()
+    shots = [reps.shots.shot_of(f.pts_s) for f in reps.frames]
+    assert len(reps.frames) == 10 and shots.count(0) == 5 and shots.count(1) == 5
+    assert not any(f.damaged for f in reps.frames) and "damaged" not in reps.relaxed
+
+
+def test_colour_signature_and_damage_of_real_pixels():
+    rng = np.random.default_rng(3)
+    natural = cv2.GaussianBlur(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8), (0, 0), 3)
+    blocks = np.kron(rng.integers(0, 255, (32, 32, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # flat 8x8 blocks
+    assert not selection.measure(natural).damaged and selection.measure(blocks).damaged
+    assert selection.measure(natural, corrupt=True).damaged
+    red, blue = np.zeros((90, 160, 3), np.uint8), np.zeros((90, 160, 3), np.uint8)
+    red[..., 2], blue[..., 0] = 200, 200
+    assert selection.colour_distance(selection.measure(red).colour, selection.measure(red).colour) == 0
+    assert selection.colour_distance(selection.measure(red).colour, selection.measure(blue).colour) > 0.4
 
 
 # ---- plumbing -------------------------------------------------------------------------------------
