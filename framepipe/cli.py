@@ -3,7 +3,8 @@
 * ``framepipe extract SOURCE --out DEST [--models PACK] [--json]``: one video (or photo); a folder or an
   ``s3://`` prefix: every video under it, one after another in this process, with done markers (no Ray);
 * ``framepipe people DEST``: the same person across every video of a destination (``people_index.parquet``);
-* ``framepipe report DEST``: a static HTML contact sheet of a destination (``DEST/report/index.html``).
+* ``framepipe report DEST``: a static HTML contact sheet of a destination (``DEST/report/index.html``);
+* ``framepipe search PHOTO_OR_VIDEO DEST [--top K] [--face N] [--json]``: where the query's person appears.
 
 Exit codes: 0 success, 1 the video (or one of the videos) failed or the destination cannot be read (one line on
 stderr says why), 2 bad usage, 70 internal error (a bug of ours: bad input is never one).
@@ -43,8 +44,22 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--images", action="store_true", help="folder/prefix: photos too, as one-frame inputs")
     pe = sub.add_parser("people", help="link the same person across the videos of a destination")
     pe.add_argument("dest", help="local directory or s3://bucket/prefix written by extract, the backfill or Serve")
-    pe.add_argument("--max-distance", type=float, help="average-linkage cosine distance (default 0.6)")
+    pe.add_argument("--max-distance", type=float, help="cosine distance for one person (default 0.6)")
+    pe.add_argument("--name", action="append", default=[], metavar="G=NAME", help="name global person G (repeatable)")
+    pe.add_argument("--merge", nargs=2, type=int, action="append", default=[], metavar=("G1", "G2"),
+                    help="G2 is the same person as G1 (G2 stays an alias; repeatable)")
+    pe.add_argument("--split", action="append", default=[], metavar="VIDEO_ID:PERSON_ID",
+                    help="give one person of one input a global person of its own (repeatable)")
+    pe.add_argument("--model", help="the embedding model whose registry the corrections apply to")
     pe.add_argument("--no-report", action="store_true", help="do not refresh DEST/report")
+    se = sub.add_parser("search", help="find a photo's (or a video's) person in every input of a destination")
+    se.add_argument("query", help="photo or video: local path, http(s) URL or s3://bucket/key")
+    se.add_argument("dest", help="local directory or s3://bucket/prefix written by extract, the backfill or Serve")
+    se.add_argument("--top", type=int, default=10, help="results to show (default 10)")
+    se.add_argument("--face", type=int, help="which face of the query, 0 = largest (default 0)")
+    se.add_argument("--min-similarity", type=float, help="cosine similarity below which a person is not shown")
+    se.add_argument("--models", help="InsightFace pack name or folder (must be the destination's; env FRAMEPIPE_MODELS)")
+    se.add_argument("--json", action="store_true", help="print the query's faces and the results as JSON")
     rp = sub.add_parser("report", help="write a static HTML contact sheet of a destination")
     rp.add_argument("dest", help="local directory or s3://bucket/prefix")
     return parser
@@ -93,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("people", "report"):
             return _destination_command(args)
+        if args.command == "search":
+            return _search(args)
         from framepipe import outputs, pipeline, sources
         from framepipe.config import Settings
 
@@ -162,10 +179,51 @@ def _extract_many(args, settings) -> int:
     return EXIT_FAILED if summary.failed else EXIT_OK
 
 
+def _search(args) -> int:
+    import json
+
+    from framepipe import search
+    from framepipe.analyzer import LocalAnalyzer
+    from framepipe.config import Settings
+    from framepipe.errors import FramepipeError
+
+    try:
+        settings = Settings().with_overrides(models=args.models, search_min_similarity=args.min_similarity)
+    except ValidationError as e:
+        print(f"framepipe: invalid setting: {e.errors()[0]['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.top < 1:
+        print("framepipe: --top must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        analyzer = LocalAnalyzer.load(settings)
+        faces = search.query_faces(args.query, settings, analyzer)
+        face = search.pick(faces, args.face)
+        hits = search.find(args.dest, face.embedding, analyzer.pack, settings, args.top)
+    except FramepipeError as e:
+        print(f"framepipe: failed: {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        doc = {"query": args.query, "faces": [{k: v for k, v in vars(f).items() if k != "embedding"} for f in faces],
+               "face": args.face or 0, "min_similarity": settings.search_min_similarity,
+               "results": [h.as_dict() for h in hits]}
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    print(f"{os.path.basename(args.query)}: {len(faces)} face(s); searching with face {args.face or 0} "
+          f"(quality {face.quality:.2f}, {face.size_px:.0f} px); {len(hits)} result(s) at similarity >= "
+          f"{settings.search_min_similarity}")
+    for rank, h in enumerate(hits, 1):
+        who = f"person {h.global_person_id}" + (f" ({h.name})" if h.name else "")
+        seen = f"seen {h.first_seen_s:.1f}-{h.last_seen_s:.1f} s" if h.seen_s else "a photo"
+        print(f"{rank:>3}. {h.similarity:.3f}  {who}  {os.path.basename(h.source)} person {h.person_id}, {seen}")
+        print(f"       {h.frame_url}")
+    return EXIT_OK
+
+
 def _destination_command(args) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from framepipe import manifests, people_index, report, schema
+    from framepipe import manifests, people_index, registry, report, schema
     from framepipe.config import Settings
     from framepipe.errors import FramepipeError
 
@@ -180,16 +238,33 @@ def _destination_command(args) -> int:
             except ValidationError as e:
                 print(f"framepipe: invalid setting max-distance: {e.errors()[0]['msg']}", file=sys.stderr)
                 return EXIT_USAGE
-            index = people_index.write(d, settings.people_max_distance, settings.people_max_count)
+            try:
+                corrections = registry.Corrections(
+                    names={int(g): n for g, n in (item.split("=", 1) for item in args.name)},
+                    merges=[(int(a), int(b)) for a, b in args.merge],
+                    splits=[(v, int(p)) for v, p in (item.rsplit(":", 1) for item in args.split)],
+                )
+            except ValueError:
+                print("framepipe: --name takes G=NAME and --split VIDEO_ID:PERSON_ID", file=sys.stderr)
+                return EXIT_USAGE
+            index, updates = registry.update_destination(d, settings.people_max_distance, settings.people_max_count,
+                                                         corrections, args.model)
             summary = people_index.summary(index)
             multi = summary[summary["videos"] > 1]
             print(
                 f"{len(index)} people in {index['video_id'].nunique() if len(index) else 0} inputs -> "
                 f"{len(summary)} distinct people, {len(multi)} in more than one input; wrote {d.url(schema.PEOPLE_INDEX)}"
             )
+            for model, u in updates.items():
+                how = "seeded by clustering" if u.seeded else "updated"
+                print(f"registry {model}: {how}: {u.created} new global people, {u.attached} attached to known ones, "
+                      f"{u.detached} detached (inputs processed again)")
+            named = index.dropna(subset=["name"]).drop_duplicates("global_person_id")
             for row in multi.itertuples():
                 names = ", ".join(os.path.basename(s) for s in row.sources)
                 print(f"  person {row.global_person_id}: {row.videos} inputs ({names})")
+            for row in named.itertuples():
+                print(f"  person {row.global_person_id} is {row.name}")
             joins = people_index.within_video_joins(index)
             print(f"{len(joins)} within-input joins (two persons of one input found to be one person: a split)")
             for j in joins:

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
         0.6, gt=0, lt=2, description="framepipe people: average-linkage cosine distance under which the people of "
         "different videos are one person (bench/tune_people.py)."
     )
+    search_min_similarity: float = Field(
+        0.5, ge=-1, le=1, description="framepipe search: cosine similarity from which a person is a result "
+        "(bench/search.py)."
+    )
     people_max_count: int = Field(
         30_000, ge=1, description="framepipe people: most people (per embedding model) clustered in memory; "
         "memory grows with the square (16,000 took 1.6 GB)."

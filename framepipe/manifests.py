@@ -1,7 +1,8 @@
 """Reading a destination's manifests back as pandas DataFrames (local directory or ``s3://bucket/prefix``).
 
 Every run writes ``DEST/manifests/videos/<video_id>.parquet`` and ``DEST/manifests/people/<video_id>.parquet``
-(:mod:`framepipe.schema`); ``framepipe people`` adds ``DEST/manifests/people_index.parquet``. The readers here
+(:mod:`framepipe.schema`); ``framepipe people`` adds ``DEST/manifests/people_index.parquet`` and the person
+registry ``DEST/registry/<model>/`` (:mod:`framepipe.registry`). The readers here
 work the same on local folders and on S3 (boto3 through :class:`~framepipe.storage.Destination`, files read in
 parallel), cast older files to the current schema (new columns are null), and fall back to the per-video
 ``<video_id>/video.parquet`` files for destinations written before the ``manifests/`` folder existed::
@@ -84,6 +85,18 @@ def load_people_index(dest: str | Destination) -> pd.DataFrame | None:
     if not d.exists(schema.PEOPLE_INDEX):
         return None
     return _read_tables(d, [schema.PEOPLE_INDEX], schema.PEOPLE_INDEX_SCHEMA).to_pandas()
+
+
+def load_registry(dest: str | Destination) -> pd.DataFrame | None:
+    """The person registry's global persons (every embedding model, a ``model`` column added; the centroid left out),
+    or None before ``framepipe people`` has run."""
+    d = destination(dest)
+    found = [m for m in d.dirs(schema.REGISTRY) if "persons.parquet" in d.list(f"{schema.REGISTRY}/{m}")]
+    if not found:
+        return None
+    tables = [pq.read_table(io.BytesIO(d.read(f"{schema.REGISTRY}/{m}/persons.parquet"))).to_pandas().assign(model=m)
+              for m in sorted(found)]
+    return pd.concat(tables, ignore_index=True).drop(columns=["embedding_sum"])
 
 
 def relative(dest: str | Destination, url: str) -> str:

@@ -1,4 +1,4 @@
-"""The same person across videos: ``framepipe people DEST``.
+"""The same person across videos: the clustering that seeds the person registry (:mod:`framepipe.registry`).
 
 Each video's people carry the mean of their face embeddings (``people`` manifest). Those embeddings are
 clustered over the whole destination by average-linkage agglomerative clustering on cosine distance: two
@@ -8,15 +8,15 @@ people of one video seen at the same time are never one global person (a cluster
 again with that cannot-link, as the per-video pass does).
 Embeddings of different models are never compared (each model is clustered on its own).
 
-The result is ``DEST/manifests/people_index.parquet`` (:data:`~framepipe.schema.PEOPLE_INDEX_SCHEMA`): one row
-per (video, local person) with its ``global_person_id`` and its cosine similarity to that global person's mean
-embedding. Global ids are numbered in order of first appearance (by source, then local person id), so they
-stay the same when the destination is unchanged; adding videos may renumber them.
+:func:`build` gives one row per (video, local person) (:data:`~framepipe.schema.PEOPLE_INDEX_SCHEMA`) with its
+``global_person_id`` (numbered by first appearance) and its cosine similarity to that global person's mean
+embedding. ``framepipe people`` uses it once, to seed an empty registry; after that, new people are attached to
+the registry's persons through its vector index and ids never change.
 
 Scale: the pairwise distances are held in memory, so time and memory grow with the square of the number of
 people (bench/people_scale.py: 16,000 people took 23 s and 1.6 GB on 2 cores). Over ``people_max_count`` people
 (per embedding model) it refuses with a clear error rather than run out of memory; beyond that, an
-approximate-nearest-neighbour index is the way.
+approximate-nearest-neighbour index is the way: the registry seeds itself through its index instead.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def build(people: pd.DataFrame, max_distance: float, max_count: int | None = Non
                 members = labels == lab
                 centre = emb[members].mean(axis=0)
                 similarity[members] = emb[members] @ (centre / max(float(np.linalg.norm(centre)), 1e-12))
-            parts.append(part.assign(global_person_id=labels + next_id, similarity=similarity.round(4),
+            parts.append(part.assign(global_person_id=labels + next_id, name=None, similarity=similarity.round(4),
                                      embedding_model=model or None, schema_version=schema.SCHEMA_VERSION))
             next_id += int(labels.max()) + 1
     rows = pd.concat(parts).sort_values("global_person_id", kind="stable") if parts else pd.DataFrame(
@@ -108,15 +108,6 @@ def build(people: pd.DataFrame, max_distance: float, max_count: int | None = Non
     table = pa.Table.from_pandas(rows[schema.PEOPLE_INDEX_SCHEMA.names], schema=schema.PEOPLE_INDEX_SCHEMA,
                                  preserve_index=False)
     return table.to_pandas()
-
-
-def write(dest: str | Destination, max_distance: float, max_count: int | None = None) -> pd.DataFrame:
-    """Build the index of everything in ``dest`` and write it to ``DEST/manifests/people_index.parquet``."""
-    d = manifests.destination(dest)
-    index = build(manifests.load_people(d), max_distance, max_count)
-    table = pa.Table.from_pandas(index, schema=schema.PEOPLE_INDEX_SCHEMA, preserve_index=False)
-    d.write(schema.PEOPLE_INDEX, schema.parquet_bytes(table))
-    return index
 
 
 class Join(NamedTuple):

@@ -104,9 +104,11 @@ def build_pages(d: Destination) -> dict[str, str]:
 
     global_of: dict[tuple[str, int], int] = {}
     global_videos: dict[int, int] = {}
+    given: dict[int, str] = {}  # names given with framepipe people --name
     if index is not None:
         global_of = {(r.video_id, int(r.person_id)): int(r.global_person_id) for r in index.itertuples()}
         global_videos = index.groupby("global_person_id")["video_id"].nunique().to_dict()
+        given = {int(g): str(n) for g, n in zip(index["global_person_id"], index["name"]) if _present(n)}
 
     pages: dict[str, str] = {}
     cards = []
@@ -136,6 +138,7 @@ def build_pages(d: Destination) -> dict[str, str]:
                     "last": fmt_time(p.last_seen_s),
                     "ticks": timeline(seen, start, duration, spacing) if is_video else [],
                     "global_id": gid,
+                    "global_name": given.get(gid) if gid is not None else None,
                     "global_videos": global_videos.get(gid, 0) if gid is not None else 0,
                 }
             )
@@ -178,6 +181,7 @@ def build_pages(d: Destination) -> dict[str, str]:
             global_docs.append(
                 {
                     "id": int(gid),
+                    "name": given.get(int(gid)),
                     "videos": int(g["video_id"].nunique()),
                     "face": link(schema.REPORT, best.face_url),
                     "appearances": [

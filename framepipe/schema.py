@@ -8,8 +8,10 @@ Per video, the manifest is two Parquet files with the explicit schemas below:
 Every run (CLI, backfill, Serve) also writes the same two files as ``DEST/manifests/videos/<video_id>.parquet``
 and ``DEST/manifests/people/<video_id>.parquet``, so ``pd.read_parquet("DEST/manifests/videos")`` reads a whole
 destination. ``framepipe people`` adds ``DEST/manifests/people_index.parquet`` (:data:`PEOPLE_INDEX_SCHEMA`): the
-same person across videos. ``SCHEMA_VERSION`` is stored in each file's schema metadata and in every row; bump it
-on any change to these schemas (1.1 added ``media_type``, ``seen_s`` and the people index;
+same person across videos, from the person registry (:data:`PERSONS_SCHEMA`, :data:`MEMBERS_SCHEMA`,
+:mod:`framepipe.registry`). ``SCHEMA_VERSION`` is stored in each file's schema metadata and in every row; bump it
+on any change to these schemas (1.1 added ``media_type``, ``seen_s`` and the people index; 1.2 the registry and
+the people index's ``name``;
 :mod:`framepipe.manifests` reads 1.0 files too, with nulls in the new columns).
 """
 
@@ -23,9 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 MANIFESTS = "manifests"  # DEST/manifests/{videos,people}/<video_id>.parquet
 PEOPLE_INDEX = f"{MANIFESTS}/people_index.parquet"
+REGISTRY = "registry"  # DEST/registry/<embedding model>/{persons,members}.parquet + index.usearch
 REPORT = "report"  # DEST/report/index.html
 
 
@@ -162,6 +165,7 @@ PERSON_SCHEMA = pa.schema(
 PEOPLE_INDEX_SCHEMA = pa.schema(
     [
         pa.field("global_person_id", pa.int32(), nullable=False),
+        pa.field("name", pa.string()),  # given with framepipe people --name
         pa.field("video_id", pa.string(), nullable=False),
         pa.field("person_id", pa.int32(), nullable=False),
         pa.field("similarity", pa.float32(), nullable=False),  # cosine to the global person's mean embedding
@@ -171,6 +175,40 @@ PEOPLE_INDEX_SCHEMA = pa.schema(
         pa.field("timestamp_s", pa.float64()),
         pa.field("quality", pa.float32()),
         pa.field("embedding_model", pa.string()),
+        pa.field("schema_version", pa.string(), nullable=False),
+    ],
+    metadata=_META,
+)
+
+
+# the person registry, one per destination and embedding model (framepipe.registry)
+PERSONS_SCHEMA = pa.schema(
+    [
+        pa.field("global_person_id", pa.int32(), nullable=False),  # never renumbered, never reused
+        pa.field("name", pa.string()),
+        pa.field("merged_into", pa.int32()),  # set when merged into another person (the id stays an alias)
+        pa.field("members", pa.int32(), nullable=False),  # (video, person) rows attached
+        pa.field("embedding_sum", pa.list_(pa.float32()), nullable=False),  # the centroid, unnormalised
+        pa.field("created_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("schema_version", pa.string(), nullable=False),
+    ],
+    metadata=_META,
+)
+
+MEMBERS_SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("person_id", pa.int32(), nullable=False),
+        pa.field("global_person_id", pa.int32(), nullable=False),
+        pa.field("similarity", pa.float32(), nullable=False),  # cosine to the global person when attached
+        pa.field("pinned", pa.bool_(), nullable=False),  # placed by a correction (--split): kept where it is
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+        pa.field("seen_s", pa.list_(pa.float64())),
+        pa.field("face_url", pa.string()),
+        pa.field("frame_url", pa.string()),
+        pa.field("timestamp_s", pa.float64()),
+        pa.field("quality", pa.float32()),
         pa.field("schema_version", pa.string(), nullable=False),
     ],
     metadata=_META,

@@ -59,6 +59,21 @@ def resolve(source: str, timeout_s: float = 30.0, max_bytes: int | None = None, 
     return src
 
 
+def read_object(source: str, max_bytes: int, timeout_s: float = 30.0) -> bytes:
+    """The bytes of a small S3 object (a query photo), refused over ``max_bytes`` before and while reading."""
+    resolve(source, timeout_s=timeout_s, max_bytes=max_bytes)
+    bucket, key = s3.split_s3_url(source)
+    try:
+        body = s3.client(timeout_s).get_object(Bucket=bucket, Key=key)["Body"]
+        data = body.read(max_bytes + 1)
+        body.close()
+    except (ClientError, BotoCoreError) as e:
+        raise SourceUnreachable(f"cannot read {source}: {e}") from None
+    if len(data) > max_bytes:
+        raise InputTooLarge(f"{source} is over the cap of {max_bytes} bytes")
+    return data
+
+
 def _resolve_s3(source: str, timeout_s: float) -> Source:
     try:
         bucket, key = s3.split_s3_url(source)

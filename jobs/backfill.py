@@ -42,7 +42,7 @@ from typing import Iterator
 
 import numpy as np
 
-from framepipe import ids, outputs, pipeline, schema, selection, sources, state
+from framepipe import ids, outputs, pipeline, registry, schema, selection, sources, state
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError
 from framepipe.storage import Destination
@@ -358,6 +358,8 @@ def parse_args(argv=None):
     ap.add_argument("--dest", required=True, help="s3://bucket/prefix or a local directory")
     ap.add_argument("--models", help="model pack name or folder (env FRAMEPIPE_MODELS)")
     ap.add_argument("--force", action="store_true", help="redo videos that are already done")
+    ap.add_argument("--no-people", action="store_true",
+                    help="do not update the person registry (framepipe people DEST) at the end of the run")
     ap.add_argument("--limit", type=int, help="take at most this many inputs from the listing (done ones included)")
     ap.add_argument("--images", action="store_true", help="also process photos (.jpg, .png, ...) as one-frame inputs")
     ap.add_argument("--actors", type=int, help="max face-model actors (default: one per GPU, else CPUs/2)")
@@ -490,6 +492,14 @@ def run(args) -> dict:
     while in_flight:
         collect(block=True)
     out = summary.as_dict()
+    if not args.no_people:  # the person registry, incrementally: ids, names and merges of earlier runs kept
+        try:
+            _, updates = registry.update_destination(args.dest, settings.people_max_distance,
+                                                     settings.people_max_count)
+            out["people_registry"] = {m: vars(u) for m, u in updates.items()}
+        except Exception as e:  # the videos are done and marked; `framepipe people DEST` can redo this step
+            log.exception("updating the person registry failed")
+            out["people_registry"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     out.update(
         seconds=round(time.perf_counter() - started, 1),
         first_output_s=round(first_output_s - wall0, 1) if first_output_s else None,

@@ -29,16 +29,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from ray import serve
 from ray.serve.task_consumer import instantiate_adapter_from_config, task_consumer, task_handler
 
 from framepipe import ids, outputs, pipeline, schema, sources
+from framepipe import search as find
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError, InputTooLarge, SourceNotFound
 from framepipe.faces import load_face_model
@@ -76,6 +77,8 @@ class ServeSettings(BaseSettings):
     presign_seconds: int = Field(0, ge=0, description="> 0: results also carry presigned URLs valid this long.")
     job_timeout_s: float = Field(900.0, gt=0, description="A job running longer fails with a timeout.")
     max_body_bytes: int = Field(65536, ge=1024, description="Larger request bodies are refused (413) unread.")
+    search_max_bytes: int = Field(10 * 1024**2, ge=1024, description="POST /v1/search: larger images (uploaded or "
+                                  "in S3) are refused (413), uploads unread.")
     webhook_max_attempts: int = Field(5, ge=1, le=20)
     webhook_backoff_s: float = Field(1.0, ge=0)
     webhook_timeout_s: float = Field(10.0, gt=0)
@@ -115,6 +118,15 @@ class RequestSettings(BaseModel):
     require_faces: bool | None = None
 
 
+def _check_object(bucket: str, key: str) -> None:
+    """The rules of S3 bucket names and of plain object keys that a pattern alone cannot say."""
+    if ".." in bucket or bucket.startswith("xn--") or re.fullmatch(r"[0-9.]+", bucket):
+        raise ValueError("bucket is not a valid S3 bucket name")
+    parts = key.split("/")
+    if key.startswith("/") or ".." in parts or "." in parts or any(ord(c) < 32 for c in key):
+        raise ValueError("key must be a plain object key (no leading '/', no '.' or '..' parts)")
+
+
 class VideoRequest(BaseModel):
     """A video in S3 (``bucket`` + ``key``) or at an http(s) ``url``."""
 
@@ -131,10 +143,8 @@ class VideoRequest(BaseModel):
             raise ValueError("give both bucket and key")
         if (self.bucket is None) == (self.url is None):
             raise ValueError("give either bucket and key, or url")
-        if self.bucket is not None and (
-            ".." in self.bucket or self.bucket.startswith("xn--") or re.fullmatch(r"[0-9.]+", self.bucket)
-        ):
-            raise ValueError("bucket is not a valid S3 bucket name")
+        if self.bucket is not None:
+            _check_object(self.bucket, self.key)
         for name in ("url", "webhook_url"):
             value = getattr(self, name)
             if value is not None:
@@ -142,15 +152,51 @@ class VideoRequest(BaseModel):
                     urlparse(value).port
                 except ValueError:
                     raise ValueError(f"{name} is not a valid URL") from None
-        if self.key is not None:
-            parts = self.key.split("/")
-            if self.key.startswith("/") or ".." in parts or "." in parts or any(ord(c) < 32 for c in self.key):
-                raise ValueError("key must be a plain object key (no leading '/', no '.' or '..' parts)")
         return self
 
     @property
     def source(self) -> str:
         return f"s3://{self.bucket}/{self.key}" if self.bucket else str(self.url)
+
+
+class SearchRequest(BaseModel):
+    """A photo in S3 to search with (or send the image itself as the body: image/jpeg, image/png, image/webp)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    bucket: str = Field(min_length=3, max_length=63, pattern=BUCKET_RE)
+    key: str = Field(min_length=1, max_length=1024)
+
+    @model_validator(mode="after")
+    def _plain(self):
+        _check_object(self.bucket, self.key)
+        return self
+
+
+IMAGE_TYPES = {"image/jpeg": (b"\xff\xd8\xff",), "image/png": (b"\x89PNG\r\n\x1a\n",), "image/webp": (b"RIFF",)}
+
+
+def decode_image(data: bytes, max_pixels: int):
+    """BGR pixels of an uploaded JPEG, PNG or WebP (EXIF orientation applied), or ValueError. The size is read
+    from the header first: a small file that would decode to a huge picture is refused undecoded."""
+    import io
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    if not any(data.startswith(m) for magics in IMAGE_TYPES.values() for m in magics):
+        raise ValueError("not a JPEG, PNG or WebP image")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+    except Exception:
+        raise ValueError("not a readable image") from None
+    if width * height > max_pixels:
+        raise ValueError(f"image of {width}x{height} pixels is over the limit")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not a readable image")
+    return image
 
 
 class Accepted(BaseModel):
@@ -173,18 +219,22 @@ async def guard(request: Request, call_next):
             return JSONResponse({"detail": "missing or wrong bearer token"}, 401, headers={"WWW-Authenticate": "Bearer"})
         if request.method in ("POST", "PUT", "PATCH"):
             length = request.headers.get("content-length", "")
+            cap = cfg.search_max_bytes if request.url.path == "/v1/search" else cfg.max_body_bytes
             if not length.isdigit():
                 return JSONResponse({"detail": "a Content-Length is required"}, 411)
-            if int(length) > cfg.max_body_bytes:
-                return JSONResponse({"detail": f"body over {cfg.max_body_bytes} bytes"}, 413)
+            if int(length) > cap:
+                return JSONResponse({"detail": f"body over {cap} bytes"}, 413)
     return await call_next(request)
 
 
 @api.exception_handler(RequestValidationError)
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 that says what is wrong and where, and never echoes the input back."""
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
-    return JSONResponse({"detail": errors}, 422)
+    return JSONResponse({"detail": _error_list(exc.errors())}, 422)
+
+
+def _error_list(errors) -> list[dict]:
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
@@ -298,12 +348,24 @@ class VideoIngress:
         self.cfg = serve_settings()
         self.settings = Settings().with_overrides(follow_redirects=False)
         self.worker, self.model = worker, model  # handles: they make the worker and the model part of this app
+        self.dest = Destination(self.cfg.output, timeout_s=self.settings.http_timeout_s)
         self.store = jobs.open_store(QUEUE)
         self.broker = instantiate_adapter_from_config(TASKS)
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="ingress")  # its own: never starved by other work
 
     async def _blocking(self, fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+
+    async def _source_call(self, fn, *args):
+        """A call that reads a source, its typed failures as HTTP answers: 404 missing, 413 too large, 422 else."""
+        try:
+            return await self._blocking(fn, *args)
+        except SourceNotFound as e:
+            raise HTTPException(404, e.message) from None
+        except InputTooLarge as e:
+            raise HTTPException(413, e.message) from None
+        except FramepipeError as e:
+            raise HTTPException(422, f"{e.code}: {e.message}") from None
 
     # ---- endpoints --------------------------------------------------------------------------------
 
@@ -336,20 +398,53 @@ class VideoIngress:
             raise HTTPException(429, f"{QUEUE.queue_max} jobs are waiting: retry later", headers={"Retry-After": "10"})
         overrides = body.settings.model_dump(exclude_none=True) if body.settings else {}
         settings = self.settings.with_overrides(**overrides)
-        try:  # fail fast on what a HEAD can tell: missing object, too large
-            await self._blocking(sources.resolve, body.source, settings.http_timeout_s, settings.max_bytes, False)
-        except SourceNotFound as e:
-            raise HTTPException(404, e.message) from None
-        except InputTooLarge as e:
-            raise HTTPException(413, e.message) from None
-        except FramepipeError as e:
-            raise HTTPException(422, f"{e.code}: {e.message}") from None
+        # fail fast on what a HEAD can tell: missing object, too large
+        await self._source_call(sources.resolve, body.source, settings.http_timeout_s, settings.max_bytes, False)
         job = JobStatus(job_id=uuid.uuid4().hex, status="queued", source=body.source, submitted_at=time.time(),
                         request={"settings": overrides, "webhook_url": body.webhook_url})
         job, created = await self._blocking(self.store.create, job, idempotency_key)
         if created:
             await self._blocking(self.broker.enqueue_task_sync, jobs.TASK, args=[job.job_id], task_id=job.job_id)
         return _accepted(job)
+
+    @api.post("/v1/search", dependencies=[Depends(bearer)],
+              openapi_extra={"requestBody": {"content": {
+                  "application/json": {"schema": SearchRequest.model_json_schema()},
+                  **{t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES}}}})
+    async def search(self, request: Request, top: Annotated[int, Query(ge=1, le=100)] = 10,
+                     face: Annotated[int | None, Query(ge=0, le=100)] = None):
+        """Where the person of a photo appears: each face of the photo (largest first), and the destination's
+        people most like the chosen one (``framepipe search``'s ranking), best first."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        cap = self.cfg.search_max_bytes
+        if ctype == "application/json":
+            try:
+                body = SearchRequest.model_validate_json(await request.body())
+            except ValidationError as e:
+                return JSONResponse({"detail": _error_list(e.errors())}, 422)
+            data = await self._source_call(sources.read_object, f"s3://{body.bucket}/{body.key}", cap,
+                                           self.settings.http_timeout_s)
+        elif ctype in IMAGE_TYPES:
+            data = await request.body()  # its size was checked before it was read
+        else:
+            raise HTTPException(415, "send application/json (bucket, key) or the image (image/jpeg, png, webp)")
+        try:
+            image = decode_image(data, self.settings.max_pixels)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        info = await self.model.info.remote()
+        analyzer = HandleAnalyzer(self.model, info, 1)
+        faces = await self._blocking(find.faces_in_image, image, analyzer)
+        try:
+            chosen = find.pick(faces, face)
+            hits = await self._blocking(find.find, self.dest, chosen.embedding, info["pack"], self.settings, top)
+        except find.NoQueryFace as e:
+            raise HTTPException(422, e.message) from None
+        except find.NoPeopleOfModel as e:
+            raise HTTPException(404, e.message) from None
+        return {"faces": [{k: v for k, v in vars(f).items() if k != "embedding"} for f in faces],
+                "face": face or 0, "min_similarity": self.settings.search_min_similarity,
+                "results": [h.as_dict() for h in hits]}
 
     @api.get("/v1/videos/{job_id}", response_model=JobStatus, dependencies=[Depends(bearer)])
     async def status(self, job_id: str):

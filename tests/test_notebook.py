@@ -34,10 +34,13 @@ def html_outputs(nb, marker: str) -> list[str]:
 
 
 def test_notebook_runs_on_a_local_destination_with_a_people_index(library, monkeypatch):
-    from framepipe import manifests, people_index
+    from framepipe import manifests, registry
 
     dest = library["dest"]
-    index = people_index.write(dest, 0.6)
+    registry.update_destination(dest, 0.6)
+    first = int(manifests.load_people_index(dest).global_person_id.min())
+    registry.update_destination(dest, 0.6, corrections=registry.Corrections(names={first: "Notebook Name"}))
+    index = manifests.load_people_index(dest)
     people = manifests.load_people(dest)
     nb = run_notebook(str(dest), monkeypatch)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
@@ -50,6 +53,9 @@ def test_notebook_runs_on_a_local_destination_with_a_people_index(library, monke
     [person] = html_outputs(nb, 'class="global-person"')
     most = index.groupby("global_person_id")["video_id"].nunique().max()
     assert person.count("<img") >= most >= 2
+    assert "Notebook Name" in text or any("Notebook Name" in h for h in html_outputs(nb, "Notebook Name"))
+    plots = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(plots) == 2  # who is on screen when, and throughput
 
 
 @pytest.mark.timeout(600)

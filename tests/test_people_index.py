@@ -102,8 +102,19 @@ def test_embeddings_of_different_models_are_never_compared(library):
     assert index.global_person_id.nunique() == 2 * people_index.build(people, 0.6).global_person_id.nunique()
 
 
-def test_too_many_people_for_memory_is_one_clear_line(library):
-    proc = run_cli("people", str(library["dest"]), "--no-report", env_extra={"FRAMEPIPE_PEOPLE_MAX_COUNT": "5"})
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("framepipe: failed: input_too_large: ") and "over the 5" in proc.stderr, proc.stderr
-    assert proc.stderr.count("\n") == 1
+def test_beyond_the_in_memory_count_people_are_attached_through_the_index(library, tmp_path):
+    """Over FRAMEPIPE_PEOPLE_MAX_COUNT people, the registry is not seeded by in-memory clustering: each person is
+    attached through the vector index instead (no quadratic memory), and the same woman is still one person."""
+    import shutil
+
+    dest = tmp_path / "dest"
+    shutil.copytree(library["dest"] / "manifests" / "people", dest / "manifests" / "people")
+    proc = run_cli("people", str(dest), "--no-report", env_extra={"FRAMEPIPE_PEOPLE_MAX_COUNT": "5"})
+    assert proc.returncode == 0, proc.stderr
+    assert "seeded" not in proc.stdout and "updated: " in proc.stdout, proc.stdout
+    index = pd.read_parquet(dest / "manifests" / "people_index.parquet")
+    results = library["results"]
+    aoc = {results[k].video_id for k in ("videos/talking_heads/retalking_3.mp4",
+                                         "videos/talking_heads/sadtalker_WDA_AlexandriaOcasioCortez_000.mp4")}
+    assert index[index.video_id.isin(aoc)].global_person_id.nunique() == 1
+    assert len(index) == sum(len(r.talent_frames) for r in results.values())

@@ -120,7 +120,10 @@ def test_people_section_lists_each_global_person_with_their_videos(library, brow
     from framepipe import manifests
 
     dest = library["dest"]
-    proc = run_cli("people", str(dest), timeout=300)
+    proc = run_cli("people", str(dest), "--no-report", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    first = int(manifests.load_people_index(dest).global_person_id.min())
+    proc = run_cli("people", str(dest), "--name", f"{first}=Named Person", timeout=300)  # a name, shown below
     assert proc.returncode == 0, proc.stderr
     index = manifests.load_people_index(dest)
     state = open_page(browser, dest / "report" / "index.html")
@@ -134,6 +137,9 @@ def test_people_section_lists_each_global_person_with_their_videos(library, brow
         shown = [a.get_attribute("data-video-id") for a in s.find_elements(By.CSS_SELECTOR, ".appearance")]
         assert sorted(shown) == sorted(rows.video_id), gid
         assert int(s.get_attribute("data-videos")) == rows.video_id.nunique()
+    named = browser.find_element(By.ID, f"person-{first}")
+    assert named.find_element(By.CSS_SELECTOR, ".person-name").text == "Named Person"
+    assert set(index[index.global_person_id == first].name) == {"Named Person"}
     screenshot(browser, "report_people.png")
     # the badge on a person's card links to their global person
     gid = sections[0].get_attribute("data-global-person-id")

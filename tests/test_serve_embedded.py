@@ -108,3 +108,41 @@ def test_jobs_over_the_time_limit_fail_and_the_worker_keeps_serving(embedded):
         assert doc["status"] == "failed" and doc["result"]["error"] == {"type": "timeout", "message": "over 4 s"}
     assert wait(embedded, submit(embedded, "tears.mp4"))["status"] == "succeeded"
     assert worker_pid() == before  # no crash, no restart
+
+
+def test_search_by_an_uploaded_photo_or_an_s3_photo(embedded):
+    """POST /v1/search: a frame of one job's person finds that person (uploaded, or as an S3 object); what is not
+    an image, too big or not there gets a clear 4xx, and nothing is read before the token is checked."""
+    import boto3
+
+    doc = wait(embedded, submit(embedded, "tears.mp4"))
+    talent = doc["result"]["talent_frames"][1]  # the man with glasses, seen from 3 to 7.5 s
+    photo = open(talent["url"], "rb").read()
+    url = f"{embedded['base']}/v1/search"
+    r = requests.post(url, data=photo, headers={**HEADERS, "Content-Type": "image/jpeg"}, timeout=120)
+    assert r.status_code == 200, r.text
+    found = r.json()
+    assert found["faces"] and found["results"], found
+    top = found["results"][0]
+    assert top["video_id"] == doc["result"]["video_id"] and top["person_id"] == talent["person_id"], top
+    assert top["similarity"] >= found["min_similarity"] and top["seen_s"] == talent["seen_s"]
+
+    boto3.client("s3").put_object(Bucket=embedded["bucket"], Key="query.jpg", Body=photo)
+    r = requests.post(url, json={"bucket": embedded["bucket"], "key": "query.jpg"}, headers=HEADERS,
+                      params={"top": 1}, timeout=120)
+    assert r.status_code == 200 and r.json()["results"][0]["person_id"] == talent["person_id"], r.text
+    assert len(r.json()["results"]) == 1
+
+    bad = [(b"GIF89a not what it says", {"Content-Type": "image/jpeg"}, 422),
+           (b"x" * 100, {"Content-Type": "text/plain"}, 415),
+           (b'{"bucket": "' + embedded["bucket"].encode() + b'", "key": "missing.jpg"}',
+            {"Content-Type": "application/json"}, 404),
+           (b'{"bucket": "b", "key": "../x"}', {"Content-Type": "application/json"}, 422)]
+    for body, headers, status in bad:
+        r = requests.post(url, data=body, headers={**HEADERS, **headers}, timeout=60)
+        assert r.status_code == status, (body[:30], r.status_code, r.text)
+    big = b"\xff\xd8\xff" + b"\x00" * (10 * 1024**2 + 1)
+    r = requests.post(url, data=big, headers={**HEADERS, "Content-Type": "image/jpeg"}, timeout=60)
+    assert r.status_code == 413
+    r = requests.post(url, data=photo, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert r.status_code == 401

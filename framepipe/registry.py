@@ -1,0 +1,438 @@
+"""The person registry: stable global identities per destination and embedding model.
+
+``DEST/registry/<model>/`` holds
+
+* ``persons.parquet`` (:data:`~framepipe.schema.PERSONS_SCHEMA`): one row per global person, with its name, the
+  running sum of its members' embeddings (the centroid) and ``merged_into`` for ids merged away (kept as aliases);
+* ``members.parquet`` (:data:`~framepipe.schema.MEMBERS_SCHEMA`): one row per (video, local person) attached, with
+  its embedding, its similarity to the global person when attached, and ``pinned`` when a correction placed it;
+* ``index.usearch``: an HNSW index (usearch) of the live persons' centroids, rebuilt from ``persons.parquet``
+  whenever it is missing or does not match it.
+
+:meth:`Registry.update` attaches what is new in the manifests (a video processed since the last update, or
+processed again with other people) and never touches what is already attached:
+
+* an empty registry is seeded by ``framepipe people``'s average-linkage clustering (:mod:`framepipe.people_index`:
+  no chaining, two people seen together in one video never joined), up to ``people_max_count`` people;
+* after that (and beyond that count) each new person is attached to the nearest live global person whose
+  centroid is at cosine similarity >= ``1 - people_max_distance``, unless that person already holds someone
+  seen at the same time in the same video; otherwise it becomes a new global person with the next id.
+
+Global ids are never renumbered or reused. Corrections (:meth:`name`, :meth:`merge`, :meth:`split`) are stored in
+the same files, so later updates keep them: a name stays on its person, a merge is never undone (the merged id
+becomes an alias of the survivor), a split-off member stays pinned to its own person.
+
+Why usearch: an embedded HNSW index (one pip wheel, no server) that adds and removes single vectors, saves to one
+file and searches 1,000,000 128-d centroids in well under a millisecond (bench/people_scale.py). faiss-cpu is a
+far bigger dependency whose incremental HNSW cannot remove vectors; hnswlib is much the same algorithm, less
+actively kept; LanceDB's IVF-PQ indexes must be retrained as data grows and answer slower per query at this size.
+The registry's tables stay plain Parquet, so a notebook reads them with pandas.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from framepipe import manifests, people_index, schema
+from framepipe.errors import FramepipeError
+from framepipe.storage import Destination
+
+INDEX_FILE = "index.usearch"
+CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 64, 256  # HNSW: M, ef at build, ef at search (bench/people_scale.py)
+CANDIDATES = 10  # nearest global persons looked at when attaching
+
+
+class CorrectionError(FramepipeError):
+    code = "bad_correction"
+
+
+def model_dir(model: str) -> str:
+    """``registry/<model>``, the model name made safe as one path component."""
+    return f"{schema.REGISTRY}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', model or 'unknown')}"
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+def _new_index(dim: int):
+    from usearch.index import Index
+
+    return Index(ndim=dim, metric="cos", dtype="f32", connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD,
+                 expansion_search=EXPANSION_SEARCH)
+
+
+@dataclass
+class Update:
+    attached: int = 0  # new members put with an existing global person
+    created: int = 0  # new global persons
+    detached: int = 0  # members whose video was processed again (or removed)
+    seeded: bool = False
+
+
+@dataclass
+class Registry:
+    model: str
+    dim: int
+    persons: pd.DataFrame  # PERSONS_SCHEMA columns, indexed by global_person_id
+    members: pd.DataFrame  # MEMBERS_SCHEMA columns
+    index: object = field(default=None, repr=False)  # usearch Index of live centroids, keyed by global id
+    next_id: list[int] = field(default_factory=lambda: [0])  # shared by a destination's registries: ids unique
+    # changes not yet folded into the DataFrames (one concat per update, not one per person)
+    _sums: dict = field(default_factory=dict, repr=False)  # gid -> embedding sum (float64)
+    _counts: dict = field(default_factory=dict, repr=False)  # gid -> members
+    _new_persons: list = field(default_factory=list, repr=False)
+    _new_members: list = field(default_factory=list, repr=False)
+    _together: dict = field(default_factory=dict, repr=False)  # video -> [(gid, seen_s)] during an update
+
+    # ---- loading and saving ------------------------------------------------------------------------
+
+    @classmethod
+    def empty(cls, model: str, dim: int) -> "Registry":
+        persons = schema.PERSONS_SCHEMA.empty_table().to_pandas().set_index("global_person_id", drop=False)
+        members = schema.MEMBERS_SCHEMA.empty_table().to_pandas()
+        return cls(model, dim, persons, members, _new_index(dim))
+
+    @classmethod
+    def load(cls, dest: str | Destination, model: str, dim: int) -> "Registry":
+        d = manifests.destination(dest)
+        base = model_dir(model)
+        if not d.exists(f"{base}/persons.parquet"):
+            return cls.empty(model, dim)
+        persons = pq.read_table(io.BytesIO(d.read(f"{base}/persons.parquet"))).to_pandas()
+        members = pq.read_table(io.BytesIO(d.read(f"{base}/members.parquet"))).to_pandas()
+        reg = cls(model, dim, persons.set_index("global_person_id", drop=False), members)
+        reg.index = reg._read_index(d, base)
+        return reg
+
+    def _read_index(self, d: Destination, base: str):
+        from usearch.index import Index
+
+        live = self.live_ids()
+        if d.exists(f"{base}/{INDEX_FILE}"):
+            try:
+                index = Index.restore(bytearray(d.read(f"{base}/{INDEX_FILE}")))
+                if index is not None and len(index) == len(live) and all(int(g) in index for g in live[:100]):
+                    index.expansion_search = EXPANSION_SEARCH  # a search setting: not kept in the file
+                    return index
+            except Exception:  # a damaged or foreign file: rebuilt below from the Parquet truth
+                pass
+        index = _new_index(self.dim)
+        if len(live):
+            sums = np.stack(self.persons.loc[live, "embedding_sum"].to_numpy()).astype(np.float32)
+            sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+            index.add(live.astype(np.uint64), sums)
+        return index
+
+    def flush(self) -> None:
+        """Fold the pending changes into ``persons`` and ``members``."""
+        if self._new_persons:
+            new = pd.DataFrame(self._new_persons).set_index("global_person_id", drop=False)
+            self.persons = pd.concat([self.persons, new]) if len(self.persons) else new
+            self._new_persons = []
+        for gid, total in self._sums.items():
+            self.persons.at[gid, "embedding_sum"] = np.asarray(total, dtype=np.float32)
+            self.persons.at[gid, "members"] = self._counts[gid]
+        self._sums, self._counts = {}, {}
+        self.persons["merged_into"] = self.persons["merged_into"].astype("Int64")
+        if self._new_members:
+            new = pd.DataFrame(self._new_members)
+            self.members = pd.concat([self.members, new], ignore_index=True) if len(self.members) else new
+            self._new_members = []
+
+    def save(self, dest: str | Destination) -> None:
+        self.flush()
+        d = manifests.destination(dest)
+        base = model_dir(self.model)
+        persons = self.persons.assign(schema_version=schema.SCHEMA_VERSION).reset_index(drop=True)
+        members = self.members.assign(schema_version=schema.SCHEMA_VERSION).reset_index(drop=True)
+        # the index first: a reader that finds new Parquet next to an old index rebuilds it
+        d.write(f"{base}/{INDEX_FILE}", bytes(self.index.save()))
+        d.write(f"{base}/members.parquet", schema.parquet_bytes(
+            pa.Table.from_pandas(members[schema.MEMBERS_SCHEMA.names], schema=schema.MEMBERS_SCHEMA,
+                                 preserve_index=False)))
+        d.write(f"{base}/persons.parquet", schema.parquet_bytes(
+            pa.Table.from_pandas(persons[schema.PERSONS_SCHEMA.names], schema=schema.PERSONS_SCHEMA,
+                                 preserve_index=False)))
+
+    # ---- reading -----------------------------------------------------------------------------------
+
+    def live_ids(self) -> np.ndarray:
+        self.flush()
+        p = self.persons
+        if not len(p):
+            return np.zeros(0, dtype=np.int64)
+        return p.index[p["merged_into"].isna() & (p["members"] > 0)].to_numpy(dtype=np.int64)
+
+    def _sum(self, gid: int) -> np.ndarray:
+        if gid not in self._sums:
+            self._sums[gid] = np.asarray(self.persons.at[gid, "embedding_sum"], dtype=np.float64)
+            self._counts[gid] = int(self.persons.at[gid, "members"])
+        return self._sums[gid]
+
+    def resolve(self, gid: int) -> int:
+        """The live id an id stands for (merged ids are aliases of their survivor)."""
+        seen = set()
+        while gid in self.persons.index and pd.notna(self.persons.at[gid, "merged_into"]) and gid not in seen:
+            seen.add(gid)
+            gid = int(self.persons.at[gid, "merged_into"])
+        return gid
+
+    def nearest(self, embedding: np.ndarray, count: int) -> list[tuple[int, float]]:
+        """(global id, cosine similarity) of the ``count`` nearest live persons."""
+        if len(self.index) == 0:
+            return []
+        found = self.index.search(_unit(np.asarray(embedding, dtype=np.float32)), min(count, len(self.index)))
+        return [(int(k), float(1.0 - d)) for k, d in zip(found.keys, found.distances)]
+
+    # ---- changing ----------------------------------------------------------------------------------
+
+    def _touch(self, gid: int) -> None:
+        """Put a person's current centroid in the index (or take it out when it has no member)."""
+        if gid in self.index:
+            self.index.remove(gid)
+        self._sum(gid)
+        merged = gid in self.persons.index and pd.notna(self.persons.at[gid, "merged_into"])
+        if self._counts[gid] > 0 and not merged:
+            self.index.add(gid, _unit(self._sums[gid]))
+
+    def _create(self, embedding_sum: np.ndarray, members: int) -> int:
+        gid = max(self.next_id[0], int(self.persons.index.max()) + 1 if len(self.persons) else 0)
+        self.next_id[0] = gid + 1
+        self._new_persons.append({
+            "global_person_id": gid, "name": None, "merged_into": None, "members": members,
+            "embedding_sum": np.asarray(embedding_sum, dtype=np.float32),
+            "created_at": pd.Timestamp(dt.datetime.now(dt.timezone.utc)).floor("ms"),
+            "schema_version": schema.SCHEMA_VERSION})
+        self._sums[gid] = np.asarray(embedding_sum, dtype=np.float64)
+        self._counts[gid] = members
+        return gid
+
+    def _add_to(self, gid: int, embedding: np.ndarray, sign: int) -> None:
+        self._sums[gid] = self._sum(gid) + sign * np.asarray(embedding, dtype=np.float64)
+        self._counts[gid] += sign
+
+    def _member_rows(self, rows: pd.DataFrame, gids: list[int], similarity: list[float], pinned=False):
+        for (_, r), gid, sim in zip(rows.iterrows(), gids, similarity):
+            self._new_members.append({
+                "video_id": r["video_id"], "person_id": int(r["person_id"]), "global_person_id": int(gid),
+                "similarity": float(sim), "pinned": pinned, "source": r["source"],
+                "embedding": np.asarray(r["embedding"], np.float32), "seen_s": r.get("seen_s"),
+                "face_url": r.get("face_url"), "frame_url": r.get("frame_url"), "timestamp_s": r.get("timestamp_s"),
+                "quality": r.get("quality"), "schema_version": schema.SCHEMA_VERSION})
+
+    def update(self, people: pd.DataFrame, max_distance: float, seed_max_count: int | None = None) -> Update:
+        """Attach the people rows (``manifests.load_people``, this model's only) that are not attached yet."""
+        self.flush()
+        report = Update()
+        people = people.sort_values(["source", "person_id"], ignore_index=True)
+        key = lambda df: list(zip(df["video_id"], df["person_id"].astype(int)))  # noqa: E731
+        current = {k: np.asarray(e, np.float32) for k, e in zip(key(people), people["embedding"])}
+        # members whose video was processed again with other people (or is gone): detached
+        stale = [i for i, (k, e) in enumerate(zip(key(self.members), self.members["embedding"]))
+                 if k not in current or not np.allclose(current[k], e, atol=1e-6)]
+        for i in stale:
+            self._add_to(int(self.members.at[i, "global_person_id"]), self.members.at[i, "embedding"], -1)
+        touched = set(self.members.loc[stale, "global_person_id"].astype(int))
+        self.members = self.members.drop(index=stale).reset_index(drop=True)
+        report.detached = len(stale)
+        attached = set(key(self.members))
+        new = people[[k not in attached for k in key(people)]].reset_index(drop=True)
+        # who is already attached for the videos being added (same-time people are never one person)
+        kept = self.members[self.members["video_id"].isin(set(new["video_id"]))]
+        self._together = {v: list(zip(g["global_person_id"].astype(int), g["seen_s"])) for v, g in
+                          kept.groupby("video_id")}
+        if len(new) and not len(self.live_ids()) and len(self.persons) == 0 and (
+                seed_max_count is None or len(new) <= seed_max_count):
+            report.seeded = True
+            report.created = self._seed(new, max_distance)
+        else:
+            for i in range(len(new)):
+                gid, sim = self._attach_one(new.iloc[i], max_distance)
+                if gid is None:  # a new person: in the index at once, for the next rows of this update
+                    gid = self._create(np.asarray(new.at[i, "embedding"], np.float32), 1)
+                    self._touch(gid)
+                    report.created += 1
+                    sim = 1.0
+                else:  # a known person: its centroid moves, re-indexed once at the end
+                    self._add_to(gid, new.at[i, "embedding"], +1)
+                    touched.add(gid)
+                    report.attached += 1
+                self._member_rows(new.iloc[[i]], [gid], [sim])
+                self._together.setdefault(new.at[i, "video_id"], []).append((gid, new.at[i, "seen_s"]
+                                                                            if "seen_s" in new else None))
+        for gid in touched:
+            self._touch(gid)
+        self.flush()
+        return report
+
+    def _seed(self, new: pd.DataFrame, max_distance: float) -> int:
+        emb = np.stack([_unit(np.asarray(e, np.float32)) for e in new["embedding"]])
+        labels = people_index.split_co_occurring(emb, people_index.cluster_embeddings(emb, max_distance), new,
+                                                 max_distance)
+        gids = {}
+        for lab in range(int(labels.max()) + 1 if len(labels) else 0):
+            raw = np.stack([np.asarray(e, np.float32) for e in new["embedding"][labels == lab]])
+            gids[lab] = self._create(raw.sum(axis=0), len(raw))
+        gid_of = [gids[int(lab)] for lab in labels]
+        sims = [float(emb[i] @ _unit(self._sum(g))) for i, g in enumerate(gid_of)]
+        self._member_rows(new, gid_of, sims)
+        live = np.array(sorted(gids.values()), dtype=np.int64)
+        if len(live):
+            self.index.add(live.astype(np.uint64), np.stack([_unit(self._sums[g]) for g in live]))
+        return len(gids)
+
+    def _attach_one(self, row: pd.Series, max_distance: float) -> tuple[int | None, float]:
+        seen = set(row["seen_s"]) if "seen_s" in row and row["seen_s"] is not None else set()
+        same_video = self._together.get(row["video_id"], [])
+        for gid, sim in self.nearest(row["embedding"], CANDIDATES):
+            if sim < 1.0 - max_distance:
+                break
+            if seen and any(g == gid and s is not None and seen & set(s) for g, s in same_video):
+                continue  # that person is on screen at the same time in this video: someone else
+            return gid, sim
+        return None, 0.0
+
+    # ---- corrections ---------------------------------------------------------------------------------
+
+    def _live(self, gid: int) -> int:
+        self.flush()
+        if gid not in self.persons.index:
+            raise CorrectionError(f"no global person {gid}")
+        return self.resolve(gid)
+
+    def name(self, gid: int, name: str) -> None:
+        self.persons.at[self._live(gid), "name"] = name.strip() or None
+
+    def merge(self, keep: int, other: int) -> int:
+        """Merge ``other`` into ``keep`` (the id ``other`` stays an alias of ``keep``); returns the survivor."""
+        keep, other = self._live(keep), self._live(other)
+        if keep == other:
+            return keep
+        self._sums[keep] = self._sum(keep) + self._sum(other)
+        self._counts[keep] += self._counts[other]
+        self._sums[other], self._counts[other] = np.zeros_like(self._sums[other]), 0
+        if pd.isna(self.persons.at[keep, "name"]):
+            self.persons.at[keep, "name"] = self.persons.at[other, "name"]
+        self.persons.at[other, "merged_into"] = keep
+        self.members.loc[self.members["global_person_id"] == other, "global_person_id"] = keep
+        self._touch(other)
+        self._touch(keep)
+        self.flush()
+        return keep
+
+    def split(self, video_id: str, person_id: int) -> int:
+        """Give one (video, person) a global person of its own, pinned there; returns the new id."""
+        self.flush()
+        rows = self.members.index[(self.members["video_id"] == video_id) & (self.members["person_id"] == person_id)]
+        if not len(rows):
+            raise CorrectionError(f"no person {person_id} of video {video_id} in the registry")
+        i = rows[0]
+        old = int(self.members.at[i, "global_person_id"])
+        emb = np.asarray(self.members.at[i, "embedding"], np.float32)
+        self._add_to(old, emb, -1)
+        gid = self._create(emb, 1)
+        self.members.at[i, "global_person_id"] = gid
+        self.members.at[i, "pinned"] = True
+        self.members.at[i, "similarity"] = 1.0
+        self._touch(old)
+        self._touch(gid)
+        self.flush()
+        return gid
+
+    # ---- the people index view -----------------------------------------------------------------------
+
+    def index_rows(self) -> pd.DataFrame:
+        """Members as people-index rows (:data:`~framepipe.schema.PEOPLE_INDEX_SCHEMA`), with names."""
+        self.flush()
+        m = self.members
+        names = self.persons["name"]
+        return pd.DataFrame({
+            "global_person_id": m["global_person_id"].astype(int), "name": [names.get(g) for g in m["global_person_id"]],
+            "video_id": m["video_id"], "person_id": m["person_id"].astype(int), "similarity": m["similarity"],
+            "source": m["source"], "face_url": m["face_url"], "frame_url": m["frame_url"],
+            "timestamp_s": m["timestamp_s"], "quality": m["quality"], "embedding_model": self.model or None,
+            "schema_version": schema.SCHEMA_VERSION,
+        })
+
+
+def models_of(people: pd.DataFrame) -> list[tuple[str, int, pd.DataFrame]]:
+    """(registry name, dimension, rows) for each embedding model in the people rows (a name with two dimensions,
+    two packs under one name, gets one registry per dimension)."""
+    out = []
+    for model in sorted(people["embedding_model"].fillna("").unique()) if len(people) else []:
+        group = people[people["embedding_model"].fillna("") == model]
+        dims = sorted({len(e) for e in group["embedding"]})
+        for dim in dims:
+            part = group[[len(e) == dim for e in group["embedding"]]]
+            out.append((model if len(dims) == 1 else f"{model}-{dim}d", dim, part))
+    return out
+
+
+def in_memory_index(people: pd.DataFrame, max_distance: float) -> pd.DataFrame:
+    """People-index rows of a registry built from scratch in memory (nothing read or written): a notebook's view of
+    a destination on which ``framepipe people`` has not run."""
+    rows = []
+    next_id = [0]
+    for name, dim, part in models_of(people):
+        reg = Registry.empty(name, dim)
+        reg.next_id = next_id
+        reg.update(part, max_distance)
+        rows.append(reg.index_rows())
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=schema.PEOPLE_INDEX_SCHEMA.names)
+
+
+@dataclass
+class Corrections:
+    names: dict[int, str] = field(default_factory=dict)
+    merges: list[tuple[int, int]] = field(default_factory=list)
+    splits: list[tuple[str, int]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.names or self.merges or self.splits)
+
+
+def update_destination(
+    dest: str | Destination, max_distance: float, seed_max_count: int | None = None,
+    corrections: Corrections | None = None, model: str | None = None,
+) -> tuple[pd.DataFrame, dict[str, Update]]:
+    """Bring every model's registry up to date with the destination's manifests, apply ``corrections`` (to the
+    registry of ``model``, or of the only model), save, and write ``manifests/people_index.parquet``. Returns the
+    index rows and each model's :class:`Update`."""
+    d = manifests.destination(dest)
+    people = manifests.load_people(d)
+    registries = [Registry.load(d, name, dim) for name, dim, _ in models_of(people)]
+    next_id = [max([int(r.persons.index.max()) + 1 for r in registries if len(r.persons)], default=0)]
+    updates = {}
+    for reg, (_, _, rows) in zip(registries, models_of(people)):
+        reg.next_id = next_id
+        updates[reg.model] = reg.update(rows, max_distance, seed_max_count)
+    if corrections:
+        chosen = [r for r in registries if model in (None, r.model)]
+        if len(chosen) != 1:
+            raise CorrectionError(f"corrections need one model; this destination has {[r.model for r in registries]}"
+                                  " (--model)")
+        reg = chosen[0]
+        for keep, other in corrections.merges:
+            reg.merge(keep, other)
+        for video_id, person_id in corrections.splits:
+            reg.split(video_id, person_id)
+        for gid, given in corrections.names.items():
+            reg.name(gid, given)
+    for reg in registries:
+        reg.save(d)
+    rows = [r.index_rows() for r in registries]
+    index = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=schema.PEOPLE_INDEX_SCHEMA.names)
+    index = index.sort_values(["global_person_id", "source", "person_id"], kind="stable", ignore_index=True)
+    table = pa.Table.from_pandas(index[schema.PEOPLE_INDEX_SCHEMA.names], schema=schema.PEOPLE_INDEX_SCHEMA,
+                                 preserve_index=False)
+    d.write(schema.PEOPLE_INDEX, schema.parquet_bytes(table))
+    return table.to_pandas(), updates

@@ -1,0 +1,151 @@
+"""Find a person everywhere: the faces of a query (photo or video) ranked against a destination's people.
+
+``framepipe search QUERY DEST`` and the HTTP service's ``POST /v1/search`` both come here:
+
+1. :func:`query_faces`: the faces of the query, largest first. A photo gives each detected face; a video goes
+   through the per-video pipeline and gives each person found (their mean embedding, their best face).
+2. :func:`find`: the nearest global persons of the destination's person registry (:mod:`framepipe.registry`, its
+   HNSW index), then every (video, person) member of those, scored by cosine similarity between the query face and
+   that member's own embedding, best first, keeping those at ``min_similarity`` or more.
+
+A destination whose registry is missing or behind its manifests is brought up to date first (as ``framepipe
+people`` would). Only people embedded by the same model pack as the query are compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+from framepipe import manifests, pipeline, registry
+from framepipe.analyzer import Analyzer
+from framepipe.config import Settings
+from framepipe.errors import FramepipeError
+from framepipe.framesource import open_source
+from framepipe.state import VideoState
+from framepipe.storage import Destination
+
+
+class NoQueryFace(FramepipeError):
+    code = "no_face"
+
+
+class NoPeopleOfModel(FramepipeError):
+    code = "no_people_of_model"
+
+
+@dataclass
+class QueryFace:
+    embedding: np.ndarray = field(repr=False)
+    bbox: list[float]
+    quality: float
+    timestamp_s: float
+    size_px: float
+
+
+@dataclass
+class Hit:
+    similarity: float  # cosine between the query face and this person's mean embedding
+    source: str
+    video_id: str
+    person_id: int
+    global_person_id: int
+    name: str | None
+    person_similarity: float  # cosine between the query face and the global person's centroid
+    first_seen_s: float | None
+    last_seen_s: float | None
+    seen_s: list[float]
+    frame_url: str | None
+    face_url: str | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def faces_in_image(image: np.ndarray, analyzer: Analyzer) -> list[QueryFace]:
+    """Every face of a photo, largest first. A photo that is one tight face crop (a face chip, an avatar) shows no
+    face to a full-frame detector: it is tried again inside a border half its size on each side."""
+    for pad in (0, max(image.shape[:2]) // 2):
+        framed = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT) if pad else image
+        faces = analyzer.analyze([framed])[0]
+        if faces:
+            break
+    found = [QueryFace(f.embedding, [round(float(x) - pad, 1) for x in f.bbox], round(f.quality, 4), 0.0, f.size_px)
+             for f in faces]
+    return sorted(found, key=lambda q: -q.size_px)
+
+
+def query_faces(source: str, settings: Settings, analyzer: Analyzer) -> list[QueryFace]:
+    """The faces of a photo, or the people of a video (each person's mean embedding), largest face first."""
+    fs = open_source(source, settings)
+    if fs.info.media_type == "image":
+        with fs.frames() as frames:
+            image = next(iter(frames)).image
+        return faces_in_image(image, analyzer)
+    state = VideoState(fs.info, settings)
+    try:
+        pipeline.analyse(fs, analyzer, state)
+    finally:
+        fs.close()
+    people = state.finish().people
+    return sorted((QueryFace(p.mean_embedding, [round(float(x), 1) for x in p.best.face.bbox],
+                             round(p.best.face.quality, 4), p.best.pts_s, p.best.face.size_px) for p in people),
+                  key=lambda q: -q.size_px)
+
+
+def pick(faces: list[QueryFace], index: int | None) -> QueryFace:
+    if not faces:
+        raise NoQueryFace("no face found in the query")
+    if index is not None and not 0 <= index < len(faces):
+        raise NoQueryFace(f"the query has {len(faces)} face(s): --face takes 0..{len(faces) - 1}")
+    return faces[index or 0]
+
+
+def find(
+    dest: str | Destination, embedding: np.ndarray, model: str, settings: Settings, top: int = 10,
+    min_similarity: float | None = None,
+) -> list[Hit]:
+    """The destination's people most like ``embedding`` (of model pack ``model``), best first."""
+    d = manifests.destination(dest)
+    floor = settings.search_min_similarity if min_similarity is None else min_similarity
+    return rank(_registry(d, model, len(embedding), settings), embedding, top, floor)
+
+
+def rank(reg: registry.Registry, embedding: np.ndarray, top: int, min_similarity: float) -> list[Hit]:
+    """The members of ``reg``'s nearest global persons, scored against ``embedding``, best first."""
+    q = np.asarray(embedding, dtype=np.float32)
+    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    persons = dict(reg.nearest(q, max(top, registry.CANDIDATES)))
+    members = reg.members[reg.members["global_person_id"].isin(list(persons))]
+    hits = []
+    for row in members.itertuples():
+        e = np.asarray(row.embedding, dtype=np.float32)
+        sim = float(q @ (e / max(float(np.linalg.norm(e)), 1e-12)))
+        if sim < min_similarity:
+            continue
+        seen = [float(t) for t in row.seen_s] if row.seen_s is not None else []
+        name = reg.persons.at[row.global_person_id, "name"]
+        hits.append(Hit(round(sim, 4), row.source, row.video_id, int(row.person_id), int(row.global_person_id),
+                        None if name is None or name != name else str(name),
+                        round(persons[row.global_person_id], 4), min(seen) if seen else None,
+                        max(seen) if seen else None, seen, row.frame_url, row.face_url))
+    return sorted(hits, key=lambda h: -h.similarity)[:top]
+
+
+def _registry(d: Destination, model: str, dim: int, settings: Settings) -> registry.Registry:
+    """This model's registry, brought up to date with the manifests first if it is behind them."""
+    people = manifests.load_people(d)
+    same = (people["embedding_model"].fillna("") == model).to_numpy()
+    mine = people[same & np.array([len(e) == dim for e in people["embedding"]], dtype=bool)]
+    if mine.empty:
+        models = sorted(set(people["embedding_model"].fillna("?")))
+        raise NoPeopleOfModel(f"no people embedded with {model} ({dim}-d) in {d.url('')}"
+                              + (f"; it holds people of {', '.join(models)}" if models else ""))
+    reg = registry.Registry.load(d, model, dim)
+    known = set(zip(reg.members["video_id"], reg.members["person_id"].astype(int)))
+    if known != set(zip(mine["video_id"], mine["person_id"].astype(int))):
+        registry.update_destination(d, settings.people_max_distance, settings.people_max_count)
+        reg = registry.Registry.load(d, model, dim)
+    return reg

@@ -1,0 +1,130 @@
+"""The person registry (stable ids, names and merges that survive new material) and `framepipe search`, on the
+shared footage: real models, real CLI processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import MEDIA, run_cli
+
+AOC_CLIP = "videos/talking_heads/retalking_3.mp4"
+AOC_OTHER = "videos/talking_heads/sadtalker_WDA_AlexandriaOcasioCortez_000.mp4"
+MONTAGE = "videos/composed/talking_heads_montage.mp4"
+OBAMA_PHOTO = "photos/face_recognition/barack_obama/obama.jpg"
+PAIR = "photos/face_recognition/groups/two_people_obama_biden.jpg"
+
+
+def _partial(library, tmp_path, keys) -> str:
+    """A destination holding the people manifests of ``keys`` only (as if only they had been processed yet)."""
+    dest = tmp_path / "dest"
+    (dest / "manifests" / "people").mkdir(parents=True)
+    for key in keys:
+        vid = library["results"][key].video_id
+        shutil.copy(library["dest"] / "manifests" / "people" / f"{vid}.parquet", dest / "manifests" / "people")
+    return str(dest)
+
+
+def _add(library, dest, keys) -> None:
+    for key in keys:
+        vid = library["results"][key].video_id
+        shutil.copy(library["dest"] / "manifests" / "people" / f"{vid}.parquet", f"{dest}/manifests/people")
+
+
+def _index(dest) -> pd.DataFrame:
+    return pd.read_parquet(f"{dest}/manifests/people_index.parquet")
+
+
+def _gid(index, library, key, person_id=0) -> int:
+    vid = library["results"][key].video_id
+    return int(index[(index.video_id == vid) & (index.person_id == person_id)].global_person_id.iloc[0])
+
+
+def test_names_merges_and_ids_survive_new_material(library, tmp_path):
+    results = library["results"]
+    first = [k for k in results if k.startswith("videos/talking_heads/") and k != AOC_OTHER]
+    dest = _partial(library, tmp_path, first)
+    proc = run_cli("people", dest, "--no-report", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "seeded by clustering" in proc.stdout
+    before = _index(dest)
+    aoc = _gid(before, library, AOC_CLIP)
+    a, b = sorted(g for g in before.global_person_id.unique() if g != aoc)[:2]  # two different people
+    proc = run_cli("people", dest, "--no-report", "--name", f"{aoc}=Alexandria", "--name", f"{a}=Pat",
+                   "--merge", str(a), str(b), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"person {aoc} is Alexandria" in proc.stdout and f"person {a} is Pat" in proc.stdout
+    corrected = _index(dest)
+
+    _add(library, dest, [AOC_OTHER, MONTAGE, OBAMA_PHOTO, PAIR])  # new material arrives
+    proc = run_cli("people", dest, "--no-report", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "updated: " in proc.stdout and "attached to known ones" in proc.stdout, proc.stdout
+    after = _index(dest)
+    old = corrected.set_index(["video_id", "person_id"]).global_person_id
+    new = after.set_index(["video_id", "person_id"]).global_person_id
+    assert (new.loc[old.index] == old).all(), "an old (video, person) changed its global id"
+    names = after.dropna(subset=["name"]).groupby("global_person_id")["name"].first().to_dict()
+    assert names == {aoc: "Alexandria", a: "Pat"}
+    assert set(after[after.global_person_id == a].video_id) >= set(before[before.global_person_id.isin([a, b])].video_id)
+    # the woman of the new clip is the one named before; the montage's six people attach to the known five
+    assert _gid(after, library, AOC_OTHER) == aoc
+    assert (after.global_person_id.max() - before.global_person_id.max()) <= 4  # obama, biden (+ at most 2)
+    assert after[after.global_person_id == aoc].name.eq("Alexandria").all()
+
+    # a split is kept too, and so is everything else when nothing is new
+    vid = results[AOC_OTHER].video_id
+    proc = run_cli("people", dest, "--no-report", "--split", f"{vid}:0", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    split = _gid(_index(dest), library, AOC_OTHER)
+    assert split != aoc
+    proc = run_cli("people", dest, "--no-report", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    again = _index(dest)
+    assert _gid(again, library, AOC_OTHER) == split
+    assert again.set_index(["video_id", "person_id"]).global_person_id.equals(
+        _index(dest).set_index(["video_id", "person_id"]).global_person_id)
+
+
+def test_search_by_video_finds_the_same_woman_elsewhere(library, tmp_path):
+    dest = _partial(library, tmp_path, [k for k in library["results"] if k != AOC_CLIP and k != "broken"
+                                        and library["results"][k].status == "succeeded"])
+    proc = run_cli("search", str(MEDIA / AOC_CLIP), dest, "--json", "--top", "5", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert len(doc["faces"]) == 1 and doc["results"], doc
+    top = doc["results"]
+    wanted = {library["results"][AOC_OTHER].video_id, library["results"][MONTAGE].video_id}
+    assert top[0]["video_id"] in wanted, top[0]
+    assert {r["video_id"] for r in top if r["global_person_id"] == top[0]["global_person_id"]} == wanted
+    assert all(r["similarity"] >= doc["min_similarity"] for r in top)
+    assert top == sorted(top, key=lambda r: -r["similarity"])
+    montage = next(r for r in top if r["video_id"] == library["results"][MONTAGE].video_id)
+    assert montage["first_seen_s"] < 19.08 and montage["last_seen_s"] >= 38.6  # both of her appearances
+    assert montage["frame_url"].endswith(".jpg") and montage["face_url"].endswith(".jpg")
+
+
+def test_search_by_photo_each_face_of_a_pair(library, tmp_path):
+    """Leave the query photo out; each of its two faces (--face) finds its own person among the rest."""
+    keys = [k for k in library["results"] if k != PAIR and k != "broken"]
+    dest = _partial(library, tmp_path, keys)
+    found = []
+    for face in (0, 1):
+        proc = run_cli("search", str(MEDIA / PAIR), dest, "--json", "--face", str(face), timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert len(doc["faces"]) == 2 and doc["faces"][0]["size_px"] >= doc["faces"][1]["size_px"]
+        folders = {r["source"].split("/")[-2] for r in doc["results"][:3]
+                   if "/face_recognition/" in r["source"] and "/groups/" not in r["source"]}
+        found.append(folders)
+    assert {frozenset(f) for f in found} == {frozenset({"barack_obama"}), frozenset({"joe_biden"})}, found
+
+
+@pytest.mark.parametrize("query,code", [("videos/caminandes_10s_no_humans.mp4", "no_face")])
+def test_search_without_a_face_is_one_clear_line(library, query, code):
+    proc = run_cli("search", str(MEDIA / query), str(library["dest"]), timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"framepipe: failed: {code}: ") and proc.stderr.count("\n") == 1, proc.stderr
