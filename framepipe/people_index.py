@@ -14,7 +14,7 @@ embedding. ``framepipe people`` uses it once, to seed an empty registry; after t
 the registry's persons through its vector index and ids never change.
 
 Scale: the pairwise distances are held in memory, so time and memory grow with the square of the number of
-people (bench/people_scale.py: 16,000 people took 23 s and 1.6 GB on 2 cores). Over ``people_max_count`` people
+people (16,000 people took 23 s and 1.6 GB on 2 cores). Over ``people_max_count`` people
 (per embedding model) it refuses with a clear error rather than run out of memory; beyond that, an
 approximate-nearest-neighbour index is the way: the registry seeds itself through its index instead.
 """

@@ -22,10 +22,10 @@ Global ids are never renumbered or reused. Corrections (:meth:`name`, :meth:`mer
 the same files, so later updates keep them: a name stays on its person, a merge is never undone (the merged id
 becomes an alias of the survivor), a split-off member stays pinned to its own person.
 
-Why usearch: an embedded HNSW index (one pip wheel, no server) that adds and removes single vectors, saves to one
-file and searches 1,000,000 128-d centroids in well under a millisecond (bench/people_scale.py). faiss-cpu is a
-far bigger dependency whose incremental HNSW cannot remove vectors; hnswlib is much the same algorithm, less
-actively kept; LanceDB's IVF-PQ indexes must be retrained as data grows and answer slower per query at this size.
+Why usearch: an embedded HNSW index (one pip wheel, no server) that adds and removes single vectors and saves to
+one file (bench/people_scale.py, 1,000,000 128-d people on 2 cores: recall@10 0.956 against exact search, p50
+4 ms, 31,600 queries/min). faiss-cpu is a far bigger dependency whose HNSW index cannot remove vectors; hnswlib is
+much the same algorithm, less actively kept; LanceDB's IVF-PQ indexes must be retrained as data grows.
 The registry's tables stay plain Parquet, so a notebook reads them with pandas.
 """
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -45,8 +46,10 @@ from framepipe import manifests, people_index, schema
 from framepipe.errors import FramepipeError
 from framepipe.storage import Destination
 
+log = logging.getLogger(__name__)
+
 INDEX_FILE = "index.usearch"
-CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 64, 256  # HNSW: M, ef at build, ef at search (bench/people_scale.py)
+CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 64, 448  # HNSW: M, ef at build, ef at search (bench/people_scale.py)
 CANDIDATES = 10  # nearest global persons looked at when attaching
 
 
@@ -123,8 +126,8 @@ class Registry:
                 if index is not None and len(index) == len(live) and all(int(g) in index for g in live[:100]):
                     index.expansion_search = EXPANSION_SEARCH  # a search setting: not kept in the file
                     return index
-            except Exception:  # a damaged or foreign file: rebuilt below from the Parquet truth
-                pass
+            except Exception as e:  # a damaged or foreign file: rebuilt below from the Parquet truth
+                log.warning("rebuilding %s/%s: %s", base, INDEX_FILE, e)
         index = _new_index(self.dim)
         if len(live):
             sums = np.stack(self.persons.loc[live, "embedding_sum"].to_numpy()).astype(np.float32)

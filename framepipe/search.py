@@ -128,7 +128,7 @@ def rank(reg: registry.Registry, embedding: np.ndarray, top: int, min_similarity
         seen = [float(t) for t in row.seen_s] if row.seen_s is not None else []
         name = reg.persons.at[row.global_person_id, "name"]
         hits.append(Hit(round(sim, 4), row.source, row.video_id, int(row.person_id), int(row.global_person_id),
-                        None if name is None or name != name else str(name),
+                        str(name) if isinstance(name, str) else None,
                         round(persons[row.global_person_id], 4), min(seen) if seen else None,
                         max(seen) if seen else None, seen, row.frame_url, row.face_url))
     return sorted(hits, key=lambda h: -h.similarity)[:top]

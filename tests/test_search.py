@@ -8,7 +8,6 @@ import shutil
 
 import pandas as pd
 import pytest
-
 from conftest import MEDIA, run_cli
 
 AOC_CLIP = "videos/talking_heads/retalking_3.mp4"
