@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from framepipe import people_index, pipeline, state
+from framepipe import people_index, pipeline, registry, state
 from framepipe.analyzer import LocalAnalyzer
 from framepipe.config import Settings
 
@@ -108,7 +108,7 @@ def within_video_joins(rows: list[dict], settings: Settings, verbose: bool = Fal
     if not rows:
         return {}
     joins: dict[str, int] = {}
-    for j in people_index.within_video_joins(people_index.build(pd.DataFrame(rows), settings.people_max_distance)):
+    for j in people_index.within_video_joins(registry.in_memory_index(pd.DataFrame(rows), settings.people_max_distance)):
         joins[j.video_id] = joins.get(j.video_id, 0) + len(j.person_ids) - 1
         if verbose:
             print(f"  join: {j.video_id} persons {j.person_ids} -> global person {j.global_person_id}")

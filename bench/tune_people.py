@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from framepipe import manifests, people_index, pipeline
+from framepipe import manifests, pipeline, registry
 from framepipe.config import Settings
 from framepipe.faces import load_face_model
 
@@ -64,7 +64,7 @@ def main() -> None:
           f"different people: max {sim[~same].max():.3f}")
     print(f"{'max_distance':>12} {'global ids':>10} {'split':>6} {'joined':>7}")
     for t in np.round(np.arange(0.2, 1.0, 0.05), 2):
-        index = people_index.build(people, float(t)).merge(people[["video_id", "person_id", "label"]],
+        index = registry.in_memory_index(people, float(t)).merge(people[["video_id", "person_id", "label"]],
                                                            on=["video_id", "person_id"])
         lab = index[index.label.notna()]
         split = int((lab.groupby("label").global_person_id.nunique() > 1).sum())

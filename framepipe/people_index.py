@@ -6,17 +6,16 @@ groups join while the mean distance between their members is below ``people_max_
 does not chain the way single linkage (or DBSCAN) does, so one ambiguous face cannot bridge two people. Two
 people of one video seen at the same time are never one global person (a cluster holding such a pair is clustered
 again with that cannot-link, as the per-video pass does).
-Embeddings of different models are never compared (each model is clustered on its own).
+Embeddings of different models are never compared (each model has its own registry).
 
-:func:`build` gives one row per (video, local person) (:data:`~framepipe.schema.PEOPLE_INDEX_SCHEMA`) with its
-``global_person_id`` (numbered by first appearance) and its cosine similarity to that global person's mean
-embedding. ``framepipe people`` uses it once, to seed an empty registry; after that, new people are attached to
-the registry's persons through its vector index and ids never change.
+:func:`cluster_embeddings` and :func:`split_co_occurring` seed an empty person registry
+(:meth:`framepipe.registry.Registry.update`); after that, new people are attached to the registry's persons through
+its vector index and ids never change. :func:`within_video_joins` and :func:`summary` read the people index the
+registry writes.
 
 Scale: the pairwise distances are held in memory, so time and memory grow with the square of the number of
-people (16,000 people took 23 s and 1.6 GB on 2 cores). Over ``people_max_count`` people
-(per embedding model) it refuses with a clear error rather than run out of memory; beyond that, an
-approximate-nearest-neighbour index is the way: the registry seeds itself through its index instead.
+people (16,000 people took 23 s and 1.6 GB on 2 cores). Over ``people_max_count`` people (per embedding model)
+the registry does not seed this way: it attaches each person through its vector index instead.
 """
 
 from __future__ import annotations
@@ -25,12 +24,9 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from scipy.cluster.hierarchy import fcluster, linkage
 
-from framepipe import clustering, manifests, schema
-from framepipe.errors import InputTooLarge
-from framepipe.storage import Destination
+from framepipe import clustering
 
 
 def cluster_embeddings(embeddings: np.ndarray, max_distance: float) -> np.ndarray:
@@ -75,39 +71,6 @@ def split_co_occurring(emb: np.ndarray, labels: np.ndarray, part: pd.DataFrame, 
                 next_label += 1
     order: dict[int, int] = {}
     return np.array([order.setdefault(int(lab), len(order)) for lab in labels])
-
-
-def build(people: pd.DataFrame, max_distance: float, max_count: int | None = None) -> pd.DataFrame:
-    """People rows (``manifests.load_people``) -> people-index rows, sorted by global id then source.
-    Raises InputTooLarge when one embedding model has more than ``max_count`` people."""
-    parts: list[pd.DataFrame] = []
-    next_id = 0
-    people = people.sort_values(["source", "person_id"], ignore_index=True)
-    for model in sorted(people["embedding_model"].fillna("").unique()):
-        group = people[people["embedding_model"].fillna("") == model]
-        for dim in sorted({len(e) for e in group["embedding"]}):
-            part = group[[len(e) == dim for e in group["embedding"]]]
-            if max_count and len(part) > max_count:
-                raise InputTooLarge(
-                    f"{len(part)} people of model {model or '?'}: over the {max_count} that in-memory clustering "
-                    "takes (FRAMEPIPE_PEOPLE_MAX_COUNT; memory grows with the square of the count)"
-                )
-            emb = np.stack([np.asarray(e, dtype=np.float32) for e in part["embedding"]])
-            emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-            labels = split_co_occurring(emb, cluster_embeddings(emb, max_distance), part, max_distance)
-            similarity = np.empty(len(part), dtype=np.float32)
-            for lab in range(int(labels.max()) + 1):
-                members = labels == lab
-                centre = emb[members].mean(axis=0)
-                similarity[members] = emb[members] @ (centre / max(float(np.linalg.norm(centre)), 1e-12))
-            parts.append(part.assign(global_person_id=labels + next_id, name=None, similarity=similarity.round(4),
-                                     embedding_model=model or None, schema_version=schema.SCHEMA_VERSION))
-            next_id += int(labels.max()) + 1
-    rows = pd.concat(parts).sort_values("global_person_id", kind="stable") if parts else pd.DataFrame(
-        columns=schema.PEOPLE_INDEX_SCHEMA.names)
-    table = pa.Table.from_pandas(rows[schema.PEOPLE_INDEX_SCHEMA.names], schema=schema.PEOPLE_INDEX_SCHEMA,
-                                 preserve_index=False)
-    return table.to_pandas()
 
 
 class Join(NamedTuple):

@@ -380,17 +380,26 @@ def models_of(people: pd.DataFrame) -> list[tuple[str, int, pd.DataFrame]]:
     return out
 
 
+def index_table(registries: list[Registry]) -> pa.Table:
+    """The people index (:data:`~framepipe.schema.PEOPLE_INDEX_SCHEMA`) of these registries, by global id."""
+    rows = [r.index_rows() for r in registries]
+    index = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=schema.PEOPLE_INDEX_SCHEMA.names)
+    index = index.sort_values(["global_person_id", "source", "person_id"], kind="stable", ignore_index=True)
+    return pa.Table.from_pandas(index[schema.PEOPLE_INDEX_SCHEMA.names], schema=schema.PEOPLE_INDEX_SCHEMA,
+                                preserve_index=False)
+
+
 def in_memory_index(people: pd.DataFrame, max_distance: float) -> pd.DataFrame:
-    """People-index rows of a registry built from scratch in memory (nothing read or written): a notebook's view of
-    a destination on which ``framepipe people`` has not run."""
-    rows = []
-    next_id = [0]
+    """People-index rows of registries built from scratch in memory (nothing read or written): a notebook's view
+    of a destination on which ``framepipe people`` has not run, and the benchmarks' and tests' view of a set of
+    people rows."""
+    registries, next_id = [], [0]
     for name, dim, part in models_of(people):
         reg = Registry.empty(name, dim)
         reg.next_id = next_id
         reg.update(part, max_distance)
-        rows.append(reg.index_rows())
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=schema.PEOPLE_INDEX_SCHEMA.names)
+        registries.append(reg)
+    return index_table(registries).to_pandas()
 
 
 @dataclass
@@ -432,10 +441,6 @@ def update_destination(
             reg.name(gid, given)
     for reg in registries:
         reg.save(d)
-    rows = [r.index_rows() for r in registries]
-    index = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=schema.PEOPLE_INDEX_SCHEMA.names)
-    index = index.sort_values(["global_person_id", "source", "person_id"], kind="stable", ignore_index=True)
-    table = pa.Table.from_pandas(index[schema.PEOPLE_INDEX_SCHEMA.names], schema=schema.PEOPLE_INDEX_SCHEMA,
-                                 preserve_index=False)
+    table = index_table(registries)
     d.write(schema.PEOPLE_INDEX, schema.parquet_bytes(table))
     return table.to_pandas(), updates

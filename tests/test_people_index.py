@@ -92,14 +92,14 @@ def test_same_person_gets_the_same_global_id_across_videos_and_photos(library):
 
 
 def test_embeddings_of_different_models_are_never_compared(library):
-    from framepipe import manifests, people_index
+    from framepipe import manifests, registry
 
     people = manifests.load_people(library["dest"])
     other = people.assign(embedding_model="buffalo_l", video_id=people.video_id + "-b")
-    index = people_index.build(pd.concat([people, other], ignore_index=True), max_distance=0.6)
+    index = registry.in_memory_index(pd.concat([people, other], ignore_index=True), max_distance=0.6)
     by_model = index.groupby("global_person_id")["embedding_model"].nunique()
     assert (by_model == 1).all()
-    assert index.global_person_id.nunique() == 2 * people_index.build(people, 0.6).global_person_id.nunique()
+    assert index.global_person_id.nunique() == 2 * registry.in_memory_index(people, 0.6).global_person_id.nunique()
 
 
 def test_beyond_the_in_memory_count_people_are_attached_through_the_index(library, tmp_path):

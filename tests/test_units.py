@@ -154,7 +154,7 @@ def test_unreliable_tracks_are_not_people():
 def test_people_index_never_joins_two_people_seen_together():
     import pandas as pd
 
-    from framepipe import people_index
+    from framepipe import people_index, registry
 
     e = np.eye(4)[0].astype(np.float32)
     rows = pd.DataFrame([
@@ -165,12 +165,12 @@ def test_people_index_never_joins_two_people_seen_together():
         {"video_id": "w", "source": "w", "person_id": 0, "embedding": e, "embedding_model": "m", "seen_s": [2.0],
          "face_url": None, "frame_url": None, "timestamp_s": 2.0, "quality": 0.5},
     ])
-    index = people_index.build(rows, 0.6)
+    index = registry.in_memory_index(rows, 0.6)
     ids = dict(zip(zip(index["video_id"], index["person_id"]), index["global_person_id"]))
     assert ids[("v", 0)] != ids[("v", 1)] and ids[("w", 0)] in (ids[("v", 0)], ids[("v", 1)])
     assert people_index.within_video_joins(index) == []
     rows.loc[1, "seen_s"] = [5.0]  # not on screen together: a split the per-video pass missed, and reported
-    joins = people_index.within_video_joins(people_index.build(rows, 0.6))
+    joins = people_index.within_video_joins(registry.in_memory_index(rows, 0.6))
     assert [(j.video_id, j.person_ids) for j in joins] == [("v", [0, 1])]
 
 
