@@ -247,7 +247,7 @@ def _destination_command(args) -> int:
             except ValueError:
                 print("framepipe: --name takes G=NAME and --split VIDEO_ID:PERSON_ID", file=sys.stderr)
                 return EXIT_USAGE
-            index, updates = registry.update_destination(d, settings.people_max_distance, settings.people_max_count,
+            index, updates, _ = registry.update_destination(d, settings.people_max_distance, settings.people_max_count,
                                                          corrections, args.model)
             summary = people_index.summary(index)
             multi = summary[summary["videos"] > 1]

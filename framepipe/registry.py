@@ -49,7 +49,8 @@ from framepipe.storage import Destination
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.usearch"
-CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 64, 448  # HNSW: M, ef at build, ef at search (bench/people_scale.py)
+# HNSW: M, ef at build, ef at search (bench/people_scale.py)
+CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 64, 448
 CANDIDATES = 10  # nearest global persons looked at when attaching
 
 
@@ -359,7 +360,8 @@ class Registry:
         m = self.members
         names = self.persons["name"]
         return pd.DataFrame({
-            "global_person_id": m["global_person_id"].astype(int), "name": [names.get(g) for g in m["global_person_id"]],
+            "global_person_id": m["global_person_id"].astype(int),
+            "name": [names.get(g) for g in m["global_person_id"]],
             "video_id": m["video_id"], "person_id": m["person_id"].astype(int), "similarity": m["similarity"],
             "source": m["source"], "face_url": m["face_url"], "frame_url": m["frame_url"],
             "timestamp_s": m["timestamp_s"], "quality": m["quality"], "embedding_model": self.model or None,
@@ -414,13 +416,13 @@ class Corrections:
 
 def update_destination(
     dest: str | Destination, max_distance: float, seed_max_count: int | None = None,
-    corrections: Corrections | None = None, model: str | None = None,
-) -> tuple[pd.DataFrame, dict[str, Update]]:
-    """Bring every model's registry up to date with the destination's manifests, apply ``corrections`` (to the
-    registry of ``model``, or of the only model), save, and write ``manifests/people_index.parquet``. Returns the
-    index rows and each model's :class:`Update`."""
+    corrections: Corrections | None = None, model: str | None = None, people: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, dict[str, Update], dict[str, Registry]]:
+    """Bring every model's registry up to date with the destination's manifests (``people``: those already read),
+    apply ``corrections`` (to the registry of ``model``, or of the only model), save, and write
+    ``manifests/people_index.parquet``. Returns the index rows, each model's :class:`Update` and the registries."""
     d = manifests.destination(dest)
-    people = manifests.load_people(d)
+    people = manifests.load_people(d) if people is None else people
     registries = [Registry.load(d, name, dim) for name, dim, _ in models_of(people)]
     next_id = [max([int(r.persons.index.max()) + 1 for r in registries if len(r.persons)], default=0)]
     updates = {}
@@ -443,4 +445,4 @@ def update_destination(
         reg.save(d)
     table = index_table(registries)
     d.write(schema.PEOPLE_INDEX, schema.parquet_bytes(table))
-    return table.to_pandas(), updates
+    return table.to_pandas(), updates, {r.model: r for r in registries}

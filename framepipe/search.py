@@ -137,15 +137,17 @@ def rank(reg: registry.Registry, embedding: np.ndarray, top: int, min_similarity
 def _registry(d: Destination, model: str, dim: int, settings: Settings) -> registry.Registry:
     """This model's registry, brought up to date with the manifests first if it is behind them."""
     people = manifests.load_people(d)
-    same = (people["embedding_model"].fillna("") == model).to_numpy()
-    mine = people[same & np.array([len(e) == dim for e in people["embedding"]], dtype=bool)]
-    if mine.empty:
+    mine = [(name, rows) for name, size, rows in registry.models_of(people)
+            if size == dim and name in (model, f"{model}-{dim}d")]  # registries are named as models_of names them
+    if not mine:
         models = sorted(set(people["embedding_model"].fillna("?")))
         raise NoPeopleOfModel(f"no people embedded with {model} ({dim}-d) in {d.url('')}"
                               + (f"; it holds people of {', '.join(models)}" if models else ""))
-    reg = registry.Registry.load(d, model, dim)
+    [(name, rows)] = mine
+    reg = registry.Registry.load(d, name, dim)
     known = set(zip(reg.members["video_id"], reg.members["person_id"].astype(int)))
-    if known != set(zip(mine["video_id"], mine["person_id"].astype(int))):
-        registry.update_destination(d, settings.people_max_distance, settings.people_max_count)
-        reg = registry.Registry.load(d, model, dim)
+    if known != set(zip(rows["video_id"], rows["person_id"].astype(int))):
+        _, _, updated = registry.update_destination(d, settings.people_max_distance, settings.people_max_count,
+                                                    people=people)
+        reg = updated[name]
     return reg

@@ -494,7 +494,7 @@ def run(args) -> dict:
     out = summary.as_dict()
     if not args.no_people:  # the person registry, incrementally: ids, names and merges of earlier runs kept
         try:
-            _, updates = registry.update_destination(args.dest, settings.people_max_distance,
+            _, updates, _ = registry.update_destination(args.dest, settings.people_max_distance,
                                                      settings.people_max_count)
             out["people_registry"] = {m: vars(u) for m, u in updates.items()}
         except Exception as e:  # the videos are done and marked; `framepipe people DEST` can redo this step
