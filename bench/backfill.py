@@ -1,11 +1,12 @@
 """Backfill throughput: `framepipe extract SRC_DIR` (one process, no Ray) vs the Ray Data job (not a test).
 
-    python bench/backfill.py [--models PACK] [--copies 1,3] [--long]
+    python bench/backfill.py [--models PACK] [--copies 1,3] [--split] [--long]
 
 In one run, on the same inputs, each command a fresh process timed as a whole (start-up included):
 
 (a) ``framepipe extract SRC_DIR --out DEST``: every video one after another, models loaded once;
-(b) ``python -m jobs.backfill --source SRC_DIR --dest DEST``: the Ray Data job with its defaults (a local Ray).
+(b) ``python -m jobs.backfill --source SRC_DIR --dest DEST``: the Ray Data job with its defaults (a local Ray; on
+    CPUs the fused layout), and with ``--split`` also ``--layout split`` (decode tasks -> model actors -> finish).
 
 ``--copies 1,3``: the 16 labelled shared videos, then 3 copies of them (48). Prints videos/minute and the ratio
 (b)/(a) for each, and the job's peak object-store use and spilled bytes.
@@ -63,10 +64,10 @@ def extract(src: str, models: str) -> float:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def ray_job(src: str, models: str) -> tuple[float, dict, str]:
+def ray_job(src: str, models: str, *extra: str) -> tuple[float, dict, str]:
     out = tempfile.mkdtemp(prefix="fpbench-ray-")
     try:
-        secs, summary = timed([sys.executable, "-m", "jobs.backfill", "--source", src, "--dest", out], models,
+        secs, summary = timed([sys.executable, "-m", "jobs.backfill", "--source", src, "--dest", out, *extra], models,
                               "backfill summary: ")
         return secs, json.loads(summary), out
     except BaseException:
@@ -89,19 +90,22 @@ def main() -> None:
     ap.add_argument("--models", default=str(SHARED / "models" / "scrfd_mobilefacenet"))
     ap.add_argument("--copies", default="1,3")
     ap.add_argument("--long", action="store_true")
+    ap.add_argument("--split", action="store_true", help="also time the split layout (decode tasks -> model actors)")
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores")
     for copies in [int(c) for c in args.copies.split(",") if c]:
         src, n = videos_dir(copies)
         try:
             a = extract(src, args.models)
-            b, s, out = ray_job(src, args.models)
-            shutil.rmtree(out, ignore_errors=True)
             rate = lambda secs: n / secs * 60  # noqa: E731
-            print(f"{n} videos: (a) framepipe extract SRC_DIR {a:6.1f} s {rate(a):6.1f} videos/min | "
-                  f"(b) Ray job {b:6.1f} s {rate(b):6.1f} videos/min ({s['succeeded']} ok, {s['failed']} failed) | "
-                  f"ratio (b)/(a) {a / b:.2f} | peak object store {mib(s['peak_object_store_bytes'])}, "
-                  f"spilled {mib(s['spilled_bytes'])}")
+            for layout in ["auto"] + (["split"] if args.split else []):
+                b, s, out = ray_job(src, args.models, "--layout", layout)
+                shutil.rmtree(out, ignore_errors=True)
+                name = "Ray job" if layout == "auto" else "Ray job --layout split"
+                print(f"{n} videos: (a) framepipe extract SRC_DIR {a:6.1f} s {rate(a):6.1f} videos/min | "
+                      f"(b) {name} {b:6.1f} s {rate(b):6.1f} videos/min ({s['succeeded']} ok, {s['failed']} failed) | "
+                      f"ratio (b)/(a) {a / b:.2f} | peak object store {mib(s['peak_object_store_bytes'])}, "
+                      f"spilled {mib(s['spilled_bytes'])}")
         finally:
             shutil.rmtree(src, ignore_errors=True)
     if args.long:

@@ -3,8 +3,10 @@
     python -m jobs.backfill --source SRC --dest DEST [--models PACK] [--force] [--limit N] [resource options]
 
 SRC is ``s3://bucket/prefix`` or a local directory (every video file under it); DEST a local directory or
-``s3://bucket/prefix``. The same per-video pipeline as ``framepipe extract`` (``framepipe/pipeline.py``), its
-parts spread over the cluster:
+``s3://bucket/prefix``. The same per-video pipeline as ``framepipe extract`` (``framepipe/pipeline.py``), in one of
+two layouts (``--layout``, see :func:`plan_resources`). **fused** (the default when the models run on CPUs): an
+actor pool whose every call runs ``pipeline.process_video`` on one video, outputs and done marker included.
+**split** (the default with GPUs, or with stages pinned to nodes): its parts spread over the cluster:
 
     listing     one task lists SRC a page at a time (nothing is listed up front by the driver)
     decode      a CPU task per video: done-marker check, FrameSource (sampling, parallel parts, measures),
@@ -42,7 +44,7 @@ from typing import Iterator
 
 import numpy as np
 
-from framepipe import ids, outputs, pipeline, registry, schema, selection, sources, state
+from framepipe import ids, outputs, pipeline, schema, selection, sources, state
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError
 from framepipe.storage import Destination
@@ -211,6 +213,46 @@ class FaceActor:
         }
 
 
+class VideoActor:
+    """The fused layout (models on CPUs): a whole video per call, through ``pipeline.process_video`` as in ``framepipe
+    extract`` (decoding in the actor's reader threads, the models in its own thread, outputs and done marker written
+    here). Out goes one small row per video; frames never leave the process that decodes them."""
+
+    def __init__(self, settings_json: str, dest: str, force: bool):
+        from framepipe.analyzer import LocalAnalyzer
+
+        self.settings = Settings.model_validate_json(settings_json)
+        self.destination = Destination(dest, timeout_s=self.settings.http_timeout_s)
+        self.force = force
+        self.analyzer = LocalAnalyzer.load(self.settings)
+        self.node = _node_id()
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [self._one(str(s), str(i)) for s, i in zip(batch["source"], batch["identity"])]
+        return {k: [r[k] for r in rows] for k in FUSED_COLUMNS}
+
+    def _one(self, source: str, identity: str) -> dict:
+        vid = ids.video_id(source)
+        marker = ids.done_marker(vid, identity, self.settings)
+        row = {"video_id": vid, "source": source, "status": "skipped", "people": 0, "error": "", "started": time.time(),
+               "node": self.node}
+        try:
+            if not self.force and pipeline.is_done(self.destination, marker):
+                return {**row, "finished": time.time()}
+            result = pipeline.process_video(source, self.destination, self.settings, self.analyzer)
+            if pipeline.is_final(result):
+                pipeline.mark_done(self.destination, marker)
+            row.update(status=result.status, people=len(result.talent_frames),
+                       error=f"{result.error.type}: {result.error.message}" if result.error else "")
+        except Exception as e:  # the destination failed under the failure record too: this video, not the dataset
+            error = pipeline.typed_error(e, f"processing {source}")
+            row.update(status="failed", error=f"{error.code}: {error.message}")
+        return {**row, "finished": time.time()}
+
+
+FUSED_COLUMNS = ("video_id", "source", "status", "people", "error", "started", "finished", "node")
+
+
 # --------------------------------------------------------------------------------------------------
 # finish: a Ray task per complete video
 # --------------------------------------------------------------------------------------------------
@@ -280,6 +322,7 @@ class Pending:
 
 @dataclass
 class Resources:
+    layout: str  # "split" (decode tasks -> model actors -> finish tasks) or "fused" (a whole video per actor call)
     actors: int
     actor_cpus: float
     actor_gpus: float
@@ -291,26 +334,41 @@ class Resources:
 
 
 def plan_resources(args, cluster: dict) -> Resources:
-    """Explicit resources (an actor pool holding every CPU deadlocks silently: no decode task could run).
+    """The layout and explicit resources of the run.
 
-    GPU clusters: one actor per GPU (1 GPU + 1 CPU each, onnxruntime on the node's cores). CPU only: actors of half a
-    CPU with one onnxruntime thread each, together at most half the CPUs (on 2 cores, 2 single-threaded sessions
-    analyse more frames per second than one session with 2 threads), decode tasks of half a CPU."""
+    * **split** (GPU clusters, or stages pinned with ``--actor-resources`` / ``--decode-resources``): CPU decode
+      tasks feed the model actors through the object store, and finish tasks write each video. One actor per GPU
+      (1 GPU + 1 CPU, onnxruntime on CUDA). An actor pool holding every CPU deadlocks silently (no decode task could
+      run), so on CPUs the actors together take at most half of them.
+    * **fused** (the models on CPUs, nothing pinned): each actor runs ``pipeline.process_video`` on a whole video,
+      as ``framepipe extract`` does. Decoding and inference share the same cores either way; moving decoded frames
+      between processes would only add copies, Arrow conversion and worker processes (on 2 cores the split layout ran
+      at 0.41x ``framepipe extract`` on 16 videos: docs/backfill.md). One actor per CPU, one onnxruntime thread
+      each, spread over the nodes. Each reserves half a CPU, though it keeps one busy: the listing runs in a Ray Data
+      task of one CPU (its streaming repartition cannot be given less), which a pool holding every CPU would starve."""
     gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
     on_gpu = (args.actor_gpus if args.actor_gpus is not None else (1.0 if gpus >= 1 else 0.0)) > 0
+    layout = args.layout
+    if layout == "auto":
+        layout = "split" if on_gpu or args.actor_resources or args.decode_resources else "fused"
     actor_gpus = args.actor_gpus if args.actor_gpus is not None else (1.0 if on_gpu else 0.0)
     actor_cpus = args.actor_cpus if args.actor_cpus is not None else (1.0 if on_gpu else 0.5)
     threads = args.actor_threads if args.actor_threads is not None else (0 if on_gpu else 1)
     actors = args.actors
     if actors is None:
-        actors = int(gpus // actor_gpus) if on_gpu else max(1, int(cpus / 2 // actor_cpus))
-    if not on_gpu and not args.actor_resources and actors * actor_cpus >= cpus:
+        if on_gpu:
+            actors = int(gpus // actor_gpus)
+        elif layout == "fused":
+            actors = max(1, int(cpus))
+        else:
+            actors = max(1, int(cpus / 2 // actor_cpus))
+    if not on_gpu and not args.actor_resources and actors * actor_cpus > cpus - 1:
         raise SystemExit(
-            f"--actors {actors} x --actor-cpus {actor_cpus} would hold all {cpus:g} CPUs and leave none "
-            "for decoding: lower one of them"
+            f"--actors {actors} x --actor-cpus {actor_cpus} would leave less than the one CPU that listing and "
+            f"{'decoding need' if layout == 'split' else 'listing needs'} of {cpus:g}: lower one of them"
         )
-    return Resources(actors, actor_cpus, actor_gpus, json.loads(args.actor_resources or "{}"), args.decode_cpus,
-                     json.loads(args.decode_resources or "{}"), args.batch_size, threads)
+    return Resources(layout, actors, actor_cpus, actor_gpus, json.loads(args.actor_resources or "{}"),
+                     args.decode_cpus, json.loads(args.decode_resources or "{}"), args.batch_size, threads)
 
 
 def build_dataset(args, settings: Settings, res: Resources):
@@ -322,13 +380,22 @@ def build_dataset(args, settings: Settings, res: Resources):
         intra_op_threads=res.actor_threads, device="cuda" if res.actor_gpus else settings.device
     ).model_dump_json()
     ds = ray.data.from_items([{"root": args.source}]).map_batches(
-        list_inputs, batch_size=1, num_cpus=0.1,
+        list_inputs, batch_size=1,  # one CPU, fused with the repartition below into one task
         fn_kwargs={"root": args.source, "images": args.images, "timeout_s": settings.http_timeout_s},
     )
-    # a block per input, streamed (no all-to-all): each video gets its own decode task
+    # a block per input, streamed (no all-to-all): each video gets its own decode task, or actor call when fused
     ds = ds.repartition(target_num_rows_per_block=1)
     if args.limit is not None:
         ds = ds.limit(args.limit)
+    if res.layout == "fused":
+        return ds.map_batches(
+            VideoActor,
+            batch_size=1,
+            compute=ActorPoolStrategy(size=res.actors),
+            num_cpus=res.actor_cpus,
+            scheduling_strategy="SPREAD",
+            fn_constructor_kwargs={"settings_json": actor_settings, "dest": args.dest, "force": args.force},
+        )
     ds = ds.map_batches(
         decode_video,
         batch_size=1,
@@ -362,8 +429,13 @@ def parse_args(argv=None):
                     help="do not update the person registry (framepipe people DEST) at the end of the run")
     ap.add_argument("--limit", type=int, help="take at most this many inputs from the listing (done ones included)")
     ap.add_argument("--images", action="store_true", help="also process photos (.jpg, .png, ...) as one-frame inputs")
-    ap.add_argument("--actors", type=int, help="max face-model actors (default: one per GPU, else CPUs/2)")
-    ap.add_argument("--actor-cpus", type=float, help="CPUs per actor (default 1 on GPU clusters, 0.5 on CPUs)")
+    ap.add_argument("--layout", choices=["auto", "split", "fused"], default="auto",
+                    help="split: decode tasks -> model actors -> finish tasks; fused: a whole video per model actor "
+                    "call (auto: split with GPUs or pinned stages, fused when the models run on CPUs)")
+    ap.add_argument("--actors", type=int,
+                    help="face-model actors (default: one per GPU; on CPUs one per CPU fused, CPUs/2 split)")
+    ap.add_argument("--actor-cpus", type=float,
+                    help="CPUs per actor (default 1; 0.5 in the split layout on CPUs)")
     ap.add_argument("--actor-gpus", type=float, help="GPUs per actor (default 1 on GPU clusters, else 0)")
     ap.add_argument("--actor-resources", help='custom resources per actor, JSON (e.g. \'{"t4": 1}\')')
     ap.add_argument("--actor-threads", type=int,
@@ -404,8 +476,10 @@ def run(args) -> dict:
         from jobs import reaper
 
         reaper.start(os.getpid())
+    # A local Ray started here inherits this process's environment: no runtime env, so that its workers are plain
+    # ones (the raylet's prestarted workers serve the first tasks and actors instead of new ones being started)
     ray.init(address=args.ray_address, ignore_reinit_error=True, log_to_driver=False,
-             runtime_env={"env_vars": env}, **({"include_dashboard": False} if local else {}))
+             **({"include_dashboard": False} if local else {"runtime_env": {"env_vars": env}}))
     res = plan_resources(args, ray.cluster_resources())
     log.info("resources: %s", res)
     # a finish task lost with its node is retried by Ray elsewhere (its arguments live with the driver)
@@ -455,8 +529,38 @@ def run(args) -> dict:
         start(vid, p)
         del pending[vid]
 
+    def sample_store() -> None:
+        nonlocal peak_store, sampled
+        if total_store and time.perf_counter() - sampled > 1.0:
+            sampled = time.perf_counter()
+            peak_store = max(peak_store, total_store - ray.available_resources().get("object_store_memory", 0))
+
+    def fused_row(row: dict) -> None:
+        nonlocal first_output_s
+        summary.listed += 1
+        placement["decode"].add(row["node"])
+        placement["analyzer"].add(row["node"])
+        if row["status"] == "skipped":
+            summary.skipped += 1
+            return
+        summary.add(row["source"], row["status"], int(row["people"]), row["error"])
+        first_output_s = min(first_output_s or row["finished"], row["finished"])
+        log.info("%s: %s (started at +%.1f s, done at +%.1f s)", row["video_id"], row["error"] or row["status"],
+                 row["started"] - wall0, row["finished"] - wall0)
+
     ds = build_dataset(args, settings, res)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+    if res.layout == "fused":  # each row is a finished video
+        seen: set[str] = set()
+        for batch in batches:
+            for i, vid in enumerate(batch["video_id"]):
+                if str(vid) not in seen:  # a video's row once, whatever Ray re-ran
+                    seen.add(str(vid))
+                    fused_row({k: batch[k][i].item() if hasattr(batch[k][i], "item") else batch[k][i]
+                               for k in FUSED_COLUMNS})
+            sample_store()
+        batches = iter(())
+    for batch in batches:  # the split layout: rows are analysed frames, and each video's summary
         for i, vid in enumerate(batch["video_id"]):
             p = pending.setdefault(str(vid), Pending())
             if batch["last"][i]:
@@ -479,9 +583,7 @@ def run(args) -> dict:
                 log.debug("%s: all frames analysed at +%.1f s", vid, time.time() - wall0)
                 submit(str(vid), p)
         collect(block=False)
-        if total_store and time.perf_counter() - sampled > 1.0:
-            sampled = time.perf_counter()
-            peak_store = max(peak_store, total_store - ray.available_resources().get("object_store_memory", 0))
+        sample_store()
     if os.environ.get("FRAMEPIPE_BACKFILL_STATS"):
         log.info("Ray Data stats:\n%s", ds.stats())
     for vid, p in list(pending.items()):  # should not happen: Ray re-runs lost work
@@ -493,6 +595,8 @@ def run(args) -> dict:
         collect(block=True)
     out = summary.as_dict()
     if not args.no_people:  # the person registry, incrementally: ids, names and merges of earlier runs kept
+        from framepipe import registry  # the driver alone needs it (pandas, scipy): workers import this module too
+
         try:
             _, updates, _ = registry.update_destination(args.dest, settings.people_max_distance,
                                                      settings.people_max_count)
@@ -524,6 +628,9 @@ def main(argv=None) -> int:
         log.info("%d inputs done already (same object, settings and framepipe version): skipped; --force redoes them",
                  out["skipped"])
     print("backfill summary: " + json.dumps(out), flush=True)
+    import ray
+
+    ray.shutdown()  # now, not in Ray's exit hook (which first sleeps for late log lines that log_to_driver=False drops)
     return 0
 
 

@@ -152,8 +152,10 @@ def test_interrupted_backfill_finishes_the_rest(s3_server, videos_bucket):
     check_rows(videos)
 
 
-def test_actor_killed_mid_run_costs_a_retry_not_a_video(s3_server, videos_bucket):
-    args = ["--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/killed", "--batch-size", "2"]
+@pytest.mark.parametrize("layout,actor", [("fused", "VideoActor"), ("split", "FaceActor")])
+def test_actor_killed_mid_run_costs_a_retry_not_a_video(s3_server, videos_bucket, layout, actor):
+    args = ["--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/killed-{layout}",
+            "--batch-size", "2", "--layout", layout]
     proc = subprocess.Popen([sys.executable, "-m", "jobs.backfill", *args], cwd=ROOT, env=job_env(s3_server),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     killed = None
@@ -161,7 +163,7 @@ def test_actor_killed_mid_run_costs_a_retry_not_a_video(s3_server, videos_bucket
     while killed is None and time.time() < deadline and proc.poll() is None:
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(p.info["cmdline"] or [])
-            if "FaceActor" in cmd and p.pid != proc.pid:
+            if actor in cmd and p.pid != proc.pid:
                 time.sleep(3)  # let it take some frames first
                 p.kill()
                 killed = p.pid
@@ -172,7 +174,7 @@ def test_actor_killed_mid_run_costs_a_retry_not_a_video(s3_server, videos_bucket
     assert proc.returncode == 0
     summary = summary_of(stdout)
     assert (summary["succeeded"], summary["failed"]) == (5, 2)
-    videos, _ = manifests(s3_server, videos_bucket, "killed")
+    videos, _ = manifests(s3_server, videos_bucket, f"killed-{layout}")
     check_rows(videos)
 
 
@@ -237,7 +239,7 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
     ray_procs = []
     while time.time() < deadline and proc.poll() is None:
         ray_procs = [p for p in driver.children(recursive=True) if "jobs.reaper" not in cmd(p)]
-        if any("FaceActor" in cmd(p) for p in ray_procs):
+        if any("MapWorker(" in cmd(p) for p in ray_procs):  # the model actors are up
             break
         time.sleep(0.5)
     assert proc.poll() is None and len(ray_procs) >= 4, "the local Ray did not start"

@@ -47,13 +47,16 @@ def summary_of(stdout: str) -> dict:
     return json.loads([ln for ln in stdout.splitlines() if ln.startswith("backfill summary: ")][-1].split(": ", 1)[1])
 
 
-def test_a_lost_worker_node_loses_no_video(cluster, tmp_path):
+@pytest.mark.parametrize("layout", ["fused", "split"])
+def test_a_lost_worker_node_loses_no_video(cluster, tmp_path, layout):
     keys = [k for k in sorted(VIDEOS) if "composed/" not in k and "caminandes" not in k][:11]
     assert len(keys) == 11
     worker = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     src, dest = source_dir(tmp_path, keys), tmp_path / "out"
-    proc = start_backfill(cluster.address, src, dest, "--actors", "1")
+    # fused: two actors spread over the two nodes, the worker node's video in flight is redone on the head;
+    # split: the decode tasks, the actor and the finish tasks on the lost node are re-run from lineage
+    proc = start_backfill(cluster.address, src, dest, "--layout", layout, "--actors", "2" if layout == "fused" else "1")
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         done = len(os.listdir(dest / "_done")) if (dest / "_done").is_dir() else 0

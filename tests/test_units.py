@@ -332,6 +332,25 @@ def test_backfill_passes_settings_but_never_credentials_to_ray():
     assert not any(PASSED_ENV.match(k) for k in kept)
 
 
+def test_backfill_layout_fuses_on_cpus_and_splits_for_accelerators_or_pinned_stages():
+    from jobs.backfill import parse_args, plan_resources
+
+    def plan(cluster, *extra):
+        return plan_resources(parse_args(["--source", "s", "--dest", "d", *extra]), cluster)
+
+    cpu = plan({"CPU": 2.0})  # a whole video per actor, one per CPU, one onnxruntime thread each
+    assert (cpu.layout, cpu.actors, cpu.actor_cpus, cpu.actor_threads, cpu.actor_gpus) == ("fused", 2, 0.5, 1, 0.0)
+    assert plan({"CPU": 16.0}).actors == 16
+    gpu = plan({"CPU": 8.0, "GPU": 2.0})  # decode tasks on CPUs feed one actor per GPU
+    assert (gpu.layout, gpu.actors, gpu.actor_gpus, gpu.actor_threads) == ("split", 2, 1.0, 0)
+    pinned = plan({"CPU": 3.0, "face_gpu": 1.0}, "--actor-resources", '{"face_gpu": 1}', "--actors", "1")
+    assert pinned.layout == "split" and pinned.actor_resources == {"face_gpu": 1}
+    split = plan({"CPU": 2.0}, "--layout", "split")
+    assert (split.layout, split.actors, split.actor_cpus) == ("split", 2, 0.5)
+    with pytest.raises(SystemExit):  # the listing task (one CPU) would never run: refused, not a silent deadlock
+        plan({"CPU": 2.0}, "--actors", "2", "--actor-cpus", "1")
+
+
 def test_settings_reject_non_finite_numbers():
     with pytest.raises(ValueError):
         Settings(sample_fps=float("nan"))
