@@ -343,7 +343,7 @@ def plan_resources(args, cluster: dict) -> Resources:
     * **fused** (the models on CPUs, nothing pinned): each actor runs ``pipeline.process_video`` on a whole video,
       as ``framepipe extract`` does. Decoding and inference share the same cores either way; moving decoded frames
       between processes would only add copies, Arrow conversion and worker processes (on 2 cores the split layout ran
-      at 0.41x ``framepipe extract`` on 16 videos: docs/backfill.md). One actor per CPU, one onnxruntime thread
+      at 0.60x ``framepipe extract`` on 48 videos, the fused one at 0.90x: docs/backfill.md). One actor per CPU, one onnxruntime thread
       each, spread over the nodes. Each reserves half a CPU, though it keeps one busy: the listing runs in a Ray Data
       task of one CPU (its streaming repartition cannot be given less), which a pool holding every CPU would starve."""
     gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
@@ -391,7 +391,8 @@ def build_dataset(args, settings: Settings, res: Resources):
         return ds.map_batches(
             VideoActor,
             batch_size=1,
-            compute=ActorPoolStrategy(size=res.actors),
+            # a whole video per call: nothing queued behind one (maybe an hour long) while another actor is free
+            compute=ActorPoolStrategy(size=res.actors, max_tasks_in_flight_per_actor=1),
             num_cpus=res.actor_cpus,
             scheduling_strategy="SPREAD",
             fn_constructor_kwargs={"settings_json": actor_settings, "dest": args.dest, "force": args.force},
