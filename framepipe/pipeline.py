@@ -187,8 +187,15 @@ def is_done(destination: Destination, marker: str) -> bool:
     return destination.exists(f"{ids.DONE}/{marker}")
 
 
-def mark_done(destination: Destination, marker: str) -> None:
-    destination.write(f"{ids.DONE}/{marker}", b"")
+def mark_done(destination: Destination, marker: str, run: str = "") -> None:
+    """Write the done marker (last, after the outputs); ``run``: the id of the run that wrote it, as its content."""
+    destination.write(f"{ids.DONE}/{marker}", run.encode())
+
+
+def done_by(destination: Destination, marker: str) -> str | None:
+    """The id of the run that marked this video done ("" for one that gave none), or None when it is not done."""
+    path = f"{ids.DONE}/{marker}"
+    return destination.read(path).decode("utf-8", "replace") if destination.exists(path) else None
 
 
 @dataclass

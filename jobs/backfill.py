@@ -39,6 +39,7 @@ import pickle
 import re
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -218,12 +219,13 @@ class VideoActor:
     extract`` (decoding in the actor's reader threads, the models in its own thread, outputs and done marker written
     here). Out goes one small row per video; frames never leave the process that decodes them."""
 
-    def __init__(self, settings_json: str, dest: str, force: bool):
+    def __init__(self, settings_json: str, dest: str, force: bool, run: str):
         from framepipe.analyzer import LocalAnalyzer
 
         self.settings = Settings.model_validate_json(settings_json)
         self.destination = Destination(dest, timeout_s=self.settings.http_timeout_s)
         self.force = force
+        self.run = run  # this run's id, written into the done markers it makes
         self.analyzer = LocalAnalyzer.load(self.settings)
         self.node = _node_id()
 
@@ -237,11 +239,15 @@ class VideoActor:
         row = {"video_id": vid, "source": source, "status": "skipped", "people": 0, "error": "", "started": time.time(),
                "node": self.node}
         try:
-            if not self.force and pipeline.is_done(self.destination, marker):
+            owner = None if self.force else pipeline.done_by(self.destination, marker)
+            if owner is not None and owner != self.run:  # done by an earlier run
                 return {**row, "finished": time.time()}
-            result = pipeline.process_video(source, self.destination, self.settings, self.analyzer)
-            if pipeline.is_final(result):
-                pipeline.mark_done(self.destination, marker)
+            if owner == self.run:  # by this run: a call re-run after its row was lost (a lost node) reports it again
+                result = schema.Result.model_validate_json(self.destination.read(f"{vid}/result.json"))
+            else:
+                result = pipeline.process_video(source, self.destination, self.settings, self.analyzer)
+                if pipeline.is_final(result):
+                    pipeline.mark_done(self.destination, marker, self.run)
             row.update(status=result.status, people=len(result.talent_frames),
                        error=f"{result.error.type}: {result.error.message}" if result.error else "")
         except Exception as e:  # the destination failed under the failure record too: this video, not the dataset
@@ -371,7 +377,7 @@ def plan_resources(args, cluster: dict) -> Resources:
                      args.decode_cpus, json.loads(args.decode_resources or "{}"), args.batch_size, threads)
 
 
-def build_dataset(args, settings: Settings, res: Resources):
+def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -395,7 +401,8 @@ def build_dataset(args, settings: Settings, res: Resources):
             compute=ActorPoolStrategy(size=res.actors, max_tasks_in_flight_per_actor=1),
             num_cpus=res.actor_cpus,
             scheduling_strategy="SPREAD",
-            fn_constructor_kwargs={"settings_json": actor_settings, "dest": args.dest, "force": args.force},
+            fn_constructor_kwargs={"settings_json": actor_settings, "dest": args.dest, "force": args.force,
+                                   "run": run_id},
         )
     ds = ds.map_batches(
         decode_video,
@@ -549,7 +556,7 @@ def run(args) -> dict:
         log.info("%s: %s (started at +%.1f s, done at +%.1f s)", row["video_id"], row["error"] or row["status"],
                  row["started"] - wall0, row["finished"] - wall0)
 
-    ds = build_dataset(args, settings, res)
+    ds = build_dataset(args, settings, res, uuid.uuid4().hex)
     batches = ds.iter_batches(batch_size=None, batch_format="numpy")
     if res.layout == "fused":  # each row is a finished video
         seen: set[str] = set()
