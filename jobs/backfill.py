@@ -556,9 +556,7 @@ def run(args) -> dict:
         log.info("%s: %s (started at +%.1f s, done at +%.1f s)", row["video_id"], row["error"] or row["status"],
                  row["started"] - wall0, row["finished"] - wall0)
 
-    ds = build_dataset(args, settings, res, uuid.uuid4().hex)
-    batches = ds.iter_batches(batch_size=None, batch_format="numpy")
-    if res.layout == "fused":  # each row is a finished video
+    def drive_fused(batches) -> None:  # each row is a finished video
         seen: set[str] = set()
         for batch in batches:
             for i, vid in enumerate(batch["video_id"]):
@@ -567,31 +565,36 @@ def run(args) -> dict:
                     fused_row({k: batch[k][i].item() if hasattr(batch[k][i], "item") else batch[k][i]
                                for k in FUSED_COLUMNS})
             sample_store()
-        batches = iter(())
-    for batch in batches:  # the split layout: rows are analysed frames, and each video's summary
-        for i, vid in enumerate(batch["video_id"]):
-            p = pending.setdefault(str(vid), Pending())
-            if batch["last"][i]:
-                s: VideoSummary = pickle.loads(batch["summary"][i])
-                if p.summary is not None:
-                    continue  # a retried decode task's second summary
-                p.summary = s
-                summary.listed += 1
-                placement["decode"].add(s.node)
-                if s.skipped:
-                    summary.skipped += 1
-                    del pending[str(vid)]
-                    continue
-            else:
-                pts = float(batch["pts"][i])
-                p.frames[pts] = (pts, batch["faces"][i], batch["jpeg"][i], str(batch["error"][i]))
-                p.analyzer = str(batch["analyzer"][i])
-                placement["analyzer"].add(p.analyzer.rsplit("|", 1)[-1])
-            if p.complete:
-                log.debug("%s: all frames analysed at +%.1f s", vid, time.time() - wall0)
-                submit(str(vid), p)
-        collect(block=False)
-        sample_store()
+
+    def drive_split(batches) -> None:  # rows are analysed frames, and each video's summary
+        for batch in batches:
+            for i, vid in enumerate(batch["video_id"]):
+                p = pending.setdefault(str(vid), Pending())
+                if batch["last"][i]:
+                    s: VideoSummary = pickle.loads(batch["summary"][i])
+                    if p.summary is not None:
+                        continue  # a retried decode task's second summary
+                    p.summary = s
+                    summary.listed += 1
+                    placement["decode"].add(s.node)
+                    if s.skipped:
+                        summary.skipped += 1
+                        del pending[str(vid)]
+                        continue
+                else:
+                    pts = float(batch["pts"][i])
+                    p.frames[pts] = (pts, batch["faces"][i], batch["jpeg"][i], str(batch["error"][i]))
+                    p.analyzer = str(batch["analyzer"][i])
+                    placement["analyzer"].add(p.analyzer.rsplit("|", 1)[-1])
+                if p.complete:
+                    log.debug("%s: all frames analysed at +%.1f s", vid, time.time() - wall0)
+                    submit(str(vid), p)
+            collect(block=False)
+            sample_store()
+
+    ds = build_dataset(args, settings, res, uuid.uuid4().hex)
+    drive = drive_fused if res.layout == "fused" else drive_split
+    drive(ds.iter_batches(batch_size=None, batch_format="numpy"))
     if os.environ.get("FRAMEPIPE_BACKFILL_STATS"):
         log.info("Ray Data stats:\n%s", ds.stats())
     for vid, p in list(pending.items()):  # should not happen: Ray re-runs lost work
