@@ -15,6 +15,7 @@ One video goes through four parts, each in its own module, whichever front door 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -72,9 +73,9 @@ def analyse(fs: FrameSource, analyzer: Analyzer, state: VideoState, progress: Pr
             flush(batch)
 
 
-def analyse_video(source: str, settings: Settings, analyzer: Analyzer) -> VideoState:
-    """The analysed state of one video, nothing written (for tuning scripts)."""
-    fs = open_source(source, settings)
+def analyse_video(source: str | FrameSource, settings: Settings, analyzer: Analyzer) -> VideoState:
+    """The analysed state of one video (a source, or one already opened), nothing written (tuning scripts, search)."""
+    fs = source if isinstance(source, FrameSource) else open_source(source, settings)
     try:
         state = VideoState(fs.info, settings)
         analyse(fs, analyzer, state)
@@ -192,10 +193,29 @@ def mark_done(destination: Destination, marker: str, run: str = "") -> None:
     destination.write(f"{ids.DONE}/{marker}", run.encode())
 
 
-def done_by(destination: Destination, marker: str) -> str | None:
-    """The id of the run that marked this video done ("" for one that gave none), or None when it is not done."""
-    path = f"{ids.DONE}/{marker}"
-    return destination.read(path).decode("utf-8", "replace") if destination.exists(path) else None
+def process_unless_done(
+    source: str,
+    identity: str,
+    destination: Destination,
+    settings: Settings,
+    analyzer: Analyzer | Callable[[], Analyzer],
+    force: bool = False,
+    run: str = "",
+) -> schema.Result | None:
+    """:func:`process_video` with the done markers (``framepipe extract SRC_DIR`` and the backfill's actors): None
+    when the input is done already (same object, settings and versions), else its result, marked done when final.
+    ``run``: an id written into the markers this run makes; an input this same run marked done (a call re-run after
+    its output was lost with a node) gives back the result it wrote instead of None. ``analyzer`` may be a function
+    making it, called only when there is work."""
+    marker = ids.done_marker(ids.video_id(source), identity, settings)
+    if not force and is_done(destination, marker):
+        if not run or destination.read(f"{ids.DONE}/{marker}").decode("utf-8", "replace") != run:
+            return None
+        return schema.Result.model_validate_json(destination.read(f"{ids.video_id(source)}/result.json"))
+    result = process_video(source, destination, settings, analyzer if hasattr(analyzer, "analyze") else analyzer())
+    if is_final(result):
+        mark_done(destination, marker, run)
+    return result
 
 
 @dataclass
@@ -240,20 +260,17 @@ def process_many(
     with the same outputs and done markers as the Ray backfill: a re-run skips what is done."""
     destination = Destination(dest, timeout_s=settings.http_timeout_s)
     summary = RunSummary()
+    # the models once, and only when an input is not done already
+    load = (lambda: analyzer) if analyzer is not None else functools.cache(lambda: LocalAnalyzer.load(settings))
     for src in sources.iter_videos(root, timeout_s=settings.http_timeout_s, images=images):
         if limit is not None and summary.listed >= limit:
             break
         summary.listed += 1
-        marker = ids.done_marker(ids.video_id(src.source), src.identity, settings)
-        if not force and is_done(destination, marker):
+        result = process_unless_done(src.source, src.identity, destination, settings, load)
+        if result is None:
             summary.skipped += 1
             continue
-        if analyzer is None:
-            analyzer = LocalAnalyzer.load(settings)
-        result = process_video(src.source, destination, settings, analyzer)
         summary.count(result)
-        if is_final(result):
-            mark_done(destination, marker)
         if on_result:
             on_result(result)
     return summary

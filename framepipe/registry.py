@@ -423,10 +423,11 @@ def update_destination(
     ``manifests/people_index.parquet``. Returns the index rows, each model's :class:`Update` and the registries."""
     d = manifests.destination(dest)
     people = manifests.load_people(d) if people is None else people
-    registries = [Registry.load(d, name, dim) for name, dim, _ in models_of(people)]
+    groups = models_of(people)
+    registries = [Registry.load(d, name, dim) for name, dim, _ in groups]
     next_id = [max([int(r.persons.index.max()) + 1 for r in registries if len(r.persons)], default=0)]
     updates = {}
-    for reg, (_, _, rows) in zip(registries, models_of(people)):
+    for reg, (_, _, rows) in zip(registries, groups):
         reg.next_id = next_id
         updates[reg.model] = reg.update(rows, max_distance, seed_max_count)
     if corrections:

@@ -24,7 +24,6 @@ from framepipe.analyzer import Analyzer
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError
 from framepipe.framesource import open_source
-from framepipe.state import VideoState
 from framepipe.storage import Destination
 
 
@@ -84,12 +83,7 @@ def query_faces(source: str, settings: Settings, analyzer: Analyzer) -> list[Que
         with fs.frames() as frames:
             image = next(iter(frames)).image
         return faces_in_image(image, analyzer)
-    state = VideoState(fs.info, settings)
-    try:
-        pipeline.analyse(fs, analyzer, state)
-    finally:
-        fs.close()
-    people = state.finish().people
+    people = pipeline.analyse_video(fs, settings, analyzer).finish().people
     return sorted((QueryFace(p.mean_embedding, [round(float(x), 1) for x in p.best.face.bbox],
                              round(p.best.face.quality, 4), p.best.pts_s, p.best.face.size_px) for p in people),
                   key=lambda q: -q.size_px)

@@ -234,22 +234,14 @@ class VideoActor:
         return {k: [r[k] for r in rows] for k in FUSED_COLUMNS}
 
     def _one(self, source: str, identity: str) -> dict:
-        vid = ids.video_id(source)
-        marker = ids.done_marker(vid, identity, self.settings)
-        row = {"video_id": vid, "source": source, "status": "skipped", "people": 0, "error": "", "started": time.time(),
-               "node": self.node}
+        row = {"video_id": ids.video_id(source), "source": source, "status": "skipped", "people": 0, "error": "",
+               "started": time.time(), "node": self.node}
         try:
-            owner = None if self.force else pipeline.done_by(self.destination, marker)
-            if owner is not None and owner != self.run:  # done by an earlier run
-                return {**row, "finished": time.time()}
-            if owner == self.run:  # by this run: a call re-run after its row was lost (a lost node) reports it again
-                result = schema.Result.model_validate_json(self.destination.read(f"{vid}/result.json"))
-            else:
-                result = pipeline.process_video(source, self.destination, self.settings, self.analyzer)
-                if pipeline.is_final(result):
-                    pipeline.mark_done(self.destination, marker, self.run)
-            row.update(status=result.status, people=len(result.talent_frames),
-                       error=f"{result.error.type}: {result.error.message}" if result.error else "")
+            result = pipeline.process_unless_done(source, identity, self.destination, self.settings, self.analyzer,
+                                                  self.force, self.run)
+            if result is not None:
+                row.update(status=result.status, people=len(result.talent_frames),
+                           error=f"{result.error.type}: {result.error.message}" if result.error else "")
         except Exception as e:  # the destination failed under the failure record too: this video, not the dataset
             error = pipeline.typed_error(e, f"processing {source}")
             row.update(status="failed", error=f"{error.code}: {error.message}")
