@@ -204,9 +204,7 @@ def _search(args) -> int:
         print(f"framepipe: failed: {e.code}: {e.message}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        doc = {"query": args.query, "faces": [{k: v for k, v in vars(f).items() if k != "embedding"} for f in faces],
-               "face": args.face or 0, "min_similarity": settings.search_min_similarity,
-               "results": [h.as_dict() for h in hits]}
+        doc = {"query": args.query, **search.answer(faces, args.face, settings.search_min_similarity, hits)}
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     print(f"{os.path.basename(args.query)}: {len(faces)} face(s); searching with face {args.face or 0} "

@@ -89,6 +89,13 @@ def query_faces(source: str, settings: Settings, analyzer: Analyzer) -> list[Que
                   key=lambda q: -q.size_px)
 
 
+def answer(faces: list[QueryFace], index: int | None, min_similarity: float, hits: list[Hit]) -> dict:
+    """The search answer as ``framepipe search --json`` and ``POST /v1/search`` give it: the query's faces (without
+    embeddings), the face used, the similarity floor and the results."""
+    return {"faces": [{k: v for k, v in vars(f).items() if k != "embedding"} for f in faces], "face": index or 0,
+            "min_similarity": min_similarity, "results": [h.as_dict() for h in hits]}
+
+
 def pick(faces: list[QueryFace], index: int | None) -> QueryFace:
     if not faces:
         raise NoQueryFace("no face found in the query")

@@ -442,9 +442,7 @@ class VideoIngress:
             raise HTTPException(422, e.message) from None
         except find.NoPeopleOfModel as e:
             raise HTTPException(404, e.message) from None
-        return {"faces": [{k: v for k, v in vars(f).items() if k != "embedding"} for f in faces],
-                "face": face or 0, "min_similarity": self.settings.search_min_similarity,
-                "results": [h.as_dict() for h in hits]}
+        return find.answer(faces, face, self.settings.search_min_similarity, hits)
 
     @api.get("/v1/videos/{job_id}", response_model=JobStatus, dependencies=[Depends(bearer)])
     async def status(self, job_id: str):
