@@ -63,7 +63,7 @@ def model_dir(model: str) -> str:
     return f"{schema.REGISTRY}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', model or 'unknown')}"
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
+def unit(v: np.ndarray) -> np.ndarray:
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
@@ -194,7 +194,7 @@ class Registry:
         """(global id, cosine similarity) of the ``count`` nearest live persons."""
         if len(self.index) == 0:
             return []
-        found = self.index.search(_unit(np.asarray(embedding, dtype=np.float32)), min(count, len(self.index)))
+        found = self.index.search(unit(np.asarray(embedding, dtype=np.float32)), min(count, len(self.index)))
         return [(int(k), float(1.0 - d)) for k, d in zip(found.keys, found.distances)]
 
     # ---- changing ----------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ class Registry:
         self._sum(gid)
         merged = gid in self.persons.index and pd.notna(self.persons.at[gid, "merged_into"])
         if self._counts[gid] > 0 and not merged:
-            self.index.add(gid, _unit(self._sums[gid]))
+            self.index.add(gid, unit(self._sums[gid]))
 
     def _create(self, embedding_sum: np.ndarray, members: int) -> int:
         gid = max(self.next_id[0], int(self.persons.index.max()) + 1 if len(self.persons) else 0)
@@ -279,7 +279,7 @@ class Registry:
         return report
 
     def _seed(self, new: pd.DataFrame, max_distance: float) -> int:
-        emb = np.stack([_unit(np.asarray(e, np.float32)) for e in new["embedding"]])
+        emb = np.stack([unit(np.asarray(e, np.float32)) for e in new["embedding"]])
         labels = people_index.split_co_occurring(emb, people_index.cluster_embeddings(emb, max_distance), new,
                                                  max_distance)
         gids = {}
@@ -287,11 +287,11 @@ class Registry:
             raw = np.stack([np.asarray(e, np.float32) for e in new["embedding"][labels == lab]])
             gids[lab] = self._create(raw.sum(axis=0), len(raw))
         gid_of = [gids[int(lab)] for lab in labels]
-        sims = [float(emb[i] @ _unit(self._sum(g))) for i, g in enumerate(gid_of)]
+        sims = [float(emb[i] @ unit(self._sum(g))) for i, g in enumerate(gid_of)]
         self._member_rows(new, gid_of, sims)
         live = np.array(sorted(gids.values()), dtype=np.int64)
         if len(live):
-            self.index.add(live.astype(np.uint64), np.stack([_unit(self._sums[g]) for g in live]))
+            self.index.add(live.astype(np.uint64), np.stack([unit(self._sums[g]) for g in live]))
         return len(gids)
 
     def _attach_one(self, row: pd.Series, max_distance: float) -> tuple[int | None, float]:

@@ -116,14 +116,12 @@ def find(
 
 def rank(reg: registry.Registry, embedding: np.ndarray, top: int, min_similarity: float) -> list[Hit]:
     """The members of ``reg``'s nearest global persons, scored against ``embedding``, best first."""
-    q = np.asarray(embedding, dtype=np.float32)
-    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    q = registry.unit(np.asarray(embedding, dtype=np.float32))
     persons = dict(reg.nearest(q, max(top, registry.CANDIDATES)))
     members = reg.members[reg.members["global_person_id"].isin(list(persons))]
     hits = []
     for row in members.itertuples():
-        e = np.asarray(row.embedding, dtype=np.float32)
-        sim = float(q @ (e / max(float(np.linalg.norm(e)), 1e-12)))
+        sim = float(q @ registry.unit(np.asarray(row.embedding, dtype=np.float32)))
         if sim < min_similarity:
             continue
         seen = [float(t) for t in row.seen_s] if row.seen_s is not None else []
