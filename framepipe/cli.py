@@ -4,7 +4,9 @@
   ``s3://`` prefix: every video under it, one after another in this process, with done markers (no Ray);
 * ``framepipe people DEST``: the same person across every video of a destination (``people_index.parquet``);
 * ``framepipe report DEST``: a static HTML contact sheet of a destination (``DEST/report/index.html``);
-* ``framepipe search PHOTO_OR_VIDEO DEST [--top K] [--face N] [--json]``: where the query's person appears.
+* ``framepipe search PHOTO_OR_VIDEO DEST [--top K] [--face N] [--json]``: where the query's person appears;
+* ``framepipe calibrate PHOTOS_DIR --models PACK``: measure a model pack on ``PHOTOS_DIR/<person>/*.jpg`` and write
+  its thresholds (``PACK/calibration.json``, read by every front door).
 
 Exit codes: 0 success, 1 the video (or one of the videos) failed or the destination cannot be read (one line on
 stderr says why), 2 bad usage, 70 internal error (a bug of ours: bad input is never one).
@@ -44,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--images", action="store_true", help="folder/prefix: photos too, as one-frame inputs")
     pe = sub.add_parser("people", help="link the same person across the videos of a destination")
     pe.add_argument("dest", help="local directory or s3://bucket/prefix written by extract, the backfill or Serve")
-    pe.add_argument("--max-distance", type=float, help="cosine distance for one person (default 0.6)")
+    pe.add_argument("--max-distance", type=float, help="cosine distance for one person (default: the model pack's "
+                    "calibration)")
     pe.add_argument("--name", action="append", default=[], metavar="G=NAME", help="name global person G (repeatable)")
     pe.add_argument("--merge", nargs=2, type=int, action="append", default=[], metavar=("G1", "G2"),
                     help="G2 is the same person as G1 (G2 stays an alias; repeatable)")
@@ -60,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--min-similarity", type=float, help="cosine similarity below which a person is not shown")
     se.add_argument("--models", help="InsightFace pack name or folder (must be the destination's; env FRAMEPIPE_MODELS)")
     se.add_argument("--json", action="store_true", help="print the query's faces and the results as JSON")
+    ca = sub.add_parser("calibrate", help="measure a model pack's same/different-person similarities on photos and "
+                        "write its thresholds")
+    ca.add_argument("photos", help="folder of <person>/<photo> (two or more photos of each person)")
+    ca.add_argument("--models", help="InsightFace pack name or folder (env FRAMEPIPE_MODELS)")
+    ca.add_argument("--out", help="where to write the calibration (default: calibration.json in the pack's folder)")
     rp = sub.add_parser("report", help="write a static HTML contact sheet of a destination")
     rp.add_argument("dest", help="local directory or s3://bucket/prefix")
     return parser
@@ -110,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             return _destination_command(args)
         if args.command == "search":
             return _search(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
         from framepipe import outputs, pipeline, sources
         from framepipe.config import Settings
 
@@ -204,17 +214,63 @@ def _search(args) -> int:
         print(f"framepipe: failed: {e.code}: {e.message}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        doc = {"query": args.query, **search.answer(faces, args.face, settings.search_min_similarity, hits)}
+        floor = search.floor_for(settings, analyzer.pack, len(face.embedding))
+        doc = {"query": args.query, **search.answer(faces, args.face, floor, hits)}
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     print(f"{os.path.basename(args.query)}: {len(faces)} face(s); searching with face {args.face or 0} "
           f"(quality {face.quality:.2f}, {face.size_px:.0f} px); {len(hits)} result(s) at similarity >= "
-          f"{settings.search_min_similarity}")
+          f"{search.floor_for(settings, analyzer.pack, len(face.embedding))}")
     for rank, h in enumerate(hits, 1):
         who = f"person {h.global_person_id}" + (f" ({h.name})" if h.name else "")
         seen = f"seen {h.first_seen_s:.1f}-{h.last_seen_s:.1f} s" if h.seen_s else "a photo"
         print(f"{rank:>3}. {h.similarity:.3f}  {who}  {os.path.basename(h.source)} person {h.person_id}, {seen}")
         print(f"       {h.frame_url}")
+    return EXIT_OK
+
+
+def _calibrate(args) -> int:
+    from pathlib import Path
+
+    from framepipe import calibration
+    from framepipe.analyzer import LocalAnalyzer
+    from framepipe.config import Settings
+    from framepipe.errors import FramepipeError
+    from framepipe.faces import resolve_pack
+
+    settings = Settings().with_overrides(models=args.models)
+    if not os.path.isdir(args.photos):
+        print(f"framepipe: no such directory: {args.photos}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        analyzer = LocalAnalyzer.load(settings)
+        folder = resolve_pack(settings.models, settings.model_root)
+        out = Path(args.out) if args.out else Path(os.path.join(folder[1], "models", folder[0])
+                                                   if not os.path.isdir(folder[0]) else folder[0]) / calibration.FILE
+        cal, missed = calibration.measure(args.photos, analyzer, analyzer.pack)
+    except FramepipeError as e:
+        print(f"framepipe: failed: {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as e:
+        print(f"framepipe: cannot calibrate on {args.photos}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".part")
+        tmp.write_text(cal.to_json())
+        os.replace(tmp, out)
+    except OSError as e:
+        print(f"framepipe: cannot write {out}: {e} (--out FILE writes elsewhere)", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{cal.pack} ({cal.embedding_dim}-d) on {cal.photos} photos of {cal.identities} people "
+          f"({cal.genuine_pairs} same-person, {cal.impostor_pairs} different-person pairs; {len(missed)} photos "
+          f"without a face)")
+    print(f"  same person: median similarity {cal.genuine_median}; different people: median {cal.impostor_median}")
+    print(f"  one person from similarity {cal.match_similarity} (1 in {round(1 / calibration.FAR_STRICT)} pairs of "
+          f"different people reach it; {cal.true_accept_at_match:.1%} of same-person pairs do): clustering, "
+          f"registry and search thresholds")
+    print(f"  one track from similarity {cal.link_similarity} (1 in {round(1 / calibration.FAR_LOOSE)})")
+    print(f"wrote {out}")
     return EXIT_OK
 
 
@@ -246,7 +302,7 @@ def _destination_command(args) -> int:
                 print("framepipe: --name takes G=NAME and --split VIDEO_ID:PERSON_ID", file=sys.stderr)
                 return EXIT_USAGE
             index, updates, _ = registry.update_destination(d, settings.people_max_distance, settings.people_max_count,
-                                                         corrections, args.model)
+                                                         corrections, args.model, models=settings.models)
             summary = people_index.summary(index)
             multi = summary[summary["videos"] > 1]
             print(

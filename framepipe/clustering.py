@@ -1,30 +1,36 @@
 """Grouping the faces of one video into people: tracks first, then tracks into people.
 
-DBSCAN on single faces (framepipe 0.1) chained people together through near neighbours (three boys in similar
-clothes became one person) and split one person whose pose changed between samples. Two facts of video are
-used instead:
+The one grouping of every front door (the CLI, the Ray backfill's both layouts, Serve: :mod:`framepipe.state`).
+What the field does for video face clustering, and what is used of it here:
 
 1. **Tracks (must-link).** A face in one sample and a face in the next sample of the same shot are one track when
-   their boxes overlap (IoU >= ``link_min_iou``) and their embeddings agree (cosine distance <= ``link_max_distance``),
-   matched one to one, best pairs first. A track follows a person through pose changes that no single pair of
-   distant faces would bridge.
+   their boxes overlap (IoU >= ``link_min_iou``) and their embeddings agree (cosine distance <=
+   ``link_max_distance``), matched one to one, best pairs first. A track follows a person through pose changes
+   that no single pair of distant faces would bridge.
 2. **Cannot-link.** Two faces in the same frame are two people: tracks that share a frame never join.
+3. **Quality-aware aggregation.** A track's embedding is the mean of its faces' embeddings weighted by the square
+   of their quality score (:mod:`framepipe.faces`): its sharp frontal faces speak for it, its blurred ones barely.
+4. **Thresholds that belong to the model and to the faces.** The distances come from the model pack's calibration
+   (:mod:`framepipe.calibration`: ``max_distance`` is where 1 in 1,000 pairs of different people's photos would
+   join, ``link_max_distance`` 1 in 100). Two clear faces are held to ``max_distance``; two poor ones (blur,
+   profile, old low-resolution TV) to ``link_max_distance``, linearly between (:func:`pair_threshold`): on the
+   labelled footage (bench/quality.py, tune half) one person's poor faces fall to cosine 0.2-0.4 while two
+   people's poor faces stay under 0.2, so one threshold for all either splits every TV cast member or merges
+   look-alikes in clear photos.
+5. **Average linkage** of the reliable tracks on those distances (each pair's distance in units of its own
+   threshold; a cannot-link is an infinite distance, which average linkage carries into every later merge). It
+   does not chain: one ambiguous face cannot bridge two people.
+6. **Weak faces attach or are counted.** A track too weak to seed a person (no face detected with confidence >=
+   ``track_min_det_score`` nor of quality >= ``track_min_quality``: blurred background faces, partial faces at the
+   frame's edges) joins the person whose centroid it matches within ``max_distance`` by a margin over the next
+   person, else it is not a person: its faces are counted (``faces_unlisted``), not listed.
+7. **Who is listed.** A group is a person when one of its faces is clear enough to identify (quality >=
+   ``singleton_min_quality``) or it is seen in at least ``weak_min_samples`` samples; and not when it is a
+   background face: seen in one shot only and always smaller than ``background_max_ratio`` of the largest face of
+   its frames (a passer-by behind the subject, a second face in a photo). People are numbered in order of first
+   appearance.
 
-Tracks are then clustered by average linkage over their mean embeddings (cosine distance, each track weighted by
-its number of faces): the two closest groups join while the mean distance between their tracks is at most
-``max_distance`` (0.6, the threshold ``framepipe people`` uses across videos) and no cannot-link separates them
-(a cannot-link is an infinite distance, which average linkage carries into every later merge). Average linkage
-does not chain: one ambiguous face cannot bridge two people. It is also the rule ``framepipe people``
-applies across videos, so the per-video pass does not leave joins for the cross-video pass to find.
-
-Reliable tracks only: a track is clustered when one of its faces was detected with confidence >=
-``track_min_det_score`` or has quality >= ``track_min_quality``. Tracks of blurred background faces and partial
-faces at the frame's edges meet neither; their embeddings crowd together (low-quality faces of different people
-look alike to the recognizer) and would otherwise bridge real people.
-
-Faces seen once: a person made of a single face (one sample, no track, no group) is kept only when the face's
-quality is at least ``singleton_min_quality`` (a clear, frontal face seen once, as in a one-second appearance);
-any group of two or more faces is a person. People are numbered in order of first appearance.
+Measured (bench/quality.py, buffalo_s_dq, both halves of the labelled videos): see docs/people.md.
 
 Cost: a few milliseconds for hundreds of faces; the distances between tracks are held in memory (n x n floats,
 tracks rather than faces), and each merge updates one row.
@@ -39,12 +45,17 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Params:
-    max_distance: float = 0.6  # average-linkage cosine distance between tracks of one person
-    link_max_distance: float = 0.6  # cosine distance between faces of one track in consecutive samples
+    max_distance: float = 0.68  # average-linkage cosine distance between tracks of one person (calibrated)
+    link_max_distance: float = 0.79  # cosine distance between faces of one track in consecutive samples (calibrated)
     link_min_iou: float = 0.1  # box overlap between faces of one track in consecutive samples
-    singleton_min_quality: float = 0.45
-    track_min_det_score: float = 0.7  # a track is clustered when one of its faces is detected this surely ...
+    singleton_min_quality: float = 0.45  # a person needs one face this clear ...
+    weak_min_samples: int = 3  # ... or to be seen in this many samples
+    track_min_det_score: float = 0.7  # a track seeds a person when one of its faces is detected this surely ...
     track_min_quality: float = 0.3  # ... or scores this quality
+    clean_quality: float = 0.6  # pairs of faces this good are held to max_distance ...
+    poor_quality: float = 0.5  # ... pairs of faces this poor to link_max_distance
+    attach_margin: float = 0.1  # a weak track joins a person only this much (cosine) closer than the next one
+    background_max_ratio: float = 0.8  # one shot, always this much smaller than the frame's largest face
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -91,10 +102,18 @@ def average_linkage(
     """Group label per row of ``means`` (L2-normalised): average linkage on cosine distance, stopping at
     ``max_distance``, never joining two groups with a ``cannot`` (boolean n x n) pair between them. ``weights``:
     how much each row counts in the averages (default 1 each)."""
-    n = len(means)
+    d = 1.0 - means.astype(np.float64) @ means.T.astype(np.float64)
+    return linkage_on(d, cannot, max_distance, weights)
+
+
+def linkage_on(
+    d: np.ndarray, cannot: np.ndarray, max_distance: float, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Average linkage on a distance matrix ``d`` (n x n; changed in place), stopping at ``max_distance``, never
+    across a ``cannot`` pair."""
+    n = len(d)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    d = 1.0 - means.astype(np.float64) @ means.T.astype(np.float64)
     d[cannot] = np.inf
     np.fill_diagonal(d, np.inf)
     size = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64).copy()
@@ -124,7 +143,37 @@ def average_linkage(
     return group
 
 
-def cluster_faces(
+def pair_threshold(quality: np.ndarray, params: Params) -> np.ndarray:
+    """The cosine distance under which two tracks are one person, per pair (n x n), from the weaker track's best
+    face quality: ``max_distance`` (calibrated on clean photos) for pairs of clear faces (quality >=
+    ``clean_quality``), up to ``link_max_distance`` (the looser calibrated threshold) for pairs of poor faces
+    (quality <= ``poor_quality``), linear between. Measured on the labelled footage (bench/quality.py): the
+    similarity of one person's two poor faces (blur, profile, old TV) falls towards zero while that of two
+    people's does not rise."""
+    weaker = np.minimum(quality[:, None], quality[None, :])
+    if params.clean_quality <= params.poor_quality:
+        return np.full(weaker.shape, params.max_distance)
+    t = np.clip((weaker - params.poor_quality) / (params.clean_quality - params.poor_quality), 0.0, 1.0)
+    return params.link_max_distance + (params.max_distance - params.link_max_distance) * t
+
+
+@dataclass
+class Grouping:
+    labels: np.ndarray  # person per face (0..P-1 by first appearance), -1: not listed
+    unlisted: int  # faces of no listed person (too weak to identify, background, a stray detection)
+
+
+def cluster_faces(*args, **kwargs) -> np.ndarray:
+    """Person label per face (0..P-1, ordered by first appearance), or -1 for a face of no listed person: the
+    labels of :func:`group_faces` (same arguments)."""
+    return group_faces(*args, **kwargs).labels
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def group_faces(
     embeddings: np.ndarray,
     qualities: np.ndarray,
     det_scores: np.ndarray,
@@ -132,27 +181,32 @@ def cluster_faces(
     sample: np.ndarray,
     shot: np.ndarray,
     params: Params,
-) -> np.ndarray:
-    """Person label per face (0..P-1, ordered by first appearance), or -1 for a dropped face. Faces must come
-    sorted by ``sample`` (see :func:`tracks`)."""
+) -> Grouping:
+    """The people of a video's faces (see the module docstring). Faces must come sorted by ``sample``."""
     n = len(embeddings)
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
+        return Grouping(np.zeros(0, dtype=np.int64), 0)
     emb = np.asarray(embeddings, dtype=np.float32)
-    track = tracks(emb, np.asarray(boxes, dtype=np.float64), sample, shot, params)
+    qualities = np.asarray(qualities, dtype=np.float64)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    track = tracks(emb, boxes, sample, shot, params)
     t = int(track.max()) + 1
+    # quality-weighted track embeddings: a track's sharp frontal faces speak for it, its blurred ones barely
+    w = np.maximum(qualities, 0.05) ** 2
     sums = np.zeros((t, emb.shape[1]), dtype=np.float64)
-    np.add.at(sums, track, emb)
-    means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    np.add.at(sums, track, emb * w[:, None])
+    means = _unit_rows(sums)
     # cannot-link: tracks with faces in the same frame
     cannot = np.zeros((t, t), dtype=bool)
     starts = np.flatnonzero(np.r_[True, sample[1:] != sample[:-1]])
+    size = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    ratio = np.ones(n)
     for s, e in zip(starts, np.r_[starts[1:], n]):
+        ratio[s:e] = size[s:e] / max(size[s:e].max(), 1e-9)
         if e - s > 1:
             ts = track[s:e]
             cannot[np.ix_(ts, ts)] = True
     np.fill_diagonal(cannot, False)
-    # reliable tracks: one face detected surely or of fair quality (not only blurred, partial, stray detections)
     best_det, best_q = np.zeros(t), np.zeros(t)
     np.maximum.at(best_det, track, det_scores)
     np.maximum.at(best_q, track, qualities)
@@ -160,12 +214,45 @@ def cluster_faces(
     keep = np.flatnonzero(reliable)
     group = np.full(t, -1, dtype=np.int64)
     faces = np.bincount(track, minlength=t)
-    group[keep] = keep[average_linkage(means[keep], cannot[np.ix_(keep, keep)], params.max_distance, faces[keep])]
+    # each pair's distance in units of its own threshold: a pair of weaker faces is held to a looser threshold
+    limit = pair_threshold(best_q[keep], params)
+    d = (1.0 - means[keep].astype(np.float64) @ means[keep].T.astype(np.float64)) / limit
+    group[keep] = keep[linkage_on(d, cannot[np.ix_(keep, keep)], 1.0, faces[keep])]
+    group = _attach_weak(group, sums, means, cannot, reliable, params.max_distance, params.attach_margin)
     labels = np.full(n, -1, dtype=np.int64)
     order: dict[int, int] = {}
     face_group = group[track]
-    counts = np.bincount(face_group[face_group >= 0], minlength=t)
+    listed = np.zeros(t, dtype=bool)
+    for g in np.unique(face_group[face_group >= 0]):
+        members = face_group == g
+        if qualities[members].max() < params.singleton_min_quality and \
+                len(set(sample[members])) < params.weak_min_samples:
+            continue  # no face clear enough to identify, and seen too briefly to stand on its own
+        if len(set(shot[members])) == 1 and ratio[members].max() < params.background_max_ratio:
+            continue  # a background face: one shot, always far smaller than the frame's main face
+        listed[g] = True
     for i, g in enumerate(face_group):
-        if g >= 0 and (counts[g] > 1 or qualities[i] >= params.singleton_min_quality):
+        if g >= 0 and listed[g]:
             labels[i] = order.setdefault(int(g), len(order))
-    return labels
+    return Grouping(labels, int((labels < 0).sum()))
+
+
+def _attach_weak(group, sums, means, cannot, reliable, max_distance: float, margin: float) -> np.ndarray:
+    """Tracks too weak to seed a person join the person whose centroid they match within ``max_distance`` and by
+    ``margin`` (cosine) over the next person, never one on screen with them; the others stay out."""
+    group = group.copy()
+    ids = np.unique(group[group >= 0])
+    if not len(ids):
+        return group
+    cent = _unit_rows(np.stack([sums[group == g].sum(axis=0) for g in ids]))
+    for tr in np.flatnonzero(~reliable):
+        sims = cent @ means[tr]
+        allowed = np.array([not cannot[tr, group == g].any() for g in ids])
+        if not allowed.any():
+            continue
+        order = np.argsort(-np.where(allowed, sims, -np.inf))
+        best = order[0]
+        runner = sims[order[1]] if len(order) > 1 and allowed[order[1]] else -1.0
+        if 1.0 - sims[best] <= max_distance and sims[best] - runner >= margin:
+            group[tr] = ids[best]
+    return group

@@ -59,13 +59,13 @@ class Settings(BaseSettings):
     require_faces: bool = Field(False, description="Treat a video in which no person is found as failed.")
 
     # --- people (clustering) ------------------------------------------------------------------------
-    cluster_max_distance: float = Field(
-        0.6, gt=0, lt=2, description="Average-linkage cosine distance (1 - cos) under which the tracks of one video "
-        "are one person (bench/tune_clustering.py)."
+    cluster_max_distance: float | None = Field(
+        None, gt=0, lt=2, description="Average-linkage cosine distance (1 - cos) under which the tracks of one video "
+        "are one person; None = the model pack's calibration (framepipe/calibration.py)."
     )
-    track_max_distance: float = Field(
-        0.6, gt=0, lt=2, description="Faces in consecutive samples of one shot are one track when their cosine "
-        "distance is at most this ..."
+    track_max_distance: float | None = Field(
+        None, gt=0, lt=2, description="Faces in consecutive samples of one shot are one track when their cosine "
+        "distance is at most this (None = the pack's calibration) ..."
     )
     track_min_iou: float = Field(0.1, ge=0, le=1, description="... and their boxes overlap at least this much (IoU).")
     track_min_det_score: float = Field(
@@ -81,13 +81,13 @@ class Settings(BaseSettings):
     singleton_min_quality: float = Field(
         0.45, ge=0, le=1, description="A person seen in one sample only is kept if that face scores at least this."
     )
-    people_max_distance: float = Field(
-        0.6, gt=0, lt=2, description="framepipe people: average-linkage cosine distance under which the people of "
-        "different videos are one person (bench/tune_people.py)."
+    people_max_distance: float | None = Field(
+        None, gt=0, lt=2, description="The person registry: cosine distance under which the people of different "
+        "videos (or of one video, never seen together) are one person; None = the model pack's calibration."
     )
-    search_min_similarity: float = Field(
-        0.5, ge=-1, le=1, description="framepipe search: cosine similarity from which a person is a result "
-        "(bench/search.py)."
+    search_min_similarity: float | None = Field(
+        None, ge=-1, le=1, description="framepipe search: cosine similarity from which a person is a result; None = "
+        "the model pack's calibration (bench/search.py)."
     )
     people_max_count: int = Field(
         30_000, ge=1, description="framepipe people: most people (per embedding model) clustered in memory; "

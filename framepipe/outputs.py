@@ -83,6 +83,7 @@ def write_outputs(
                 first_seen_s=round(p.first_seen_s, 3),
                 last_seen_s=round(p.last_seen_s, 3),
                 seen_s=[round(t, 3) for t in p.seen_s],
+                time_ranges=[schema.TimeRange(start_s=round(a, 3), end_s=round(b, 3)) for a, b in p.time_ranges],
             )
             talent.append(t)
             person_rows.append(
@@ -100,7 +101,9 @@ def write_outputs(
         for i, f in enumerate(reduction.representatives.frames):
             url = out.write(f"representative/frame_{i:02d}.jpg", f.jpeg)
             reps.append(schema.RepresentativeFrame(url=url, timestamp_s=round(f.pts_s, 3)))
-        result = result.model_copy(update={"talent_frames": talent, "representative_frames": reps})
+        shots = [schema.TimeRange(start_s=round(a, 3), end_s=round(b, 3))
+                 for a, b in reduction.representatives.shots.spans()] if reduction.representatives.shots else []
+        result = result.model_copy(update={"talent_frames": talent, "representative_frames": reps, "shots": shots})
     people = schema.parquet_bytes(schema.people_table(person_rows))
     out.write("people.parquet", people)
     if finalize:
@@ -153,6 +156,8 @@ def write_success(
     """Write every output of a video whose people and frames are chosen. ``processing()`` gives the processing
     figures; it is called again just before the documents are written (so they include writing the frames)."""
     warnings = list(warnings)
+    counted = processing
+    processing = lambda: counted().model_copy(update={"faces_unlisted": reduction.unlisted_faces})  # noqa: E731
     if not reduction.people:
         warnings.append("no faces found" if not reduction.faces_detected else "no face good enough for a person")
     if reduction.representatives.short_video and meta.media_type == "video":

@@ -42,7 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from framepipe import manifests, people_index, schema
+from framepipe import calibration, manifests, people_index, schema
 from framepipe.errors import FramepipeError
 from framepipe.storage import Destination
 
@@ -391,7 +391,7 @@ def index_table(registries: list[Registry]) -> pa.Table:
                                 preserve_index=False)
 
 
-def in_memory_index(people: pd.DataFrame, max_distance: float) -> pd.DataFrame:
+def in_memory_index(people: pd.DataFrame, max_distance: float | None = None, models: str | None = None) -> pd.DataFrame:
     """People-index rows of registries built from scratch in memory (nothing read or written): a notebook's view
     of a destination on which ``framepipe people`` has not run, and the benchmarks' and tests' view of a set of
     people rows."""
@@ -399,7 +399,7 @@ def in_memory_index(people: pd.DataFrame, max_distance: float) -> pd.DataFrame:
     for name, dim, part in models_of(people):
         reg = Registry.empty(name, dim)
         reg.next_id = next_id
-        reg.update(part, max_distance)
+        reg.update(part, calibration.people_max_distance(max_distance, name, dim, models))
         registries.append(reg)
     return index_table(registries).to_pandas()
 
@@ -415,10 +415,12 @@ class Corrections:
 
 
 def update_destination(
-    dest: str | Destination, max_distance: float, seed_max_count: int | None = None,
+    dest: str | Destination, max_distance: float | None = None, seed_max_count: int | None = None,
     corrections: Corrections | None = None, model: str | None = None, people: pd.DataFrame | None = None,
+    models: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Update], dict[str, Registry]]:
-    """Bring every model's registry up to date with the destination's manifests (``people``: those already read),
+    """Bring every model's registry up to date with the destination's manifests (``people``: those already read;
+    ``max_distance``: None = each model's calibration, ``models`` the pack setting in force),
     apply ``corrections`` (to the registry of ``model``, or of the only model), save, and write
     ``manifests/people_index.parquet``. Returns the index rows, each model's :class:`Update` and the registries."""
     d = manifests.destination(dest)
@@ -429,7 +431,8 @@ def update_destination(
     updates = {}
     for reg, (_, _, rows) in zip(registries, groups):
         reg.next_id = next_id
-        updates[reg.model] = reg.update(rows, max_distance, seed_max_count)
+        threshold = calibration.people_max_distance(max_distance, reg.model, reg.dim, models)
+        updates[reg.model] = reg.update(rows, threshold, seed_max_count)
     if corrections:
         chosen = [r for r in registries if model in (None, r.model)]
         if len(chosen) != 1:

@@ -11,7 +11,7 @@ destination. ``framepipe people`` adds ``DEST/manifests/people_index.parquet`` (
 same person across videos, from the person registry (:data:`PERSONS_SCHEMA`, :data:`MEMBERS_SCHEMA`,
 :mod:`framepipe.registry`). ``SCHEMA_VERSION`` is stored in each file's schema metadata and in every row; bump it
 on any change to these schemas (1.1 added ``media_type``, ``seen_s`` and the people index; 1.2 the registry and
-the people index's ``name``;
+the people index's ``name``; 1.3 the shots, each person's ``time_ranges`` and ``faces_unlisted``;
 :mod:`framepipe.manifests` reads 1.0 files too, with nulls in the new columns).
 """
 
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 MANIFESTS = "manifests"  # DEST/manifests/{videos,people}/<video_id>.parquet
 PEOPLE_INDEX = f"{MANIFESTS}/people_index.parquet"
 REGISTRY = "registry"  # DEST/registry/<embedding model>/{persons,members}.parquet + index.usearch
@@ -59,7 +59,14 @@ class Processing(BaseModel):
     models: str | None = None
     frames_sampled: int = 0
     faces_detected: int = 0
+    faces_unlisted: int = Field(0, description="Faces of no listed person: too small or blurred to identify and "
+                                "matching no person surely, background faces, stray detections.")
     sampling: str = "exact"
+
+
+class TimeRange(BaseModel):
+    start_s: float
+    end_s: float
 
 
 class TalentFrame(BaseModel):
@@ -73,6 +80,9 @@ class TalentFrame(BaseModel):
     first_seen_s: float
     last_seen_s: float
     seen_s: list[float] = Field([], description="Every analysed timestamp at which the person's face was found.")
+    time_ranges: list[TimeRange] = Field(
+        [], description="The person's appearances: runs of consecutive samples of one shot in which the face was "
+        "found, each from halfway to the sample before to halfway to the sample after.")
     signed_url: str | None = Field(None, description="Presigned HTTPS URL of the frame, where configured.")
     signed_face_url: str | None = None
 
@@ -96,6 +106,8 @@ class Result(BaseModel):
     processing: Processing
     talent_frames: list[TalentFrame] = []
     representative_frames: list[RepresentativeFrame] = []
+    shots: list[TimeRange] = Field(
+        [], description="The shots found on the sampled frames; a cut is placed halfway between the samples around it.")
     short_video: bool = Field(False, description="Fewer decodable frames than representative frames asked for.")
     relaxed_rules: list[str] = Field([], description="Representative-frame rules relaxed to reach the count.")
     warnings: list[str] = []
@@ -107,6 +119,7 @@ class Result(BaseModel):
 # --------------------------------------------------------------------------------------------------
 
 _META = {b"framepipe_schema_version": SCHEMA_VERSION.encode()}
+TIME_RANGE = pa.struct([pa.field("start_s", pa.float64()), pa.field("end_s", pa.float64())])
 
 VIDEO_SCHEMA = pa.schema(
     [
@@ -126,7 +139,9 @@ VIDEO_SCHEMA = pa.schema(
         pa.field("size_bytes", pa.int64()),
         pa.field("frames_sampled", pa.int32()),
         pa.field("faces_detected", pa.int32()),
+        pa.field("faces_unlisted", pa.int32()),
         pa.field("people", pa.int32()),
+        pa.field("shots", pa.list_(TIME_RANGE)),
         pa.field("representative_urls", pa.list_(pa.string())),
         pa.field("representative_timestamps_s", pa.list_(pa.float64())),
         pa.field("processing_s", pa.float64()),
@@ -155,6 +170,7 @@ PERSON_SCHEMA = pa.schema(
         pa.field("first_seen_s", pa.float64(), nullable=False),
         pa.field("last_seen_s", pa.float64(), nullable=False),
         pa.field("seen_s", pa.list_(pa.float64())),
+        pa.field("time_ranges", pa.list_(TIME_RANGE)),
         pa.field("embedding", pa.list_(pa.float32()), nullable=False),
         pa.field("embedding_model", pa.string()),
         pa.field("schema_version", pa.string(), nullable=False),
@@ -234,7 +250,9 @@ def video_row(result: Result, result_url: str | None, processed_at) -> dict:
         "size_bytes": v.size_bytes,
         "frames_sampled": p.frames_sampled,
         "faces_detected": p.faces_detected,
+        "faces_unlisted": p.faces_unlisted,
         "people": len(result.talent_frames),
+        "shots": [s.model_dump() for s in result.shots],
         "representative_urls": [r.url for r in result.representative_frames],
         "representative_timestamps_s": [r.timestamp_s for r in result.representative_frames],
         "processing_s": p.duration_s,

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from framepipe import manifests, pipeline, registry
+from framepipe import calibration, manifests, pipeline, registry
 from framepipe.analyzer import Analyzer
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError
@@ -110,8 +110,13 @@ def find(
 ) -> list[Hit]:
     """The destination's people most like ``embedding`` (of model pack ``model``), best first."""
     d = manifests.destination(dest)
-    floor = settings.search_min_similarity if min_similarity is None else min_similarity
+    floor = min_similarity if min_similarity is not None else floor_for(settings, model, len(embedding))
     return rank(_registry(d, model, len(embedding), settings), embedding, top, floor)
+
+
+def floor_for(settings: Settings, model: str, dim: int) -> float:
+    """The similarity from which a person is a result: the setting, else the model pack's calibration."""
+    return calibration.search_min_similarity(settings.search_min_similarity, model, dim, settings.models)
 
 
 def rank(reg: registry.Registry, embedding: np.ndarray, top: int, min_similarity: float) -> list[Hit]:
@@ -147,6 +152,6 @@ def _registry(d: Destination, model: str, dim: int, settings: Settings) -> regis
     known = set(zip(reg.members["video_id"], reg.members["person_id"].astype(int)))
     if known != set(zip(rows["video_id"], rows["person_id"].astype(int))):
         _, _, updated = registry.update_destination(d, settings.people_max_distance, settings.people_max_count,
-                                                    people=people)
+                                                    people=people, models=settings.models)
         reg = updated[name]
     return reg

@@ -124,6 +124,8 @@ class Shots:
 
     times: list[float] = field(default_factory=list)  # every sampled frame's pts, in time order
     ids: list[int] = field(default_factory=list)  # the shot (0..count-1) of each
+    start_s: float | None = None  # the video's first and last instants (None: the first and last samples)
+    end_s: float | None = None
 
     @property
     def count(self) -> int:
@@ -141,16 +143,54 @@ class Shots:
     def shot_of(self, pts_s: float) -> int:
         return self.ids[self.index_of(pts_s)] if self.ids else 0
 
+    def cell(self, i: int) -> tuple[float, float]:
+        """The stretch of time sample ``i`` stands for: halfway to its neighbours (the video's ends at the ends)."""
+        t = self.times
+        lo = (t[i - 1] + t[i]) / 2 if i else min(t[0], self.start_s if self.start_s is not None else t[0])
+        hi = (t[i] + t[i + 1]) / 2 if i + 1 < len(t) else max(t[-1], self.end_s if self.end_s is not None else t[-1])
+        return lo, hi
 
-def find_shots(signatures: dict[float, bytes], cut_distance: float) -> Shots:
-    """:class:`Shots` from every sampled frame's colour signature (by pts)."""
+    def spans(self) -> list[tuple[float, float]]:
+        """(start, end) of every shot; a cut is placed halfway between the last sample of one shot and the first
+        of the next (so within half a sampling interval of the real cut)."""
+        out: list[tuple[float, float]] = []
+        for i, shot in enumerate(self.ids):
+            lo, hi = self.cell(i)
+            if shot == len(out):
+                out.append((lo, hi))
+            else:
+                out[-1] = (out[-1][0], hi)
+        return out
+
+    def ranges(self, seen_s: list[float]) -> list[tuple[float, float]]:
+        """Time ranges of an appearance seen at the samples ``seen_s``: runs of consecutive samples of one shot,
+        each from halfway to the sample before to halfway to the sample after (as Video Indexer and Rekognition
+        give a face's instances)."""
+        if not self.times:
+            return [(t, t) for t in seen_s]
+        out: list[tuple[float, float]] = []
+        last = None
+        for i in sorted({self.index_of(t) for t in seen_s}):
+            lo, hi = self.cell(i)
+            if last is not None and i == last + 1 and self.ids[i] == self.ids[last]:
+                out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+            last = i
+        return out
+
+
+def find_shots(
+    signatures: dict[float, bytes], cut_distance: float, start_s: float | None = None, end_s: float | None = None
+) -> Shots:
+    """:class:`Shots` from every sampled frame's colour signature (by pts); ``start_s``/``end_s``: the video's."""
     times = sorted(signatures)
     ids, shot = [], 0
     for i, t in enumerate(times):
         if i and colour_distance(signatures[times[i - 1]], signatures[t]) > cut_distance:
             shot += 1
         ids.append(shot)
-    return Shots(times, ids)
+    return Shots(times, ids, start_s, end_s)
 
 
 @dataclass
@@ -210,7 +250,8 @@ class RepresentativePicker:
         del b[self.keep_per_bin :]
 
     def shots(self) -> Shots:
-        return find_shots(self.signatures, self.shot_cut_distance)
+        end = self.start_s + self.duration_s if self.duration_s else None
+        return find_shots(self.signatures, self.shot_cut_distance, self.start_s, end)
 
     def pick(self) -> Representatives:
         pool = [f for b in self.bins for f in b]

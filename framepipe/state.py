@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from framepipe import clustering, selection
+from framepipe import calibration, clustering, selection
 from framepipe.config import Settings
 from framepipe.errors import NoFrames
 from framepipe.faces import Face
@@ -41,6 +41,7 @@ class Person:
     last_seen_s: float
     mean_embedding: np.ndarray
     seen_s: list[float] = field(default_factory=list)
+    time_ranges: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each appearance
 
 
 @dataclass
@@ -50,6 +51,7 @@ class VideoReduction:
     frames: dict[float, bytes]  # JPEG of each frame an output needs, by pts
     frames_sampled: int
     faces_detected: int
+    unlisted_faces: int = 0  # faces of no listed person (too weak to identify, background faces, stray detections)
 
 
 def _once(jpeg: Jpeg) -> Callable[[], bytes]:
@@ -106,24 +108,29 @@ class PeopleState:
     def people(self, settings: Settings, shots: selection.Shots | None = None) -> list[Person]:
         """Cluster the faces into people (:mod:`framepipe.clustering`); ``shots``: every sampled frame's time and
         shot (without them, frames holding faces count as consecutive samples of one shot)."""
+        return self.group(settings, shots)[0]
+
+    def group(self, settings: Settings, shots: selection.Shots | None = None) -> tuple[list[Person], int]:
+        """(people, faces of no listed person)."""
         records = sorted(self.records, key=lambda r: r.pts_s)  # frames may arrive out of order
         if not records:
-            return []
+            return [], 0
         times = np.array([r.pts_s for r in records])
         if shots and shots.times:
             sample = np.array([shots.index_of(t) for t in times])
             shot = np.array([shots.ids[i] for i in sample])
         else:
             sample, shot = np.unique(times, return_inverse=True)[1], np.zeros(len(times), dtype=int)
-        labels = clustering.cluster_faces(
+        grouping = clustering.group_faces(
             np.stack([r.face.embedding for r in records]),
             np.array([r.face.quality for r in records]),
             np.array([r.face.det_score for r in records]),
             np.stack([r.face.bbox for r in records]),
             sample,
             shot,
-            cluster_params(settings),
+            cluster_params(settings, len(records[0].face.embedding)),
         )
+        labels = grouping.labels
         people = []
         for pid in range(int(labels.max()) + 1 if len(labels) else 0):
             members = [r for r, lab in zip(records, labels) if lab == pid]
@@ -139,15 +146,19 @@ class PeopleState:
                     last_seen_s=seen[-1],
                     mean_embedding=(mean / (np.linalg.norm(mean) + 1e-12)).astype(np.float32),
                     seen_s=seen,
+                    time_ranges=shots.ranges(seen) if shots and shots.times else [(seen[0], seen[-1])],
                 )
             )
-        return people
+        return people, grouping.unlisted
 
 
-def cluster_params(settings: Settings) -> clustering.Params:
+def cluster_params(settings: Settings, dim: int | None = None) -> clustering.Params:
+    """The clustering's parameters: the distances from the model pack's calibration (``dim``: the embeddings'
+    size) unless set explicitly."""
+    cal = calibration.lookup(None, dim, settings.models)
     return clustering.Params(
-        max_distance=settings.cluster_max_distance,
-        link_max_distance=settings.track_max_distance,
+        max_distance=settings.cluster_max_distance or cal.match_distance,
+        link_max_distance=settings.track_max_distance or cal.link_distance,
         link_min_iou=settings.track_min_iou,
         singleton_min_quality=settings.singleton_min_quality,
         track_min_det_score=settings.track_min_det_score,
@@ -161,10 +172,10 @@ def reduce(
     """People and representative frames of a video whose frames have all been analysed."""
     if frames_sampled == 0:
         raise NoFrames("no frame of the video could be decoded")
-    people = people_state.people(settings, representatives.shots)
+    people, unlisted = people_state.group(settings, representatives.shots)
     frames = {p.best.pts_s: people_state.face_frames[p.best.pts_s] for p in people}
     frames.update({f.pts_s: f.jpeg for f in representatives.frames})
-    return VideoReduction(people, representatives, frames, frames_sampled, len(people_state.records))
+    return VideoReduction(people, representatives, frames, frames_sampled, len(people_state.records), unlisted)
 
 
 class VideoState:

@@ -602,7 +602,7 @@ def run(args) -> dict:
 
         try:
             _, updates, _ = registry.update_destination(args.dest, settings.people_max_distance,
-                                                     settings.people_max_count)
+                                                     settings.people_max_count, models=settings.models)
             out["people_registry"] = {m: vars(u) for m, u in updates.items()}
         except Exception as e:  # the videos are done and marked; `framepipe people DEST` can redo this step
             log.exception("updating the person registry failed")

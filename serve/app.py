@@ -442,7 +442,7 @@ class VideoIngress:
             raise HTTPException(422, e.message) from None
         except find.NoPeopleOfModel as e:
             raise HTTPException(404, e.message) from None
-        return find.answer(faces, face, self.settings.search_min_similarity, hits)
+        return find.answer(faces, face, find.floor_for(self.settings, info["pack"], len(chosen.embedding)), hits)
 
     @api.get("/v1/videos/{job_id}", response_model=JobStatus, dependencies=[Depends(bearer)])
     async def status(self, job_id: str):

@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FRAMEPIPE_SHARED", ROOT.parent / "shared"))
 MEDIA = SHARED / "media"
-PACK = Path(os.environ.get("FRAMEPIPE_TEST_MODELS", SHARED / "models" / "scrfd_mobilefacenet"))
+PACK = Path(os.environ.get("FRAMEPIPE_TEST_MODELS", SHARED / "models" / "buffalo_s_dq"))
 GROUND_TRUTH = json.loads((MEDIA / "ground_truth.json").read_text())
 VIDEOS = {k: v for k, v in GROUND_TRUTH.items() if k.startswith("videos/")}
 
@@ -240,6 +240,16 @@ def bucket(s3_server, request):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=name)
     return name
+
+
+def bench_quality():
+    """bench/quality.py, loaded as a module: the tests score people exactly as the benchmark does."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_cli(*args: str, env_extra: dict | None = None, timeout: int = 180) -> subprocess.CompletedProcess:

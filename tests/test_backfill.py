@@ -97,7 +97,7 @@ def test_backfill_s3_to_s3_then_rerun(s3_server, videos_bucket, settings, model,
     videos, people = manifests(s3_server, videos_bucket, "out")
     check_rows(videos)
     assert people.num_rows == sum(v["people"] for v in videos) == first["people"]
-    assert len(people.column("embedding")[0]) == 128
+    assert len(people.column("embedding")[0]) == 512  # buffalo_s_dq
     # the person registry is brought up to date at the end of the run (on S3, next to the manifests)
     from framepipe import manifests as fp_manifests
 

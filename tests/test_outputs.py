@@ -52,7 +52,7 @@ def test_manifest_has_the_explicit_schema(extracted):
     assert row["status"] == "succeeded" and row["people"] == len(result.talent_frames)
     assert len(row["representative_urls"]) == 10
     emb = people.column("embedding").to_pylist()
-    assert all(len(e) == 128 and abs(sum(x * x for x in e) - 1) < 1e-3 for e in emb)
+    assert all(len(e) == 512 and abs(sum(x * x for x in e) - 1) < 1e-3 for e in emb)  # buffalo_s_dq: 512-d
 
 
 def test_jpegs_are_written_and_decode(extracted):

@@ -6,7 +6,7 @@ from itertools import permutations
 
 import pytest
 
-from conftest import VIDEOS
+from conftest import VIDEOS, bench_quality
 
 WITH_RANGE = sorted(k for k, v in VIDEOS.items() if v.get("accept"))
 COMPOSED = sorted(k for k in VIDEOS if k.startswith("videos/composed/"))
@@ -47,7 +47,7 @@ def test_people_are_pure_and_their_talent_frames_match(extracted, key):
     """Purity: the share of every person's ``seen_s`` inside the on-screen spans of the one identity best covering
     that person (a merge of two people seen at different times shows at once); F1 of talent frames matched one to
     one to identities (bench/quality.py prints the same for every labelled video)."""
-    quality = _bench_quality()
+    quality = bench_quality()
     result = extracted(key)
     spans = quality.identity_spans(VIDEOS[key], result.video.start_s + result.video.duration_s)
     s = quality.score([(t.seen_s, t.timestamp_s) for t in result.talent_frames], spans, quality.wide_shots(key))
@@ -65,18 +65,6 @@ def test_framepipe_people_joins_no_two_persons_of_one_video(extracted, outdir):
     index = registry.in_memory_index(manifests.load_people(outdir), Settings().people_max_distance)
     assert index["video_id"].nunique() >= len(WITH_RANGE) - 1  # every video with a person
     assert people_index.within_video_joins(index) == []
-
-
-def _bench_quality():
-    """bench/quality.py: the same purity and F1 as the benchmark prints."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
-    spec = importlib.util.spec_from_file_location("bench_quality", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_composed_montage_joins_both_appearances_of_the_same_woman(extracted):

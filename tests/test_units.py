@@ -144,11 +144,109 @@ def test_a_track_carries_one_person_through_a_pose_change():
 
 
 def test_unreliable_tracks_are_not_people():
-    emb, q, _, boxes, sample = _faces([(0, 0, 0, 0.2), (1, 0, 0, 0.2)])
-    labels = clustering.cluster_faces(emb, q, np.full(2, 0.55), boxes, sample, np.zeros(2, int), clustering.Params())
-    assert labels.tolist() == [-1, -1]  # a blurred background face, however steady
-    labels = clustering.cluster_faces(emb, q, np.full(2, 0.8), boxes, sample, np.zeros(2, int), clustering.Params())
-    assert labels.tolist() == [0, 0]
+    emb, q, _, boxes, sample = _faces([(0, 0, 0, 0.2), (1, 0, 0, 0.2), (2, 0, 0, 0.2)])
+    labels = clustering.cluster_faces(emb, q, np.full(3, 0.55), boxes, sample, np.zeros(3, int), clustering.Params())
+    assert labels.tolist() == [-1, -1, -1]  # a blurred background face, however steady
+    labels = clustering.cluster_faces(emb, q, np.full(3, 0.8), boxes, sample, np.zeros(3, int), clustering.Params())
+    assert labels.tolist() == [0, 0, 0]  # detected surely and seen in three samples: a person
+    labels = clustering.cluster_faces(emb[:2], q[:2], np.full(2, 0.8), boxes[:2], sample[:2], np.zeros(2, int),
+                                      clustering.Params())
+    assert labels.tolist() == [-1, -1]  # no face clear enough to identify, and seen only twice: counted, not listed
+
+
+def _turned(angle_deg: float, axis: int = 0, other: int = 1) -> np.ndarray:
+    """A unit embedding at ``angle_deg`` from axis ``axis`` towards ``other`` (cosine = cos(angle))."""
+    v = np.zeros(8, dtype=np.float32)
+    a = np.deg2rad(angle_deg)
+    v[axis], v[other] = np.cos(a), np.sin(a)
+    return v
+
+
+def test_poor_faces_are_held_to_the_looser_calibrated_threshold():
+    """Two tracks of one person at cosine 0.3 (between the two calibrated thresholds) join when both are poor
+    faces, and stay apart when both are clear (clear faces of one person agree more than that)."""
+    params = clustering.Params(max_distance=0.63, link_max_distance=0.74)
+    emb = np.stack([_turned(0)] * 3 + [_turned(np.rad2deg(np.arccos(0.3)))] * 3)
+    boxes = np.array([[0, 0, 50, 50]] * 6, dtype=np.float32)
+    sample, shot = np.array([0, 1, 2, 10, 11, 12]), np.array([0, 0, 0, 1, 1, 1])
+    poor = clustering.cluster_faces(emb, np.full(6, 0.46), np.full(6, 0.9), boxes, sample, shot, params)
+    clear = clustering.cluster_faces(emb, np.full(6, 0.9), np.full(6, 0.9), boxes, sample, shot, params)
+    assert poor.tolist() == [0] * 6
+    assert clear.tolist() == [0, 0, 0, 1, 1, 1]
+    assert clustering.pair_threshold(np.array([0.3, 0.55, 0.9]), params)[0].round(3).tolist() == [0.74, 0.74, 0.74]
+    assert clustering.pair_threshold(np.array([0.9, 0.55]), params)[0].round(3).tolist() == [0.63, 0.685]
+
+
+def test_a_background_face_is_counted_not_listed():
+    """One shot, always far smaller than the main face of its frames: not a person of its own."""
+    emb = np.stack([_turned(0, 0), _turned(0, 1, 2)] * 3)
+    boxes = np.array([[0, 0, 200, 200], [300, 0, 400, 100]] * 3, dtype=np.float32)
+    sample = np.repeat(np.arange(3), 2)
+    g = clustering.group_faces(emb, np.full(6, 0.9), np.full(6, 0.9), boxes, sample, np.zeros(6, int),
+                               clustering.Params())
+    assert g.labels.tolist() == [0, -1] * 3 and g.unlisted == 3
+    bigger = boxes.copy()
+    bigger[1::2] = [300, 0, 480, 180]  # 0.9 of the main face: a person beside the main one
+    g = clustering.group_faces(emb, np.full(6, 0.9), np.full(6, 0.9), bigger, sample, np.zeros(6, int),
+                               clustering.Params())
+    assert g.labels.tolist() == [0, 1] * 3 and g.unlisted == 0
+
+
+def test_a_weak_face_joins_the_person_it_surely_is_and_only_then():
+    params = clustering.Params(max_distance=0.63, link_max_distance=0.74)
+    a, b = _turned(0, 0), _turned(0, 2)
+    weak_a, weak_between = _turned(20, 0, 3), (a + b) / np.linalg.norm(a + b)
+    emb = np.stack([a, b, a, b, weak_a, weak_between])
+    boxes = np.array([[0, 0, 100, 100], [200, 0, 300, 100]] * 2 + [[0, 0, 100, 100], [0, 0, 100, 100]],
+                     dtype=np.float32)
+    sample, shot = np.array([0, 0, 5, 5, 10, 20]), np.array([0, 0, 1, 1, 2, 3])
+    q = np.array([0.9, 0.9, 0.9, 0.9, 0.1, 0.1])
+    det = np.array([0.9, 0.9, 0.9, 0.9, 0.5, 0.5])  # the last two are unreliable (never seed a person)
+    g = clustering.group_faces(emb, q, det, boxes, sample, shot, params)
+    assert g.labels.tolist() == [0, 1, 0, 1, 0, -1]  # near a: joins a; halfway between a and b: neither
+    assert g.unlisted == 1
+
+
+def test_shot_spans_and_appearance_ranges():
+    from framepipe.selection import Shots
+
+    shots = Shots([1.0, 2.0, 3.0, 4.0, 5.0], [0, 0, 1, 1, 1], start_s=0.5, end_s=5.8)
+    assert shots.spans() == [(0.5, 2.5), (2.5, 5.8)]
+    assert shots.ranges([2.0, 3.0, 4.0]) == [(1.5, 2.5), (2.5, 4.5)]  # broken at the cut
+    assert shots.ranges([1.0, 5.0]) == [(0.5, 1.5), (4.5, 5.8)]  # broken where a sample did not see it
+
+
+def test_calibration_from_known_similarities():
+    from framepipe import calibration
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(12, 64))
+    emb, lab = [], []
+    for i, c in enumerate(centres):
+        for _ in range(6):
+            v = c / np.linalg.norm(c) + rng.normal(scale=0.06, size=64)
+            emb.append(v / np.linalg.norm(v))
+            lab.append(f"p{i}")
+    cal = calibration.from_embeddings(np.array(emb), lab, "synthetic")
+    assert cal.genuine_pairs == 12 * 15 and cal.impostor_pairs == 72 * 71 // 2 - 12 * 15
+    assert cal.link_similarity <= cal.match_similarity <= cal.set_match_similarity
+    assert cal.genuine_median > 0.6 > cal.match_similarity > 0.2  # random 64-d people: about 0 +- 0.12
+    assert cal.true_accept_at_match == 1.0
+
+
+def test_calibration_lookup_prefers_the_pack_folder(tmp_path):
+    from framepipe import calibration
+
+    shipped = calibration.lookup("buffalo_s_dq", 512)
+    assert shipped.source.endswith("buffalo_s_dq.json")
+    assert calibration.lookup("buffalo_l", 512).pack == "buffalo_s_dq"  # the same family until calibrated
+    assert calibration.lookup(None, 128).pack == "scrfd_mobilefacenet"
+    pack = tmp_path / "buffalo_l"
+    pack.mkdir()
+    (pack / calibration.FILE).write_text(calibration.Calibration("buffalo_l", 512, 0.4, 0.3, 0.5).to_json())
+    mine = calibration.lookup("buffalo_l", 512, str(pack))
+    assert (mine.pack, mine.match_distance) == ("buffalo_l", 0.6)
+    assert calibration.lookup("buffalo_l", 128, str(pack)).pack == "scrfd_mobilefacenet"  # another size: not it
 
 
 def test_people_index_never_joins_two_people_seen_together():
