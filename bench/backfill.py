@@ -87,7 +87,7 @@ def mib(n: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default=str(SHARED / "models" / "scrfd_mobilefacenet"))
+    ap.add_argument("--models", default=str(SHARED / "models" / "buffalo_s_dq"))
     ap.add_argument("--copies", default="1,3")
     ap.add_argument("--long", action="store_true")
     ap.add_argument("--split", action="store_true", help="also time the split layout (decode tasks -> model actors)")

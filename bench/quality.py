@@ -1,21 +1,35 @@
-"""People quality on the labelled shared footage: are people merged or split?
+"""People quality on everything labelled in ``../shared/media``: are people merged or split, per video and in the
+person registry?
 
-For each labelled video of ``../shared/media/ground_truth.json`` this prints:
+For each labelled video of ``ground_truth.json`` and ``ground_truth_multishot.json`` this prints:
 
+* ``half``: ``tune`` for the fixed half of the videos thresholds may be tuned on (``quality_labels.json``),
+  ``held`` for the other half, reported on its own so that a threshold fitted to one clip shows;
 * ``exp`` / ``found``: people expected (the accept range) and found;
 * ``F1``: time-matched F1 of the talent frames: a person counts as a hit when its talent frame lies in an on-screen
-  span of the ground-truth identity that best covers the person, and no earlier person claimed that identity;
-* ``purity``: the share of all persons' ``seen_s`` that lie in on-screen spans of the one identity best covering
-  each person (times in wide shots where every face is tiny, listed in ``bench/quality_labels.json``, left out);
-* ``joins``: within-video joins by ``framepipe people``: two persons of this video put into one global person
-  (needs no ground truth: each is a split the per-video pass missed);
+  span of the ground-truth identity that best covers the person, and no earlier person claimed that identity
+  (persons seen only in don't-care spans, the ground truth's ``optional``, count neither way);
+* ``purity`` (merges): the share of all persons' ``seen_s`` that lie in on-screen spans of the one identity best
+  covering each person (times in wide shots where every face is tiny, ``quality_labels.json``, and in don't-care
+  spans left out);
+* ``ppi`` (splits): persons per identity. A person all of whose appearances have one identity on screen belongs to
+  it (when several identities are on screen all the time, the one it was matched to for F1); ``ppi`` is the mean,
+  over the identities with a person, of how many persons belong to each (1.00: no split);
+* ``joins``: within-video joins by the person registry (two persons of this video put into one global person);
 * ``shots`` / ``rep/shot``: shots found on the sampled frames, and the most representative frames taken from one
   shot (must be 1 when the video has at least 10 shots).
 
-The face analysis of each video is cached in ``bench/.cache/quality/`` (keyed by the settings that change it),
-so re-running after a clustering change takes seconds. ``--fresh`` re-analyses.
+``--registry`` adds the registry level: the people of both LFW montages plus every photo of ``photos/lfw/`` (40
+people, one-frame inputs as ``framepipe extract --images`` makes them) attached by the registry
+(:func:`framepipe.registry.in_memory_index`, the code ``framepipe people`` runs), then: global persons (for 40),
+their purity (members whose identity is their global person's majority identity; a photo's labelled person is
+its central face, a montage person's identity the one that covers it, others unlabelled) and global persons per
+identity.
 
-    python bench/quality.py [--models ../shared/models/scrfd_mobilefacenet] [--fresh] [--verbose]
+The face analysis of each video and photo is cached in ``bench/.cache/quality/`` (keyed by the settings that
+change it), so re-running after a clustering change takes seconds. ``--fresh`` re-analyses.
+
+    python bench/quality.py [--models ../shared/models/buffalo_s_dq] [--registry] [--fresh] [--verbose]
 """
 
 from __future__ import annotations
@@ -55,39 +69,74 @@ def identity_spans(truth: dict, duration: float) -> dict[str, list[tuple[float, 
     return spans
 
 
+LABELS = json.loads((HERE / "quality_labels.json").read_text())
+
+
 def wide_shots(key: str) -> list:
     """Spans of wide shots where every face is tiny (``bench/quality_labels.json``): left out of purity."""
-    return json.loads((HERE / "quality_labels.json").read_text()).get(key, {}).get("wide", [])
+    return LABELS.get(key, {}).get("wide", [])
+
+
+def dont_care(truth: dict) -> list:
+    """The ground truth's ``optional`` spans (faces that may or may not be people) and non-human faces."""
+    spans = [tuple(s) for ss in truth.get("optional", {}).values() for s in ss]
+    return spans + [tuple(s) for s in truth.get("non_human_faces", [])]
+
+
+def half(key: str) -> str:
+    return "tune" if key in LABELS["tune"] else "held"
 
 
 def inside(t: float, spans) -> bool:
     return any(s - 0.05 <= t <= e + 0.05 for s, e in spans)
 
 
-def score(people: list[tuple[list[float], float]], spans: dict, wide: list) -> dict:
-    """Purity and talent F1 of one video's people against identity spans. Persons are matched one to one to the
-    identities (most covered ``seen_s`` first, ties to identities whose span holds the talent frame); a match whose
-    talent frame lies in its identity's spans is a hit. ``people``: (seen_s, talent frame time) per person."""
+def score(people: list[tuple[list[float], float]], spans: dict, wide: list, optional: list = ()) -> dict:
+    """Purity, talent F1 and persons per identity of one video's people against identity spans. Persons are
+    matched one to one to the identities (most covered ``seen_s`` first, ties to identities whose span holds the
+    talent frame); a match whose talent frame lies in its identity's spans is a hit. ``people``: (seen_s, talent
+    frame time) per person; ``optional``: don't-care spans (times in them are left out; a person seen only there
+    counts neither way)."""
     from scipy.optimize import linear_sum_assignment
 
     names = list(spans)
     on, total = 0, 0
-    cover = np.zeros((len(people), len(names)))
-    for i, (seen_s, _) in enumerate(people):
-        times = [t for t in seen_s if not inside(t, wide)]
+    counted = []
+    for seen_s, t in people:
+        times = [x for x in seen_s if not inside(x, wide)]
+        if optional and all(inside(x, optional) and not any(inside(x, spans[n]) for n in names) for x in times):
+            continue  # a don't-care face: neither a hit nor a false person
+        counted.append(([x for x in times if not (inside(x, optional) and
+                                                  not any(inside(x, spans[n]) for n in names))], t))
+    cover = np.zeros((len(counted), len(names)))
+    for i, (times, _) in enumerate(counted):
         for j, name in enumerate(names):
             cover[i, j] = sum(inside(t, spans[name]) for t in times)
         on += cover[i].max() if names else 0
         total += len(times)
-    hits = 0
-    if people and names:
-        talent = np.array([[inside(t, spans[n]) for n in names] for _, t in people], dtype=float)
+    hits, matched = 0, {}
+    if counted and names:
+        talent = np.array([[inside(t, spans[n]) for n in names] for _, t in counted], dtype=float)
         rows, cols = linear_sum_assignment(-(cover * 1000 + talent))
         hits = int(sum(talent[r, c] and cover[r, c] > 0 for r, c in zip(rows, cols)))
-    precision = hits / len(people) if people else 1.0
+        matched = {int(r): int(c) for r, c in zip(rows, cols)}
+    belongs: dict[int, int] = {}
+    for i, (times, _) in enumerate(counted):
+        if not times or not names:
+            continue
+        full = [j for j in range(len(names)) if cover[i, j] == len(times)]
+        if len(full) == 1:
+            j = full[0]
+        elif matched.get(i) in full:
+            j = matched[i]
+        else:
+            continue
+        belongs[j] = belongs.get(j, 0) + 1
+    precision = hits / len(counted) if counted else 1.0
     recall = hits / len(spans) if spans else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"purity": on / total if total else 1.0, "f1": f1}
+    return {"purity": on / total if total else 1.0, "f1": f1,
+            "ppi": float(np.mean(list(belongs.values()))) if belongs else np.nan, "identities": len(belongs)}
 
 
 def analysed(key: str, path: Path, settings: Settings, analyzer: Callable[[], LocalAnalyzer], fresh: bool) -> state.VideoState:
@@ -108,7 +157,8 @@ def within_video_joins(rows: list[dict], settings: Settings, verbose: bool = Fal
     if not rows:
         return {}
     joins: dict[str, int] = {}
-    for j in people_index.within_video_joins(registry.in_memory_index(pd.DataFrame(rows), settings.people_max_distance)):
+    for j in people_index.within_video_joins(registry.in_memory_index(pd.DataFrame(rows), settings.people_max_distance,
+                                                                                    settings.models)):
         joins[j.video_id] = joins.get(j.video_id, 0) + len(j.person_ids) - 1
         if verbose:
             print(f"  join: {j.video_id} persons {j.person_ids} -> global person {j.global_person_id}")
@@ -117,7 +167,8 @@ def within_video_joins(rows: list[dict], settings: Settings, verbose: bool = Fal
 
 def load(settings: Settings, fresh: bool = False) -> list[tuple[str, dict, state.VideoState]]:
     """(key, ground truth, analysed state) of every labelled shared video."""
-    gt = json.loads((SHARED / "media/ground_truth.json").read_text())
+    gt = {**json.loads((SHARED / "media/ground_truth.json").read_text()),
+          **json.loads((SHARED / "media/ground_truth_multishot.json").read_text())}
     loaded: list[LocalAnalyzer] = []
 
     def analyzer() -> LocalAnalyzer:  # the models only when something is not cached
@@ -130,7 +181,8 @@ def load(settings: Settings, fresh: bool = False) -> list[tuple[str, dict, state
 
 
 def evaluate(videos, settings: Settings, verbose: bool = False) -> pd.DataFrame:
-    """One row per video: people expected and found, F1, purity, shots, within-video joins."""
+    """One row per video: its half, people expected and found, F1, purity, persons per identity, shots,
+    within-video joins."""
     rows, table = [], []
     for key, truth, st in videos:
         reps = st.picks.pick()
@@ -138,20 +190,20 @@ def evaluate(videos, settings: Settings, verbose: bool = False) -> pd.DataFrame:
         red = state.reduce(st.people, reps, st.frames_sampled, settings)
         reduce_ms = (time.perf_counter() - t0) * 1000
         spans = identity_spans(truth, st.picks.picker.start_s + st.picks.picker.duration_s)
-        s = score([(p.seen_s, p.best.pts_s) for p in red.people], spans, wide_shots(key)) \
-            if spans or truth["accept"] == [0, 0] else {"purity": np.nan, "f1": np.nan}
+        s = score([(p.seen_s, p.best.pts_s) for p in red.people], spans, wide_shots(key), dont_care(truth)) \
+            if spans or truth["accept"] == [0, 0] else {"purity": np.nan, "f1": np.nan, "ppi": np.nan,
+                                                          "identities": 0}
         shots = reps.shots
         rep_shots = [shots.shot_of(f.pts_s) for f in reps.frames]
         low, high = truth["accept"]
         n = len(red.people)
         for p in red.people:
-            rows.append({"video_id": key, "source": key, "person_id": p.person_id, "embedding": p.mean_embedding,
-                         "embedding_model": "bench", "face_url": None, "frame_url": None,
-                         "timestamp_s": p.best.pts_s, "quality": p.best.face.quality, "seen_s": p.seen_s})
-        table.append({"video": key.removeprefix("videos/"), "exp": f"{low}-{high}", "found": n,
+            rows.append(person_row(key, p))
+        table.append({"half": half(key), "video": key.removeprefix("videos/"), "exp": f"{low}-{high}", "found": n,
                       "in_range": low <= n <= high, "F1": round(s["f1"], 2), "purity": round(s["purity"], 3),
-                      "shots": shots.count, "rep/shot": max(map(rep_shots.count, set(rep_shots)), default=0),
-                      "reduce_ms": round(reduce_ms, 1)})
+                      "ppi": round(s["ppi"], 2), "ids": s["identities"], "shots": shots.count,
+                      "rep/shot": max(map(rep_shots.count, set(rep_shots)), default=0),
+                      "unlisted": red.unlisted_faces, "reduce_ms": round(reduce_ms, 1)})
         if verbose:
             for p in red.people:
                 print(f"  {key} person {p.person_id}: best {p.best.pts_s:.2f} seen {[round(t, 1) for t in p.seen_s]}")
@@ -163,26 +215,120 @@ def evaluate(videos, settings: Settings, verbose: bool = False) -> pd.DataFrame:
     return df
 
 
+def person_row(key: str, p) -> dict:
+    """A people-manifest row (the columns the registry reads) of one person of the bench."""
+    return {"video_id": key, "source": key, "person_id": p.person_id, "embedding": p.mean_embedding,
+            "embedding_model": "bench", "face_url": None, "frame_url": None, "timestamp_s": p.best.pts_s,
+            "quality": p.best.face.quality, "seen_s": p.seen_s}
+
+
 def summary(df: pd.DataFrame) -> str:
-    many = df[df["shots"] >= 10]
-    return (f"in range {int(df['in_range'].sum())}/{len(df)}; purity min {df['purity'].min():.3f} "
-            f"mean {df['purity'].mean():.3f}; F1 mean {df['F1'].mean():.3f}; within-video joins "
-            f"{int(df['joins'].sum())}; most representative frames of one shot where >= 10 shots: "
-            f"{int(many['rep/shot'].max()) if len(many) else '-'}")
+    """One line per half: videos in range, purity, persons per identity (pooled over identities), F1."""
+    lines = []
+    for name, part in [("tune", df[df["half"] == "tune"]), ("held", df[df["half"] == "held"]), ("all", df)]:
+        ids = part["ids"].sum()
+        pooled = (part["ppi"].fillna(0) * part["ids"]).sum() / ids if ids else float("nan")
+        many = part[part["shots"] >= 10]
+        lines.append(
+            f"{name:4}: in range {int(part['in_range'].sum())}/{len(part)}; purity min {part['purity'].min():.3f} "
+            f"mean {part['purity'].mean():.3f}; persons per identity {pooled:.3f} (worst video "
+            f"{part['ppi'].max():.2f}); F1 mean {part['F1'].mean():.3f}; within-video joins {int(part['joins'].sum())}; "
+            f"most representative frames of one shot where >= 10 shots: {int(many['rep/shot'].max()) if len(many) else '-'}")
+    return "\n".join(lines)
+
+
+# ---- the registry level --------------------------------------------------------------------------------
+
+
+LFW_SHAPE = (250, 250)  # every deep-funneled LFW photo
+
+
+def lfw_photos(settings: Settings, fresh: bool = False) -> list[tuple[str, str, state.VideoState]]:
+    """(photo key, person, analysed state) of every photo of ``photos/lfw/``, each a one-frame input."""
+    root = SHARED / "media/photos/lfw"
+    loaded: list[LocalAnalyzer] = []
+
+    def analyzer() -> LocalAnalyzer:
+        if not loaded:
+            loaded.append(LocalAnalyzer.load(settings))
+        return loaded[0]
+
+    return [(f"photos/lfw/{d.name}/{f.name}", d.name, analysed(f"photos/lfw/{d.name}/{f.name}", f, settings,
+                                                               analyzer, fresh))
+            for d in sorted(root.iterdir()) if d.is_dir() for f in sorted(d.glob("*.jpg"))]
+
+
+def registry_level(videos, photos, settings: Settings) -> dict:
+    """Global persons, purity and global persons per identity after the registry attached both montages' people
+    and every LFW photo's people.
+
+    Labels: a photo's central face is its folder's person. A montage person is the person of a shot's photo when
+    its best face is that photo's central face (cosine >= 0.7 to the photo's own embedding: the same picture,
+    resized); a face of the montage that matches no shot's central face is another person of a photo (Cherie
+    Blair beside Tony Blair, say) and unlabelled, like the other faces of the photos."""
+    from framepipe import calibration
+
+    rows, label, central_of = [], [], {}
+    for key, person, st in photos:
+        red = state.reduce(st.people, st.picks.pick(), st.frames_sampled, settings)
+        if not red.people:
+            continue
+        central = red.people[calibration.central([p.best.face.bbox for p in red.people], LFW_SHAPE)]
+        for p in red.people:
+            rows.append(person_row(key, p))
+            label.append(person if p is central else None)
+        central_of[key] = (person, central.best.face.embedding)
+    for key, truth, st in videos:
+        if "lfw_montage" not in key:
+            continue
+        red = state.reduce(st.people, st.picks.pick(), st.frames_sampled, settings)
+        shown = {photo for shot in truth["shots"] for photo in shot}
+        refs = [central_of[p] for p in sorted(shown) if p in central_of]
+        for p in red.people:
+            rows.append(person_row(key, p))
+            sims = [(float(p.best.face.embedding @ e), who) for who, e in refs]
+            best = max(sims, default=(0.0, None))
+            label.append(best[1] if best[0] >= 0.7 else None)
+    people = pd.DataFrame(rows)
+    people["embedding_model"] = pack_model(settings)
+    index = registry.in_memory_index(people, settings.people_max_distance, settings.models)
+    index = index.merge(pd.DataFrame({"video_id": people["video_id"], "person_id": people["person_id"],
+                                      "identity": label}), on=["video_id", "person_id"])
+    labelled = index.dropna(subset=["identity"])
+    majority = labelled.groupby("global_person_id")["identity"].agg(lambda s: s.value_counts().index[0])
+    pure = (labelled["identity"] == labelled["global_person_id"].map(majority)).mean()
+    per_identity = labelled.groupby("identity")["global_person_id"].nunique()
+    return {"inputs": int(people["video_id"].nunique()), "people": len(people), "labelled": len(labelled),
+            "global_persons": int(index["global_person_id"].nunique()),
+            "global_persons_of_the_40": int(labelled["global_person_id"].nunique()),
+            "global_persons_of_others": int(index["global_person_id"].nunique() - labelled["global_person_id"].nunique()),
+            "identities": int(per_identity.size), "purity": round(float(pure), 4),
+            "global_per_identity": round(float(per_identity.mean()), 3),
+            "split_identities": {k: int(v) for k, v in per_identity[per_identity > 1].items()}}
+
+
+def pack_model(settings: Settings) -> str:
+    from framepipe import calibration
+
+    return calibration.pack_name(settings.models)
 
 
 def main() -> int:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=str(SHARED / "models/scrfd_mobilefacenet"))
+    ap.add_argument("--models", default=str(SHARED / "models/buffalo_s_dq"))
     ap.add_argument("--fresh", action="store_true", help="re-analyse instead of using the cache")
+    ap.add_argument("--registry", action="store_true", help="also the registry level (montages + LFW photos)")
     ap.add_argument("--verbose", action="store_true", help="print each person's seen_s")
     args = ap.parse_args()
     settings = Settings(models=args.models)
-    df = evaluate(load(settings, args.fresh), settings, args.verbose)
-    pd.set_option("display.width", 200)
-    print(df.to_string(index=False))
+    videos = load(settings, args.fresh)
+    df = evaluate(videos, settings, args.verbose)
+    pd.set_option("display.width", 250)
+    print(df.sort_values(["half", "video"]).to_string(index=False))
     print("\n" + summary(df))
+    if args.registry:
+        print("\nregistry:", json.dumps(registry_level(videos, lfw_photos(settings, args.fresh), settings)))
     return 0
 
 

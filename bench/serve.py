@@ -119,7 +119,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--bursts", default="20,100")
-    ap.add_argument("--models", default=str(SHARED / "models/scrfd_mobilefacenet"))
+    ap.add_argument("--models", default=str(SHARED / "models/buffalo_s_dq"))
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="fpbench-serve-")
     moto_port, serve_port, redis_port = free_port(), free_port(), free_port()

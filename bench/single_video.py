@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from inputs import SHARED, thirty_minute, three_minute  # noqa: E402
 
-DEFAULT_PACK = str(SHARED / "models" / "scrfd_mobilefacenet")
+DEFAULT_PACK = str(SHARED / "models" / "buffalo_s_dq")
 
 
 def _usage() -> dict:
