@@ -101,3 +101,36 @@ def test_registry_keeps_one_global_person_per_lfw_person(multishot):
         majority.setdefault(gid[k], []).append(who)
     pure = sum(max(ws.count(w) for w in set(ws)) for ws in majority.values()) / len(labels)
     assert pure >= 0.98, pure
+
+
+def test_calibrate_writes_the_thresholds_every_front_door_reads(tmp_path):
+    """``framepipe calibrate`` on photos of 8 LFW people: same-person pairs far above different-person pairs, the
+    thresholds written into the pack's folder, and the people step, the registry and search reading them there."""
+    from conftest import PACK, run_cli
+    from framepipe import calibration, search, state
+    from framepipe.config import Settings
+
+    pack = tmp_path / "my_pack"
+    pack.mkdir()
+    for f in PACK.glob("*.onnx"):
+        (pack / f.name).symlink_to(f)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for person in sorted(LFW.iterdir())[:8]:
+        (photos / person.name).symlink_to(person)
+    proc = run_cli("calibrate", str(photos), "--models", str(pack), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    cal = calibration.Calibration.from_file(pack / calibration.FILE)
+    assert (cal.pack, cal.embedding_dim, cal.identities) == ("my_pack", 512, 8)
+    assert cal.impostor_median < 0.1 < cal.link_similarity <= cal.match_similarity < 0.6 < cal.genuine_median
+    assert cal.true_accept_at_match > 0.9
+    settings = Settings(models=str(pack))
+    assert state.cluster_params(settings, 512).max_distance == cal.match_distance
+    assert search.floor_for(settings, "my_pack", 512) == cal.match_similarity
+    assert calibration.people_max_distance(None, "my_pack", 512, str(pack)) == cal.match_distance
+    assert f"wrote {pack / calibration.FILE}" in proc.stdout
+
+    empty = tmp_path / "empty"
+    (empty / "one_person").mkdir(parents=True)
+    proc = run_cli("calibrate", str(empty), "--models", str(pack), "--out", str(tmp_path / "x.json"), timeout=120)
+    assert proc.returncode == 1 and "cannot calibrate" in proc.stderr and not (tmp_path / "x.json").exists()
