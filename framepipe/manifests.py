@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from framepipe import schema
+from framepipe import commits, schema
 from framepipe.storage import Destination
 
 
@@ -80,22 +80,31 @@ def load_people(dest: str | Destination) -> pd.DataFrame:
 
 
 def load_people_index(dest: str | Destination) -> pd.DataFrame | None:
-    """The table written by ``framepipe people`` (None if it has not been run on this destination)."""
+    """The people index of the registry's latest committed version (``framepipe people``; None if it has not run
+    on this destination)."""
     d = destination(dest)
+    version = commits.latest(d, schema.REGISTRY)
+    if "people_index.parquet" in version.files:
+        table = pq.read_table(io.BytesIO(commits.read(d, schema.REGISTRY, version, "people_index.parquet")))
+        return _conform(table, schema.PEOPLE_INDEX_SCHEMA).to_pandas()
     if not d.exists(schema.PEOPLE_INDEX):
         return None
     return _read_tables(d, [schema.PEOPLE_INDEX], schema.PEOPLE_INDEX_SCHEMA).to_pandas()
 
 
 def load_registry(dest: str | Destination) -> pd.DataFrame | None:
-    """The person registry's global persons (every embedding model, a ``model`` column added; the centroid left out),
-    or None before ``framepipe people`` has run."""
+    """The person registry's global persons as of its latest committed version (every embedding model, a ``model``
+    column added; the centroid left out), or None before ``framepipe people`` has run."""
     d = destination(dest)
-    found = [m for m in d.dirs(schema.REGISTRY) if "persons.parquet" in d.list(f"{schema.REGISTRY}/{m}")]
+    version = commits.latest(d, schema.REGISTRY)
+    found = {name.split("/")[0]: (lambda n=name: commits.read(d, schema.REGISTRY, version, n))
+             for name in version.files if name.endswith("/persons.parquet")}
+    if version.number == 0:  # written before versions (schema 1.2)
+        found = {m: (lambda m=m: d.read(f"{schema.REGISTRY}/{m}/persons.parquet")) for m in d.dirs(schema.REGISTRY)
+                 if "persons.parquet" in d.list(f"{schema.REGISTRY}/{m}")}
     if not found:
         return None
-    tables = [pq.read_table(io.BytesIO(d.read(f"{schema.REGISTRY}/{m}/persons.parquet"))).to_pandas().assign(model=m)
-              for m in sorted(found)]
+    tables = [pq.read_table(io.BytesIO(found[m]())).to_pandas().assign(model=m) for m in sorted(found)]
     return pd.concat(tables, ignore_index=True).drop(columns=["embedding_sum"])
 
 

@@ -1,6 +1,8 @@
 """The person registry: stable global identities per destination and embedding model.
 
-``DEST/registry/<model>/`` holds
+``DEST/registry/`` is a log of committed versions (:mod:`framepipe.commits`: ``_log/<n>.json`` names the data
+files of version n; a writer commits version n+1 only if nobody did first, else applies its change again on the
+newer version). Each version holds, per model (``<model>/...``), and the people index of all models:
 
 * ``persons.parquet`` (:data:`~framepipe.schema.PERSONS_SCHEMA`): one row per global person, with its name, the
   running sum of its members' embeddings (the centroid) and ``merged_into`` for ids merged away (kept as aliases);
@@ -18,9 +20,12 @@ processed again with other people) and never touches what is already attached:
   centroid is at cosine similarity >= ``1 - people_max_distance``, unless that person already holds someone
   seen at the same time in the same video; otherwise it becomes a new global person with the next id.
 
-Global ids are never renumbered or reused. Corrections (:meth:`name`, :meth:`merge`, :meth:`split`) are stored in
-the same files, so later updates keep them: a name stays on its person, a merge is never undone (the merged id
-becomes an alias of the survivor), a split-off member stays pinned to its own person.
+Global ids are never renumbered or reused: they come from the committed version only, and all of one version's
+files change together. Corrections (:meth:`name`, :meth:`merge`, :meth:`split`) are stored in the same files, so
+later updates keep them: a name stays on its person, a merge is never undone (the merged id becomes an alias of the
+survivor), a split-off member stays pinned to its own person. Two ``framepipe people`` runs at once each commit a
+version of their own, the second on top of the first; one killed at any point leaves the previous version whole.
+Search only reads a committed version.
 
 Why usearch: an embedded HNSW index (one pip wheel, no server) that adds and removes single vectors and saves to
 one file (bench/people_scale.py, 1,000,000 128-d people on 2 cores: recall@10 0.956 against exact search, p50
@@ -42,7 +47,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from framepipe import calibration, manifests, people_index, schema
+from framepipe import calibration, commits, manifests, people_index, schema
 from framepipe.errors import FramepipeError
 from framepipe.storage import Destination
 
@@ -106,29 +111,40 @@ class Registry:
         return cls(model, dim, persons, members, _new_index(dim))
 
     @classmethod
-    def load(cls, dest: str | Destination, model: str, dim: int) -> "Registry":
+    def load(cls, dest: str | Destination, model: str, dim: int, version: commits.Version | None = None) -> "Registry":
+        """This model's registry as of ``version`` (default: the latest committed one; a destination written
+        before versions read from its plain files)."""
         d = manifests.destination(dest)
-        base = model_dir(model)
-        if not d.exists(f"{base}/persons.parquet"):
+        version = commits.latest(d, schema.REGISTRY) if version is None else version
+        name = model_dir(model).split("/", 1)[1]
+        if f"{name}/persons.parquet" in version.files:
+            part = lambda p: commits.read(d, schema.REGISTRY, version, f"{name}/{p}")  # noqa: E731
+        elif version.number == 0 and d.exists(f"{model_dir(model)}/persons.parquet"):
+            part = lambda p: d.read(f"{model_dir(model)}/{p}")  # noqa: E731  (schema 1.2, before versions)
+        else:
             return cls.empty(model, dim)
-        persons = pq.read_table(io.BytesIO(d.read(f"{base}/persons.parquet"))).to_pandas()
-        members = pq.read_table(io.BytesIO(d.read(f"{base}/members.parquet"))).to_pandas()
+        persons = pq.read_table(io.BytesIO(part("persons.parquet"))).to_pandas()
+        members = pq.read_table(io.BytesIO(part("members.parquet"))).to_pandas()
         reg = cls(model, dim, persons.set_index("global_person_id", drop=False), members)
-        reg.index = reg._read_index(d, base)
+        try:
+            stored = part(INDEX_FILE)
+        except (FileNotFoundError, KeyError, OSError):
+            stored = None
+        reg.index = reg._read_index(stored)
         return reg
 
-    def _read_index(self, d: Destination, base: str):
+    def _read_index(self, stored: bytes | None):
         from usearch.index import Index
 
         live = self.live_ids()
-        if d.exists(f"{base}/{INDEX_FILE}"):
+        if stored:
             try:
-                index = Index.restore(bytearray(d.read(f"{base}/{INDEX_FILE}")))
+                index = Index.restore(bytearray(stored))
                 if index is not None and len(index) == len(live) and all(int(g) in index for g in live[:100]):
                     index.expansion_search = EXPANSION_SEARCH  # a search setting: not kept in the file
                     return index
             except Exception as e:  # a damaged or foreign file: rebuilt below from the Parquet truth
-                log.warning("rebuilding %s/%s: %s", base, INDEX_FILE, e)
+                log.warning("rebuilding the index of %s: %s", self.model, e)
         index = _new_index(self.dim)
         if len(live):
             sums = np.stack(self.persons.loc[live, "embedding_sum"].to_numpy()).astype(np.float32)
@@ -152,20 +168,20 @@ class Registry:
             self.members = pd.concat([self.members, new], ignore_index=True) if len(self.members) else new
             self._new_members = []
 
-    def save(self, dest: str | Destination) -> None:
+    def parts(self) -> dict[str, bytes]:
+        """The registry's files, named ``<model>/persons.parquet``, ``<model>/members.parquet`` and
+        ``<model>/index.usearch``, for one commit (:mod:`framepipe.commits`)."""
         self.flush()
-        d = manifests.destination(dest)
-        base = model_dir(self.model)
+        name = model_dir(self.model).split("/", 1)[1]
         persons = self.persons.assign(schema_version=schema.SCHEMA_VERSION).reset_index(drop=True)
         members = self.members.assign(schema_version=schema.SCHEMA_VERSION).reset_index(drop=True)
-        # the index first: a reader that finds new Parquet next to an old index rebuilds it
-        d.write(f"{base}/{INDEX_FILE}", bytes(self.index.save()))
-        d.write(f"{base}/members.parquet", schema.parquet_bytes(
-            pa.Table.from_pandas(members[schema.MEMBERS_SCHEMA.names], schema=schema.MEMBERS_SCHEMA,
-                                 preserve_index=False)))
-        d.write(f"{base}/persons.parquet", schema.parquet_bytes(
-            pa.Table.from_pandas(persons[schema.PERSONS_SCHEMA.names], schema=schema.PERSONS_SCHEMA,
-                                 preserve_index=False)))
+        return {
+            f"{name}/persons.parquet": schema.parquet_bytes(pa.Table.from_pandas(
+                persons[schema.PERSONS_SCHEMA.names], schema=schema.PERSONS_SCHEMA, preserve_index=False)),
+            f"{name}/members.parquet": schema.parquet_bytes(pa.Table.from_pandas(
+                members[schema.MEMBERS_SCHEMA.names], schema=schema.MEMBERS_SCHEMA, preserve_index=False)),
+            f"{name}/{INDEX_FILE}": bytes(self.index.save()),
+        }
 
     # ---- reading -----------------------------------------------------------------------------------
 
@@ -341,6 +357,8 @@ class Registry:
             raise CorrectionError(f"no person {person_id} of video {video_id} in the registry")
         i = rows[0]
         old = int(self.members.at[i, "global_person_id"])
+        if bool(self.members.at[i, "pinned"]) and (self.members["global_person_id"] == old).sum() == 1:
+            return old  # split off already (the same correction applied again after a concurrent commit)
         emb = np.asarray(self.members.at[i, "embedding"], np.float32)
         self._add_to(old, emb, -1)
         gid = self._create(emb, 1)
@@ -420,33 +438,63 @@ def update_destination(
     models: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Update], dict[str, Registry]]:
     """Bring every model's registry up to date with the destination's manifests (``people``: those already read;
-    ``max_distance``: None = each model's calibration, ``models`` the pack setting in force),
-    apply ``corrections`` (to the registry of ``model``, or of the only model), save, and write
-    ``manifests/people_index.parquet``. Returns the index rows, each model's :class:`Update` and the registries."""
+    ``max_distance``: None = each model's calibration, ``models`` the pack setting in force), apply
+    ``corrections`` (to the registry of ``model``, or of the only model) and commit it all as one new version
+    (:mod:`framepipe.commits`): a writer that finds a newer version committed meanwhile applies its update and
+    corrections again on that one, so two writers never lose each other's work, and global ids come from the
+    committed version only (never reused). Then ``manifests/people_index.parquet`` is refreshed. Returns the index
+    rows, each model's :class:`Update` and the registries."""
     d = manifests.destination(dest)
     people = manifests.load_people(d) if people is None else people
     groups = models_of(people)
-    registries = [Registry.load(d, name, dim) for name, dim, _ in groups]
-    next_id = [max([int(r.persons.index.max()) + 1 for r in registries if len(r.persons)], default=0)]
-    updates = {}
-    for reg, (_, _, rows) in zip(registries, groups):
-        reg.next_id = next_id
-        threshold = calibration.people_max_distance(max_distance, reg.model, reg.dim, models)
-        updates[reg.model] = reg.update(rows, threshold, seed_max_count)
-    if corrections:
-        chosen = [r for r in registries if model in (None, r.model)]
-        if len(chosen) != 1:
-            raise CorrectionError(f"corrections need one model; this destination has {[r.model for r in registries]}"
-                                  " (--model)")
-        reg = chosen[0]
-        for keep, other in corrections.merges:
-            reg.merge(keep, other)
-        for video_id, person_id in corrections.splits:
-            reg.split(video_id, person_id)
-        for gid, given in corrections.names.items():
-            reg.name(gid, given)
-    for reg in registries:
-        reg.save(d)
-    table = index_table(registries)
-    d.write(schema.PEOPLE_INDEX, schema.parquet_bytes(table))
-    return table.to_pandas(), updates, {r.model: r for r in registries}
+    done: dict = {}
+
+    def change(version: commits.Version):
+        registries = [Registry.load(d, name, dim, version) for name, dim, _ in groups]
+        next_id = [max([int(version.meta.get("next_id", 0))]
+                       + [int(r.persons.index.max()) + 1 for r in registries if len(r.persons)])]
+        updates = {}
+        for reg, (_, _, rows) in zip(registries, groups):
+            reg.next_id = next_id
+            threshold = calibration.people_max_distance(max_distance, reg.model, reg.dim, models)
+            updates[reg.model] = reg.update(rows, threshold, seed_max_count)
+        if corrections:
+            _correct(registries, corrections, model)
+        parts = {k: v for reg in registries for k, v in reg.parts().items()}
+        table = index_table(registries)
+        parts[INDEX_PART] = schema.parquet_bytes(table)
+        done.update(registries=registries, updates=updates, table=table)
+        keep = {k: v for k, v in version.files.items() if k not in parts}
+        return parts, {"next_id": next_id[0], "models": sorted({r.model for r in registries})}, keep
+
+    version = commits.transact(d, schema.REGISTRY, change)
+    publish_index(d, version)
+    return done["table"].to_pandas(), done["updates"], {r.model: r for r in done["registries"]}
+
+
+INDEX_PART = "people_index.parquet"
+
+
+def _correct(registries: list[Registry], corrections: Corrections, model: str | None) -> None:
+    chosen = [r for r in registries if model in (None, r.model)]
+    if len(chosen) != 1:
+        raise CorrectionError(f"corrections need one model; this destination has {[r.model for r in registries]}"
+                              " (--model)")
+    reg = chosen[0]
+    for keep, other in corrections.merges:
+        reg.merge(keep, other)
+    for video_id, person_id in corrections.splits:
+        reg.split(video_id, person_id)
+    for gid, given in corrections.names.items():
+        reg.name(gid, given)
+
+
+def publish_index(d: Destination, version: commits.Version) -> None:
+    """Copy a committed version's people index to ``manifests/people_index.parquet``; a writer that sees a newer
+    version committed meanwhile copies that one instead, so the copy ends at the newest version."""
+    while INDEX_PART in version.files:
+        d.write(schema.PEOPLE_INDEX, commits.read(d, schema.REGISTRY, version, INDEX_PART))
+        newest = commits.latest(d, schema.REGISTRY)
+        if newest.number == version.number:
+            return
+        version = newest

@@ -8,8 +8,9 @@
    HNSW index), then every (video, person) member of those, scored by cosine similarity between the query face and
    that member's own embedding, best first, keeping those at ``min_similarity`` or more.
 
-A destination whose registry is missing or behind its manifests is brought up to date first (as ``framepipe
-people`` would). Only people embedded by the same model pack as the query are compared.
+A destination whose registry is missing or behind its manifests is brought up to date in memory for the answer (as
+``framepipe people`` would, without writing: search only reads). Only people embedded by the same model pack as
+the query are compared.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def _registry(d: Destination, model: str, dim: int, settings: Settings) -> regis
     reg = registry.Registry.load(d, name, dim)
     known = set(zip(reg.members["video_id"], reg.members["person_id"].astype(int)))
     if known != set(zip(rows["video_id"], rows["person_id"].astype(int))):
-        _, _, updated = registry.update_destination(d, settings.people_max_distance, settings.people_max_count,
-                                                    people=people, models=settings.models)
-        reg = updated[name]
+        # behind the manifests: brought up to date in memory for this answer; search never writes the registry
+        # (``framepipe people`` and the backfill do)
+        reg.update(rows, calibration.people_max_distance(settings.people_max_distance, name, dim, settings.models),
+                   settings.people_max_count)
     return reg

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import uuid
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -16,6 +18,10 @@ CONTENT_TYPES = {
     ".parquet": "application/vnd.apache.parquet",
     ".html": "text/html; charset=utf-8",
 }
+
+
+class AlreadyExists(Exception):
+    """:meth:`Destination.create` found the name taken."""
 
 
 class Destination:
@@ -55,6 +61,59 @@ class Destination:
         except (OSError, ClientError, BotoCoreError) as e:
             raise DestinationError(f"cannot write {url}: {e}") from None
         return url
+
+    def create(self, relpath: str, data: bytes) -> str:
+        """Write ``relpath`` whole, only if nothing is there yet (else :class:`AlreadyExists`), atomically: S3's
+        conditional write (``If-None-Match: *``); locally a complete temporary file hard-linked to the name (a link
+        fails when the name exists)."""
+        url = self.url(relpath)
+        try:
+            if self.is_s3:
+                _, key = s3.split_s3_url(url)
+                try:
+                    self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*",
+                                        ContentType=CONTENT_TYPES.get(os.path.splitext(relpath)[1],
+                                                                      "application/octet-stream"))
+                except ClientError as e:
+                    if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                        raise AlreadyExists(url) from None
+                    raise
+                return url
+            os.makedirs(os.path.dirname(url), exist_ok=True)
+            tmp = f"{url}.{uuid.uuid4().hex}.part"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, url)
+                except FileExistsError:
+                    raise AlreadyExists(url) from None
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        except (OSError, ClientError, BotoCoreError) as e:
+            raise DestinationError(f"cannot write {url}: {e}") from None
+        return url
+
+    def delete(self, relpath: str) -> None:
+        """Remove a file (nothing if it is not there)."""
+        url = self.url(relpath)
+        if self.is_s3:
+            _, key = s3.split_s3_url(url)
+            self._s3.delete_object(Bucket=self.bucket, Key=key)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(url)
+
+    def mtime(self, relpath: str) -> float:
+        """When a file was last written (seconds since the epoch)."""
+        url = self.url(relpath)
+        if self.is_s3:
+            _, key = s3.split_s3_url(url)
+            return self._s3.head_object(Bucket=self.bucket, Key=key)["LastModified"].timestamp()
+        return os.stat(url).st_mtime
 
     def read(self, relpath: str) -> bytes:
         url = self.url(relpath)
