@@ -126,7 +126,9 @@ def lookup(pack: str | None, dim: int | None, models: str | None = None) -> Cali
     fallback = _cached(SHIPPED / f"{BY_DIMENSION[512]}.json")
     if fallback is None:  # pragma: no cover - the package ships it
         raise FileNotFoundError(SHIPPED / f"{BY_DIMENSION[512]}.json")
-    log.warning("no calibration for pack %r (%s-d): using %s's; run framepipe calibrate", name, dim, fallback.pack)
+    if dim is not None:
+        log.warning("no calibration for pack %r (%s-d): using %s's; run framepipe calibrate", name, dim,
+                    fallback.pack)
     return fallback
 
 

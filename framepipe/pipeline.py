@@ -266,7 +266,7 @@ def process_many(
         if limit is not None and summary.listed >= limit:
             break
         summary.listed += 1
-        result = process_unless_done(src.source, src.identity, destination, settings, load)
+        result = process_unless_done(src.source, src.identity, destination, settings, load, force=force)
         if result is None:
             summary.skipped += 1
             continue

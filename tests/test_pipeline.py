@@ -80,3 +80,10 @@ def test_extract_over_a_folder_matches_the_backfill_and_skips_what_is_done(tmp_p
 
     again = run_cli("extract", str(src), "--out", str(cli_out), timeout=300)
     assert again.returncode == 0 and '"skipped": 3' in again.stdout, again.stdout + again.stderr
+
+    # --force redoes every input of the folder (the done markers notwithstanding), writing them again
+    before = (cli_out / vid / "result.json").stat().st_mtime_ns
+    forced = run_cli("extract", str(src), "--out", str(cli_out), "--force", timeout=300)
+    summary = json.loads(forced.stdout.strip().splitlines()[-1].split(": ", 1)[1])
+    assert (summary["skipped"], summary["succeeded"], summary["failed"]) == (0, 2, 1), forced.stdout
+    assert (cli_out / vid / "result.json").stat().st_mtime_ns > before

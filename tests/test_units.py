@@ -75,8 +75,33 @@ def test_done_marker_key_follows_results_and_versions(monkeypatch):
     assert ids.done_marker("v-1", "etag=1", s.with_overrides(decode_workers=4, device="cpu")) == key
     assert ids.done_marker("v-1", "etag=1", s.with_overrides(cluster_max_distance=0.4)) != key
     assert ids.done_marker("v-1", "etag=2", s) != key
+    # destination-wide steps and prices change no video's outputs: a backfill must not redo the bucket for them
+    for unchanged in ({"search_min_similarity": 0.3}, {"people_max_distance": 0.7}, {"people_max_count": 9},
+                      {"hourly_price_usd": 2.0}, {"analyze_batch": 16}, {"model_root": "/elsewhere"}):
+        assert ids.done_marker("v-1", "etag=1", s.with_overrides(**unchanged)) == key, unchanged
+    for changed in ({"sample_fps": 2.0}, {"jpeg_quality": 80}, {"min_face_px": 40}, {"representative_count": 5},
+                    {"track_min_quality": 0.4}, {"max_pixels": 1000}):
+        assert ids.done_marker("v-1", "etag=1", s.with_overrides(**changed)) != key, changed
     monkeypatch.setattr(framepipe, "__version__", "99.0.0")
     assert ids.done_marker("v-1", "etag=1", s) != key  # an upgrade redoes everything
+
+
+def test_every_setting_is_on_one_side_of_the_done_marker():
+    """A new setting must be declared as changing a video's outputs or not (ids.RESULT_SETTINGS)."""
+    fields = set(Settings.model_fields)
+    assert ids.RESULT_SETTINGS | ids.NOT_RESULT_SETTINGS == fields, fields ^ (ids.RESULT_SETTINGS | ids.NOT_RESULT_SETTINGS)
+    assert not ids.RESULT_SETTINGS & ids.NOT_RESULT_SETTINGS
+
+
+def test_a_new_calibration_of_the_pack_redoes_its_videos(tmp_path):
+    from framepipe import calibration
+
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    s = Settings(models=str(pack))
+    key = ids.done_marker("v-1", "etag=1", s)
+    (pack / calibration.FILE).write_text(calibration.Calibration("pack", 512, 0.41, 0.3, 0.5).to_json())
+    assert ids.done_marker("v-1", "etag=1", s) != key
 
 
 # ---- clustering -----------------------------------------------------------------------------------
