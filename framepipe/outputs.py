@@ -1,4 +1,13 @@
-"""Writing a video's outputs: the JPEGs, the Parquet manifest rows and, last, ``result.json``.
+"""Writing a video's outputs: the JPEGs, the per-video Parquet files, ``result.json``, then the destination's
+manifest rows.
+
+Crash consistency: ``result.json`` is written after everything in the video's folder, and the manifest rows
+(``manifests/videos``, then ``manifests/people``, what ``framepipe people`` and notebooks read) after
+``result.json``, so a video appears in the destination's datasets only once it is done; a run killed before that
+leaves the previous state of those datasets. ``*.part`` files a killed run left in the video's folder are removed
+before writing. A full disk: room for the failure record is reserved before the frames are written
+(``RESERVE_BYTES`` in ``.reserve.part``) and given back when writing fails, with the half-written file, so the
+failure record fits.
 
 The one output writer of every front door (``framepipe extract``, the Ray backfill, the Serve consumer):
 
@@ -27,6 +36,9 @@ if TYPE_CHECKING:
     from framepipe.framesource import FrameSource
 
 log = logging.getLogger(__name__)
+
+RESERVE = ".reserve.part"  # a .part file: a killed run's reservation is cleaned with its other leftovers
+RESERVE_BYTES = 256 * 1024  # a failure record (result.json, two Parquet files, their manifest copies) fits
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -63,6 +75,10 @@ def write_outputs(
     ``<manifest>/people/<video_id>.parquet`` and ``<manifest>/videos/<video_id>.parquet`` (the destination's
     datasets, read by :mod:`framepipe.manifests`; None for none)."""
     out = dest.child(video_id)
+    out.remove_partials(keep=frozenset({RESERVE}))  # a killed run's leftovers (the manifests' folders: its own only)
+    if manifest and not dest.is_s3:
+        for kind in ("people", "videos"):
+            dest.delete(f"{manifest}/{kind}/{video_id}.parquet.part")
     person_rows = []
     if reduction is not None:
         talent, reps = [], []
@@ -112,10 +128,10 @@ def write_outputs(
     result_url = out.url("result.json")
     video = schema.parquet_bytes(schema.videos_table([schema.video_row(result, result_url, now)]))
     out.write("video.parquet", video)
-    if manifest:
-        dest.write(f"{manifest}/people/{video_id}.parquet", people)
-        dest.write(f"{manifest}/videos/{video_id}.parquet", video)
     out.write("result.json", result.model_dump_json(indent=2).encode())
+    if manifest:  # the destination's datasets: only a video whose result.json is written
+        dest.write(f"{manifest}/videos/{video_id}.parquet", video)
+        dest.write(f"{manifest}/people/{video_id}.parquet", people)
     return result
 
 
@@ -173,16 +189,24 @@ def write_success(
         relaxed_rules=reduction.representatives.relaxed,
         warnings=warnings,
     )
-    return write_outputs(
-        destination,
-        video_id,
-        result,
-        reduction,
-        model_name,
-        settings.jpeg_quality,
-        finalize=lambda r: r.model_copy(update={"processing": processing()}),
-        manifest=manifest,
-    )
+    out = destination.child(video_id)
+    if not destination.is_s3:
+        out.remove_partials()
+        out.write(RESERVE, bytes(RESERVE_BYTES))  # room for the failure record, should the disk fill up
+    try:
+        return write_outputs(
+            destination,
+            video_id,
+            result,
+            reduction,
+            model_name,
+            settings.jpeg_quality,
+            finalize=lambda r: r.model_copy(update={"processing": processing()}),
+            manifest=manifest,
+        )
+    finally:
+        if not destination.is_s3:
+            out.delete(RESERVE)
 
 
 def record_failure(

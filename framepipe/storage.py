@@ -55,12 +55,31 @@ class Destination:
             else:
                 os.makedirs(os.path.dirname(url), exist_ok=True)
                 tmp = f"{url}.part"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, url)  # readers never see half a file
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, url)  # readers never see half a file
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)  # a full disk: give back what the half-written file took
+                    raise
         except (OSError, ClientError, BotoCoreError) as e:
             raise DestinationError(f"cannot write {url}: {e}") from None
         return url
+
+    def remove_partials(self, relpath: str = "", keep: frozenset[str] = frozenset()) -> int:
+        """Delete the ``*.part`` files a killed writer left under ``relpath`` (local only: S3 writes are whole),
+        but those named in ``keep``; returns how many."""
+        if self.is_s3:
+            return 0
+        removed = 0
+        for folder, _, names in os.walk(self.url(relpath)):
+            for name in names:
+                if name.endswith(".part") and name not in keep:
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+        return removed
 
     def create(self, relpath: str, data: bytes) -> str:
         """Write ``relpath`` whole, only if nothing is there yet (else :class:`AlreadyExists`), atomically: S3's
