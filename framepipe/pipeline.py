@@ -24,7 +24,7 @@ from typing import Callable
 from framepipe import ids, outputs, schema, sources
 from framepipe.analyzer import Analyzer, LocalAnalyzer
 from framepipe.config import Settings
-from framepipe.errors import FramepipeError, SourceUnreachable
+from framepipe.errors import CorruptVideo, FramepipeError, NoFrames, NotAVideo, SourceUnreachable
 from framepipe.framesource import Cancel, FrameSource, open_source
 from framepipe.state import VideoState
 from framepipe.storage import Destination
@@ -42,9 +42,18 @@ def internal_error(e: BaseException) -> FramepipeError:
     return FramepipeError.with_code("internal_error", f"{type(e).__name__}: {str(e)[:300]}")
 
 
-def typed_error(e: Exception, what: str) -> FramepipeError:
-    """``e`` as the failure of one video: itself if typed, else an ``internal_error`` (logged with its traceback)."""
+# what a dropped connection looks like to a decoder
+_DAMAGED = frozenset({CorruptVideo.code, NoFrames.code, NotAVideo.code})
+
+
+def typed_error(e: Exception, what: str, source: str | None = None, timeout_s: float = 30.0) -> FramepipeError:
+    """``e`` as the failure of one video: itself if typed, else an ``internal_error`` (logged with its traceback).
+    A network ``source`` whose video looked damaged is checked again: if it does not serve its bytes whole now,
+    the failure is ``source_unreachable`` (retried) rather than a damaged video (final)."""
     if isinstance(e, FramepipeError):
+        if source and e.code in _DAMAGED and sources.is_network(source) and not sources.serves_whole(source,
+                                                                                                     timeout_s):
+            return SourceUnreachable(f"the connection to {source} failed while reading it ({e.code}: {e.message})")
         return e
     log.exception("%s failed", what)
     return internal_error(e)
@@ -85,6 +94,7 @@ def analyse_video(source: str | FrameSource, settings: Settings, analyzer: Analy
 
 
 def run_or_record(
+    source: str,
     build: Callable[[], schema.Result],
     destination: Destination,
     video_id: str,
@@ -100,7 +110,7 @@ def run_or_record(
     try:
         return build()
     except Exception as e:
-        error = typed_error(e, f"processing {video_id}")
+        error = typed_error(e, f"processing {video_id}", source, settings.http_timeout_s)
         if raise_errors:
             raise
         return outputs.record_failure(destination, video_id, meta(), error, failed_processing(), pack, settings)
@@ -151,7 +161,7 @@ def process_video(
                                       fs.backend if fs else None, used["pack"], 0, 0)
 
     try:
-        return run_or_record(build, destination, ids.video_id(source), lambda: outputs.video_meta(source, fs),
+        return run_or_record(source, build, destination, ids.video_id(source), lambda: outputs.video_meta(source, fs),
                              failed_processing, used["pack"], settings, raise_errors)
     finally:
         if fs is not None:

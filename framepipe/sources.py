@@ -59,6 +59,26 @@ def resolve(source: str, timeout_s: float = 30.0, max_bytes: int | None = None, 
     return src
 
 
+def is_network(source: str) -> bool:
+    return source.lower().startswith(("http://", "https://", "s3://"))
+
+
+def serves_whole(source: str, timeout_s: float = 30.0, probe_bytes: int = 1 << 20) -> bool:
+    """Whether a network source serves its bytes right now: resolved again, then its first ``probe_bytes`` (or all
+    of a smaller object) read to the end in one range request. A decoder that met a reset connection, a server
+    gone down or a stalled transfer sees damaged data; this tells those apart from a damaged file."""
+    try:
+        src = resolve(source, timeout_s=timeout_s)
+        want = probe_bytes if not src.size_bytes else min(probe_bytes, src.size_bytes)
+        with requests.get(src.uri, headers={"Range": f"bytes=0-{want - 1}"}, timeout=timeout_s, stream=True) as r:
+            if r.status_code >= 400:
+                return False
+            got = sum(len(chunk) for chunk in r.iter_content(64 * 1024))
+        return got >= want
+    except (SourceNotFound, SourceUnreachable, requests.RequestException, OSError):
+        return False
+
+
 def read_object(source: str, max_bytes: int, timeout_s: float = 30.0) -> bytes:
     """The bytes of a small S3 object (a query photo), refused over ``max_bytes`` before and while reading."""
     resolve(source, timeout_s=timeout_s, max_bytes=max_bytes)

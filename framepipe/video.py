@@ -110,9 +110,18 @@ def _looks_like_video(uri: str, timeout_s: float = 10.0) -> bool:
     return any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES)
 
 
+def _http_options(uri: str, timeout_s: float) -> dict[str, str]:
+    """FFmpeg's HTTP reconnects: a dropped connection is opened again at the offset it stopped at (as a
+    browser resumes a download) instead of handing the demuxer a truncated stream."""
+    if not uri.startswith(("http://", "https://")):
+        return {}
+    return {"reconnect": "1", "reconnect_streamed": "1", "reconnect_on_network_error": "1",
+            "reconnect_delay_max": str(max(1, int(min(timeout_s, 10))))}
+
+
 def _open_container(uri: str, timeout_s: float) -> av.container.InputContainer:
     try:
-        return av.open(uri, mode="r", timeout=(timeout_s, timeout_s))
+        return av.open(uri, mode="r", timeout=(timeout_s, timeout_s), options=_http_options(uri, timeout_s))
     except FileNotFoundError as e:
         raise NotAVideo(f"cannot open {uri!r}: {e.strerror or e}") from None
     except av.error.InvalidDataError:

@@ -144,7 +144,7 @@ def _decode_one(source: str, identity: str, settings: Settings, destination: Des
             summary.representatives = picks.pick() if picks.frames_sampled else None
             summary.warnings = list(fs.warnings)
     except Exception as e:  # one bad input is one failed row, never a failed dataset
-        summary.error = pipeline.typed_error(e, f"decoding {source}").to_dict()
+        summary.error = pipeline.typed_error(e, f"decoding {source}", source, settings.http_timeout_s).to_dict()
     finally:
         if fs is not None:
             fs.close()
@@ -285,8 +285,8 @@ def finish_video(summary: VideoSummary, frames: list, settings_json: str, dest: 
         return outputs.processing_doc(settings, time.time() - summary.started, device, summary.backend, pack, 0, 0)
 
     meta = summary.meta or schema.VideoMeta(source=summary.source)
-    result = pipeline.run_or_record(build, destination, summary.video_id, lambda: meta, processing_failed, pack,
-                                    settings)
+    result = pipeline.run_or_record(summary.source, build, destination, summary.video_id, lambda: meta,
+                                    processing_failed, pack, settings)
     if pipeline.is_final(result):
         pipeline.mark_done(destination, summary.marker)
     return {

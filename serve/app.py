@@ -314,7 +314,7 @@ class VideoWorker:
             def fail():
                 raise err
 
-            return pipeline.run_or_record(fail, self.dest, ids.video_id(job.source),
+            return pipeline.run_or_record(job.source, fail, self.dest, ids.video_id(job.source),
                                           lambda: schema.VideoMeta(source=job.source),
                                           lambda: outputs.processing_doc(settings, 0.0, "cpu", None, None, 0, 0),
                                           None, settings)
