@@ -79,3 +79,15 @@ class DestinationError(FramepipeError):
     """Outputs could not be written to the destination."""
 
     code = "destination_error"
+
+
+class ModelUnavailable(FramepipeError):
+    """The service's model deployment could not be reached (the job fails; the caller may submit it again)."""
+
+    code = "model_unavailable"
+
+
+class WorkerLost(FramepipeError):
+    """The service lost the worker running a job more times than it retries (SIGKILL, a lost node)."""
+
+    code = "worker_lost"

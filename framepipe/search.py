@@ -64,16 +64,21 @@ class Hit:
         return asdict(self)
 
 
+CHIP_SIDE = 640  # a face chip is tried again at most this large (the detector's own input size)
+
+
 def faces_in_image(image: np.ndarray, analyzer: Analyzer) -> list[QueryFace]:
     """Every face of a photo, largest first. A photo that is one tight face crop (a face chip, an avatar) shows no
-    face to a full-frame detector: it is tried again inside a border half its size on each side."""
-    for pad in (0, max(image.shape[:2]) // 2):
-        framed = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT) if pad else image
-        faces = analyzer.analyze([framed])[0]
-        if faces:
-            break
-    found = [QueryFace(f.embedding, [round(float(x) - pad, 1) for x in f.bbox], round(f.quality, 4), 0.0, f.size_px)
-             for f in faces]
+    face to a full-frame detector: it is tried again, shrunk to ``CHIP_SIDE`` at most (a face filling it is still
+    far larger than the recognizer's 112 px), inside a border half its size on each side."""
+    faces, pad, scale = analyzer.analyze([image])[0], 0, 1.0
+    if not faces:
+        scale = min(1.0, CHIP_SIDE / max(image.shape[:2]))
+        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image
+        pad = max(small.shape[:2]) // 2
+        faces = analyzer.analyze([cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_CONSTANT)])[0]
+    found = [QueryFace(f.embedding, [round((float(x) - pad) / scale, 1) for x in f.bbox], round(f.quality, 4), 0.0,
+                       f.size_px / scale) for f in faces]
     return sorted(found, key=lambda q: -q.size_px)
 
 

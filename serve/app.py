@@ -36,12 +36,13 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from ray import serve
+from ray.exceptions import RayError
 from ray.serve.task_consumer import instantiate_adapter_from_config, task_consumer, task_handler
 
 from framepipe import ids, outputs, pipeline, schema, sources
 from framepipe import search as find
 from framepipe.config import Settings
-from framepipe.errors import FramepipeError, InputTooLarge, SourceNotFound
+from framepipe.errors import FramepipeError, InputTooLarge, ModelUnavailable, SourceNotFound, WorkerLost
 from framepipe.faces import load_face_model
 from framepipe.framesource import Cancel
 from framepipe.storage import Destination
@@ -53,6 +54,7 @@ log = logging.getLogger("framepipe.serve")
 BUCKET_RE = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"  # plus the rules in VideoRequest._one_source
 URL_RE = r"^https?://[!-~]+$"  # printable ASCII, no space, tab or control character
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+MODEL_RETRIES, MODEL_WAIT_S = 6, 10.0  # a job whose model deployment is down waits up to a minute for it
 QUEUE = jobs.QueueSettings()
 TASKS = jobs.task_processor_config(QUEUE)  # the task consumer's decorator needs it at import
 
@@ -79,6 +81,10 @@ class ServeSettings(BaseSettings):
     max_body_bytes: int = Field(65536, ge=1024, description="Larger request bodies are refused (413) unread.")
     search_max_bytes: int = Field(10 * 1024**2, ge=1024, description="POST /v1/search: larger images (uploaded or "
                                   "in S3) are refused (413), uploads unread.")
+    search_max_side: int = Field(2560, ge=256, description="POST /v1/search: an image is decoded to at most this "
+                                 "many pixels on its longer side (JPEGs at a reduced scale straight away).")
+    search_concurrency: int = Field(2, ge=1, description="POST /v1/search requests read, decoded and analysed at "
+                                    "once per ingress replica; the others wait, their bodies unread (bounds memory).")
     webhook_max_attempts: int = Field(5, ge=1, le=20)
     webhook_backoff_s: float = Field(1.0, ge=0)
     webhook_timeout_s: float = Field(10.0, gt=0)
@@ -175,28 +181,32 @@ class SearchRequest(BaseModel):
 IMAGE_TYPES = {"image/jpeg": (b"\xff\xd8\xff",), "image/png": (b"\x89PNG\r\n\x1a\n",), "image/webp": (b"RIFF",)}
 
 
-def decode_image(data: bytes, max_pixels: int):
-    """BGR pixels of an uploaded JPEG, PNG or WebP (EXIF orientation applied), or ValueError. The size is read
-    from the header first: a small file that would decode to a huge picture is refused undecoded."""
+def decode_image(data: bytes, max_pixels: int, max_side: int = 2560):
+    """BGR pixels of an uploaded JPEG, PNG or WebP (EXIF orientation applied), at most ``max_side`` pixels on the
+    longer side, or ValueError. The size is read from the header first: a small file that would decode to a huge
+    picture is refused undecoded; a JPEG is decoded straight at a reduced scale (libjpeg's DCT scaling)."""
     import io
 
-    import cv2
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if not any(data.startswith(m) for magics in IMAGE_TYPES.values() for m in magics):
         raise ValueError("not a JPEG, PNG or WebP image")
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
+            if width * height > max_pixels:
+                raise ValueError(f"image of {width}x{height} pixels is over the limit")
+            im.draft("RGB", (max_side, max_side))  # JPEG: decoded at 1/2, 1/4 or 1/8 scale when that is enough
+            im.thumbnail((max_side, max_side))  # others: decoded once, reduced in place
+            image = ImageOps.exif_transpose(im)  # on the small picture
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+    except ValueError:
+        raise
     except Exception:
         raise ValueError("not a readable image") from None
-    if width * height > max_pixels:
-        raise ValueError(f"image of {width}x{height} pixels is over the limit")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError("not a readable image")
-    return image
+    return np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
 
 
 class Accepted(BaseModel):
@@ -260,8 +270,11 @@ class HandleAnalyzer:
         self.handle, self.device, self.pack, self.batch_size = handle, info["device"], info["pack"], batch_size
 
     def analyze(self, images):
-        responses = [self.handle.analyze.remote(image) for image in images]
-        return [r.result() for r in responses]
+        try:
+            responses = [self.handle.analyze.remote(image) for image in images]
+            return [r.result() for r in responses]
+        except RayError as e:  # the model replica died or restarts: the job is run again once it is back
+            raise ModelUnavailable(f"the model deployment failed: {type(e).__name__}") from None
 
 
 @serve.deployment(max_ongoing_requests=2, ray_actor_options={"num_cpus": 0.5})
@@ -275,31 +288,48 @@ class VideoWorker:
         self.model = model
         self.dest = Destination(self.cfg.output, timeout_s=self.settings.http_timeout_s)
         self.store = jobs.open_store(QUEUE)
+        self.owner = f"worker-{uuid.uuid4().hex[:12]}"  # this replica process: the holder of its jobs' leases
+        self.active: set[str] = set()
+        threading.Thread(target=self._heartbeat, name="leases", daemon=True).start()
 
     def ready(self) -> bool:
         return True
 
+    def _heartbeat(self) -> None:
+        """Renew the leases of the jobs this replica runs, four times a lease: while it lives, nobody takes them."""
+        while True:
+            time.sleep(QUEUE.lease_s / 4)
+            try:
+                if self.active:
+                    self.store.renew(self.owner, sorted(self.active), QUEUE.lease_s)
+            except Exception:  # the store unreachable for a moment: the next beat tries again
+                log.exception("renewing leases")
+
     @task_handler(name=jobs.TASK)
     def process_job(self, job_id: str) -> str:
-        """Run one job to its end. Delivered again after a worker died: a finished job only gets its webhook (if
-        that had not gone out), an unfinished one runs again and writes the same outputs."""
-        job = self.store.get(job_id)
+        """Run one job to its end, under a lease (``serve/jobs.py``). Delivered again after a worker died: a
+        finished job only gets its webhook (if that had not gone out), an unfinished one runs again and writes the
+        same outputs; a job another live worker holds is left to it."""
+        job = self.store.claim(job_id, self.owner, QUEUE.lease_s)
         if job is None:
-            log.error("job %s is not in the store", job_id)
-            return "unknown"
+            if self.store.get(job_id) is None:
+                log.error("job %s is not in the store", job_id)
+                return "unknown"
+            return "taken"  # a duplicate delivery while its worker lives
         if job.status not in ("succeeded", "failed"):
-            job.status, job.position, job.attempts = "running", None, job.attempts + 1
-            self.store.save(job)
-            result = self._run(job)
-            job.result, job.status = self._presigned(result), result.status
-            self.store.save(job)
-        hook = job.request.get("webhook_url")
-        if hook and not (job.webhook or {}).get("delivered"):
-            d = webhook.deliver(hook, jobs.result_payload(job), self.cfg.secrets, job.job_id,
-                                self.cfg.webhook_max_attempts, self.cfg.webhook_backoff_s, self.cfg.webhook_timeout_s)
-            job.webhook = {"delivered": d.delivered, "attempts": d.attempts, "status": d.status, "error": d.error,
-                           "log": d.log}
-            self.store.save(job)
+            self.active.add(job_id)
+            try:
+                result = self._run(job)
+                for _ in range(MODEL_RETRIES):  # a model replica restarting (killed, its node lost): wait, run again
+                    if not (result.error and result.error.type == ModelUnavailable.code):
+                        break
+                    time.sleep(MODEL_WAIT_S)
+                    result = self._run(job)
+                job.result, job.status = self._presigned(result), result.status
+                self.store.save(job)
+            finally:
+                self.active.discard(job_id)
+        deliver_webhook(job, self.cfg, self.store)
         return job.status
 
     def _run(self, job: JobStatus) -> schema.Result:
@@ -309,15 +339,7 @@ class VideoWorker:
         try:
             analyzer = HandleAnalyzer(self.model, self.model.info.remote().result(), settings.analyze_batch)
         except Exception as e:  # the model deployment is down: the job fails, retryable by the caller
-            err = FramepipeError.with_code("model_unavailable", type(e).__name__)
-
-            def fail():
-                raise err
-
-            return pipeline.run_or_record(job.source, fail, self.dest, ids.video_id(job.source),
-                                          lambda: schema.VideoMeta(source=job.source),
-                                          lambda: outputs.processing_doc(settings, 0.0, "cpu", None, None, 0, 0),
-                                          None, settings)
+            return record_failure(self.dest, job, ModelUnavailable(type(e).__name__), settings)
         cancel = Cancel()
         timer = threading.Timer(self.cfg.job_timeout_s, cancel.stop, ("timeout", f"over {self.cfg.job_timeout_s:.0f} s"))
         timer.daemon = True
@@ -337,6 +359,24 @@ class VideoWorker:
         return result.model_copy(update={"talent_frames": talent, "representative_frames": reps})
 
 
+def record_failure(dest: Destination, job: JobStatus, error: FramepipeError, settings: Settings) -> schema.Result:
+    """The failed result of a job that never reached the pipeline (or whose worker was lost), written as the
+    pipeline writes a failure (result.json, the manifest row)."""
+    return outputs.record_failure(dest, ids.video_id(job.source), schema.VideoMeta(source=job.source), error,
+                                  outputs.processing_doc(settings, 0.0, "cpu", None, None, 0, 0), None, settings)
+
+
+def deliver_webhook(job: JobStatus, cfg: ServeSettings, store: jobs.JobStore) -> None:
+    """The job's webhook, if it asked for one and it has not gone out yet; the delivery log kept with the job."""
+    hook = job.request.get("webhook_url")
+    if hook and not (job.webhook or {}).get("delivered"):
+        d = webhook.deliver(hook, jobs.result_payload(job), cfg.secrets, job.job_id, cfg.webhook_max_attempts,
+                            cfg.webhook_backoff_s, cfg.webhook_timeout_s)
+        job.webhook = {"delivered": d.delivered, "attempts": d.attempts, "status": d.status, "error": d.error,
+                       "log": d.log}
+        store.save(job)
+
+
 def _accepted(job: JobStatus) -> Accepted:
     return Accepted(job_id=job.job_id, status=job.status, status_url=f"/v1/videos/{job.job_id}")
 
@@ -352,6 +392,28 @@ class VideoIngress:
         self.store = jobs.open_store(QUEUE)
         self.broker = instantiate_adapter_from_config(TASKS)
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="ingress")  # its own: never starved by other work
+        self.search_slots = asyncio.Semaphore(self.cfg.search_concurrency)
+        threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True).start()
+
+    def _sweep_forever(self) -> None:
+        """Jobs whose worker died (their lease lapsed) go back on the broker, or fail ``worker_lost`` with their
+        webhook once they have lost ``max_attempts`` workers. Also what a restart of ``serve run`` finds running."""
+        while True:
+            time.sleep(QUEUE.sweep_s)
+            try:
+                jobs.sweep(self.store, QUEUE.max_attempts, self._enqueue, self._lost)
+            except Exception:
+                log.exception("sweeping lapsed leases")
+
+    def _enqueue(self, job_id: str) -> None:
+        self.broker.enqueue_task_sync(jobs.TASK, args=[job_id], task_id=uuid.uuid4().hex)
+
+    def _lost(self, job: JobStatus) -> None:
+        settings = self.settings.with_overrides(**(job.request.get("settings") or {}))
+        error = WorkerLost(f"the worker running this job stopped {job.attempts} times (SIGKILL, a lost node)")
+        job.result = record_failure(self.dest, job, error, settings)
+        self.store.save(job)
+        self.pool.submit(deliver_webhook, job, self.cfg, self.store)
 
     async def _blocking(self, fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
@@ -416,6 +478,12 @@ class VideoIngress:
         """Where the person of a photo appears: each face of the photo (largest first), and the destination's
         people most like the chosen one (``framepipe search``'s ranking), best first."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json" and ctype not in IMAGE_TYPES:
+            raise HTTPException(415, "send application/json (bucket, key) or the image (image/jpeg, png, webp)")
+        async with self.search_slots:  # a few at once: bodies, pixels and faces of the others wait unread
+            return await self._search(request, ctype, top, face)
+
+    async def _search(self, request: Request, ctype: str, top: int, face: int | None):
         cap = self.cfg.search_max_bytes
         if ctype == "application/json":
             try:
@@ -424,17 +492,19 @@ class VideoIngress:
                 return JSONResponse({"detail": _error_list(e.errors())}, 422)
             data = await self._source_call(sources.read_object, f"s3://{body.bucket}/{body.key}", cap,
                                            self.settings.http_timeout_s)
-        elif ctype in IMAGE_TYPES:
-            data = await request.body()  # its size was checked before it was read
         else:
-            raise HTTPException(415, "send application/json (bucket, key) or the image (image/jpeg, png, webp)")
+            data = await request.body()  # its size was checked before it was read
         try:
-            image = decode_image(data, self.settings.max_pixels)
+            image = await self._blocking(decode_image, data, self.settings.max_pixels, self.cfg.search_max_side)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
-        info = await self.model.info.remote()
-        analyzer = HandleAnalyzer(self.model, info, 1)
-        faces = await self._blocking(find.faces_in_image, image, analyzer)
+        del data
+        try:
+            info = await self.model.info.remote()
+            faces = await self._blocking(find.faces_in_image, image, HandleAnalyzer(self.model, info, 1))
+        except (ModelUnavailable, RayError) as e:
+            raise HTTPException(503, "the model deployment is restarting: retry", headers={"Retry-After": "10"}) \
+                from e
         try:
             chosen = find.pick(faces, face)
             hits = await self._blocking(find.find, self.dest, chosen.embedding, info["pack"], self.settings, top)

@@ -3,12 +3,15 @@ and a real S3-compatible server (moto) on 127.0.0.1."""
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,19 +19,46 @@ import av
 import cv2
 import numpy as np
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FRAMEPIPE_SHARED", ROOT.parent / "shared"))
 MEDIA = SHARED / "media"
 PACK = Path(os.environ.get("FRAMEPIPE_TEST_MODELS", SHARED / "models" / "buffalo_s_dq"))
-GROUND_TRUTH = json.loads((MEDIA / "ground_truth.json").read_text())
+HAVE_SHARED = (MEDIA / "ground_truth.json").exists() and PACK.exists()
+GROUND_TRUTH = json.loads((MEDIA / "ground_truth.json").read_text()) if HAVE_SHARED else {}
 VIDEOS = {k: v for k, v in GROUND_TRUTH.items() if k.startswith("videos/")}
 
+# Test layers (markers, given by module below): the fast layer needs neither the models nor ../shared and runs in
+# seconds (``pytest -m "not models and not slow"``); CI runs everything.
+NO_MODELS = {"test_units", "test_job_leases", "test_registry_writers", "test_fake_pipeline"}
+LAYERS = {
+    "ray": {"test_backfill", "test_cluster", "test_pipeline"},
+    "serve": {"test_serve", "test_serve_embedded"},
+    "browser": {"test_report"},
+    "slow": {"test_people_multishot", "test_serve", "test_serve_embedded", "test_cluster", "test_backfill",
+             "test_registry_writers"},
+}
+# without ../shared the modules that read it at import are not collected (the fast layer still runs)
+collect_ignore = [] if HAVE_SHARED else [f"{m}.py" for m in (
+    "test_backfill", "test_bad_input", "test_cluster", "test_people", "test_people_index", "test_frames",
+    "test_people_multishot")]
 
-def pytest_sessionstart(session):
-    missing = [p for p in (MEDIA / "ground_truth.json", PACK) if not p.exists()]
-    if missing:
-        raise pytest.UsageError(f"test data missing: {missing} (expected ../shared beside the checkout)")
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module not in NO_MODELS:
+            item.add_marker(pytest.mark.models)
+        for layer, modules in LAYERS.items():
+            if module in modules:
+                item.add_marker(getattr(pytest.mark, layer))
+
+
+def pytest_runtest_setup(item):
+    if "models" in item.keywords and not HAVE_SHARED:
+        pytest.fail(f"test data missing: {MEDIA / 'ground_truth.json'} or {PACK} (expected ../shared beside the "
+                    "checkout; `pytest -m 'not models'` runs the tests that need neither)")
 
 
 @pytest.fixture(scope="session")
@@ -292,3 +322,118 @@ def library(settings, model, tmp_path_factory):
     results["broken"] = pipeline.extract(str(broken), str(dest), settings, model=model)
     assert results["broken"].status == "failed"
     return {"dest": dest, "results": results}
+
+
+# --------------------------------------------------------------------------------------------------
+# a Standard Webhooks receiver (the Serve tests)
+# --------------------------------------------------------------------------------------------------
+
+SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """Collects webhook deliveries; POST /flaky answers 500 twice per webhook-id, then 200."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), ReceiverHandler)
+        self.deliveries: list[dict] = []
+        self.failures: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def unique(self) -> dict[str, dict]:
+        """The accepted deliveries, one per webhook-id (duplicates dropped, as a receiver must)."""
+        with self.lock:
+            return {d["key"]: d for d in self.deliveries if d["code"] == 200}
+
+    def wait_for(self, job_id: str, timeout: float = 300, count: int = 1) -> list[dict]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                got = [d for d in self.deliveries if d["key"] == job_id]
+            if len(got) >= count and any(d["code"] == 200 for d in got):
+                return got
+            time.sleep(0.5)
+        raise AssertionError(f"no webhook for {job_id}")
+
+
+class ReceiverHandler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        key = self.headers.get("webhook-id", "")
+        try:
+            Webhook(SECRET).verify(body, dict(self.headers))
+            ok = True
+        except WebhookVerificationError:
+            ok = False
+        code = 200 if ok else 401
+        if self.path == "/hang":
+            time.sleep(5)  # a slow receiver
+        with self.server.lock:
+            if self.path == "/flaky" and self.server.failures.get(key, 0) < 2:
+                self.server.failures[key] = self.server.failures.get(key, 0) + 1
+                code = 500
+            self.server.deliveries.append({"key": key, "path": self.path, "verified": ok, "code": code,
+                                           "payload": json.loads(body)})
+        self.send_response(code)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    """A webhook receiver on 127.0.0.1 that verifies each delivery with SECRET (the standardwebhooks package)."""
+    server = Receiver()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+# --------------------------------------------------------------------------------------------------
+# an HTTP source of the tests' own: one file, byte ranges, and a hook for how a response's body goes out
+# --------------------------------------------------------------------------------------------------
+
+
+class FileServer(http.server.ThreadingHTTPServer):
+    """Serves ``data`` at any path on 127.0.0.1, with byte ranges; subclasses change :meth:`send_body`."""
+
+    def __init__(self, data: bytes):
+        super().__init__(("127.0.0.1", 0), FileHandler)
+        self.data = data
+
+    def send_body(self, handler: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+        handler.wfile.write(body)
+
+    def start(self) -> "FileServer":
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class FileHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        data, rng = self.server.data, self.headers.get("Range", "")
+        start, end = 0, len(data) - 1
+        if rng.startswith("bytes="):
+            lo, hi = rng[6:].split("-")
+            start, end = int(lo), int(hi) if hi else len(data) - 1
+        body = data[start:end + 1]
+        self.send_response(206 if rng else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        if rng:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.end_headers()
+        try:
+            self.server.send_body(self, body)
+        except OSError:  # the reader went away (a job stopped, a replica killed)
+            pass

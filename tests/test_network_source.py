@@ -4,60 +4,39 @@ test's own on 127.0.0.1 that resets connections (TCP RST) after a number of byte
 
 from __future__ import annotations
 
-import http.server
 import socket
 import struct
-import threading
 
 import pytest
 
-from conftest import MEDIA, free_port
+from conftest import MEDIA, FileServer
 
 VIDEO = MEDIA / "videos/tears_of_steel_10s.mp4"
 
 
-class Resetting(http.server.ThreadingHTTPServer):
-    """Range-capable; any response longer than ``reset_after`` bytes is cut there with a TCP reset. ``die``: after
-    the first reset the server stops accepting connections."""
+class Resetting(FileServer):
+    """Any response longer than ``reset_after`` bytes is cut there with a TCP reset. ``die``: after the first reset
+    the server stops accepting connections."""
 
     def __init__(self, data: bytes, reset_after: int, die: bool = False):
-        self.data, self.reset_after, self.die, self.resets = data, reset_after, die, 0
-        super().__init__(("127.0.0.1", free_port()), Handler)
+        super().__init__(data)
+        self.reset_after, self.die, self.resets = reset_after, die, 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/clip.mp4"
 
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        data, rng = self.server.data, self.headers.get("Range", "")
-        start, end = 0, len(data) - 1
-        if rng.startswith("bytes="):
-            a, b = rng[6:].split("-")
-            start, end = int(a), int(b) if b else len(data) - 1
-        body = data[start:end + 1]
-        self.send_response(206 if rng else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        if rng:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-        self.end_headers()
-        if len(body) <= self.server.reset_after:
-            self.wfile.write(body)
+    def send_body(self, handler, body: bytes) -> None:
+        if len(body) <= self.reset_after:
+            handler.wfile.write(body)
             return
-        self.wfile.write(body[: self.server.reset_after])
-        self.wfile.flush()
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
-        self.server.resets += 1
-        if self.server.die:
-            self.server.socket.close()  # nobody answers any more
-        self.connection.close()
+        handler.wfile.write(body[: self.reset_after])
+        handler.wfile.flush()
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+        self.resets += 1
+        if self.die:
+            self.socket.close()  # nobody answers any more
+        handler.connection.close()
 
 
 @pytest.fixture()
@@ -65,15 +44,12 @@ def serve():
     servers = []
 
     def start(reset_after: int, die: bool = False) -> Resetting:
-        srv = Resetting(VIDEO.read_bytes(), reset_after, die)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-        return srv
+        servers.append(Resetting(VIDEO.read_bytes(), reset_after, die).start())
+        return servers[-1]
 
     yield start
     for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+        srv.stop()
 
 
 def test_a_connection_reset_mid_stream_is_read_again_from_where_it_stopped(serve, settings, model, tmp_path):

@@ -1,0 +1,99 @@
+"""The per-video pipeline with a FakeAnalyzer: fixed faces and embeddings through the real sampling, shots, people
+step and output writer (``pipeline.process_video``, what the CLI and Serve run), with neither the models nor
+``../shared``: a video the test encodes, red for 6 s then blue for 6 s (a cut), person A on screen throughout and
+person B in the blue shot only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import encode_frames
+
+
+class FakeAnalyzer:
+    """The :class:`framepipe.analyzer.Analyzer` protocol: faces chosen by the frame's colour."""
+
+    device, pack, batch_size = "cpu", "fake", 4
+
+    def __init__(self, fail_after: int | None = None):
+        self.calls, self.fail_after = 0, fail_after
+
+    def analyze(self, images):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("the fake model broke")
+        out = []
+        for image in images:
+            blue = image[..., 0].mean() > image[..., 2].mean()
+            faces = [self._face(0, x=20)] + ([self._face(1, x=200)] if blue else [])
+            out.append(faces)
+        return out
+
+    @staticmethod
+    def _face(who: int, x: int):
+        from framepipe.faces import Face
+
+        emb = np.zeros(512, np.float32)
+        emb[who] = 1.0
+        kps = np.array([[x + 30, 40], [x + 70, 40], [x + 50, 60], [x + 35, 80], [x + 65, 80]], np.float32)
+        return Face(bbox=np.array([x, 10, x + 100, 110], np.float32), kps=kps, det_score=0.9, quality=0.8,
+                    embedding=emb)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    frames = [np.full((240, 320, 3), (0, 0, 200) if i < 60 else (200, 0, 0), np.uint8) for i in range(120)]
+    return encode_frames(tmp_path_factory.mktemp("fake") / "two_shots.mp4", frames, fps=10)
+
+
+def test_fixed_faces_become_two_people_with_shots_and_appearances(clip, tmp_path):
+    from framepipe import pipeline
+    from framepipe.config import Settings
+
+    result = pipeline.process_video(str(clip), str(tmp_path), Settings(models="fake"), FakeAnalyzer())
+    assert result.status == "succeeded", result.error
+    assert [len(t.seen_s) > 0 for t in result.talent_frames] == [True, True]
+    a, b = result.talent_frames
+    assert a.first_seen_s < 1.0 and a.last_seen_s > 11.0 and 6.0 <= b.first_seen_s  # A throughout, B when blue
+    assert len(result.shots) == 2 and 5.5 <= result.shots[1].start_s <= 6.5  # the cut, within half a sample
+    assert len(a.time_ranges) == 2 and len(b.time_ranges) == 1  # A's appearance breaks at the cut
+    assert a.time_ranges[0].start_s == result.shots[0].start_s and b.time_ranges[-1].end_s == result.shots[1].end_s
+    assert result.processing.faces_unlisted == 0 and len(result.representative_frames) == 10
+    written = json.loads((tmp_path / result.video_id / "result.json").read_text())
+    assert written["shots"] == [s.model_dump() for s in result.shots]
+    people = pq.read_table(tmp_path / "manifests" / "people" / f"{result.video_id}.parquet").to_pylist()
+    assert [len(p["time_ranges"]) for p in people] == [2, 1]
+    assert people[0]["embedding_model"] == "fake" and len(people[0]["embedding"]) == 512
+
+
+def test_a_failing_analyzer_is_one_failed_video_with_its_record(clip, tmp_path):
+    from framepipe import pipeline
+    from framepipe.config import Settings
+
+    result = pipeline.process_video(str(clip), str(tmp_path), Settings(models="fake"), FakeAnalyzer(fail_after=1))
+    assert result.status == "failed" and result.error.type == "internal_error", result.error
+    assert "the fake model broke" in result.error.message
+    assert json.loads((tmp_path / result.video_id / "result.json").read_text())["status"] == "failed"
+    assert not (tmp_path / result.video_id / "talent").exists()
+    assert not pipeline.is_final(result)  # a bug of ours: the next run tries again
+
+
+def test_a_cancelled_video_writes_only_its_failed_record(clip, tmp_path):
+    from framepipe import pipeline
+    from framepipe.config import Settings
+    from framepipe.framesource import Cancel
+
+    cancel = Cancel()
+
+    def progress(done, planned):
+        if done >= 4:
+            cancel.stop("timeout", "over 1 s")
+
+    result = pipeline.process_video(str(clip), str(tmp_path), Settings(models="fake"), FakeAnalyzer(), progress,
+                                    cancel)
+    assert result.status == "failed" and (result.error.type, result.error.message) == ("timeout", "over 1 s")
+    assert not (tmp_path / result.video_id / "representative").exists()

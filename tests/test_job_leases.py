@@ -1,0 +1,92 @@
+"""The job store's leases (serve/jobs.py), on both stores: the embedded SQLite one and a real Redis. A job is taken
+by one live worker at a time, renewed while it works, taken back when its worker dies (queued again, or failed past
+its attempts), and a sweep acts on each lapsed job once however many sweepers run."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    from serve import jobs
+
+    if request.param == "sqlite":
+        return jobs.SqliteStore(str(tmp_path / "jobs.sqlite"))
+    url = request.getfixturevalue("redis_server")
+    s = jobs.RedisStore(url, prefix=f"test:{time.time_ns()}:")
+    return s
+
+
+def _job(store, n: int = 0):
+    from serve.jobs import JobStatus
+
+    job = JobStatus(job_id=f"{n:032x}", status="queued", source="s3://b/k.mp4", submitted_at=time.time())
+    store.create(job, None)
+    return job.job_id
+
+
+def test_one_live_worker_holds_a_job(store):
+    job_id = _job(store)
+    assert store.position(job_id) == 1
+    a = store.claim(job_id, "worker-a", lease_s=30)
+    assert a.status == "running" and a.attempts == 1 and store.position(job_id) is None
+    assert store.claim(job_id, "worker-b", lease_s=30) is None  # a duplicate delivery while a lives
+    assert store.claim(job_id, "worker-a", lease_s=30).attempts == 2  # the holder may take it again
+    assert store.lapsed(time.time()) == []
+    assert store.reclaim(job_id, time.time(), max_attempts=3) is None  # live: nobody takes it back
+
+
+def test_a_renewed_lease_never_lapses_and_a_dead_workers_does(store):
+    job_id = _job(store)
+    store.claim(job_id, "worker-a", lease_s=2)
+    for _ in range(3):  # the heartbeat, for longer than one lease
+        time.sleep(0.8)
+        store.renew("worker-a", [job_id], lease_s=2)
+        assert store.lapsed(time.time()) == []
+    store.renew("worker-b", [job_id], lease_s=100)  # someone else's renewal changes nothing
+    assert job_id in store.lapsed(time.time() + 2.5)
+    back = store.reclaim(job_id, time.time() + 2.5, max_attempts=3)
+    assert back.status == "queued" and store.position(job_id) == 1 and store.lapsed(time.time() + 10) == []
+    assert store.claim(job_id, "worker-b", lease_s=30).attempts == 2
+
+
+def test_past_its_attempts_a_job_fails_and_a_finished_job_holds_no_lease(store):
+    job_id = _job(store)
+    for attempt in range(1, 4):
+        assert store.claim(job_id, f"worker-{attempt}", lease_s=0.01).attempts == attempt
+        time.sleep(0.05)
+        back = store.reclaim(job_id, time.time(), max_attempts=3)
+    assert back.status == "failed" and back.attempts == 3
+    other = _job(store, 1)
+    job = store.claim(other, "worker-a", lease_s=0.01)
+    job.status = "succeeded"
+    store.save(job)
+    time.sleep(0.05)
+    assert store.lapsed(time.time()) == [] and store.claim(other, "worker-b", 30).status == "succeeded"
+
+
+def test_concurrent_sweepers_take_each_lapsed_job_back_once(store):
+    from serve import jobs
+
+    ids = [_job(store, n) for n in range(6)]
+    for job_id in ids:
+        store.claim(job_id, "dead-worker", lease_s=0.01)
+    time.sleep(0.05)
+    enqueued, lost = [], []
+    lock = threading.Lock()
+
+    def sweeper():
+        n = jobs.sweep(store, 3, lambda j: (lock.acquire(), enqueued.append(j), lock.release()), lost.append)
+        assert n >= 0
+
+    threads = [threading.Thread(target=sweeper) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(enqueued) == sorted(ids) and not lost  # each once, whichever sweeper got it
+    assert store.queued() == 6
