@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(outputs.result_json(result))
         if result.status != "succeeded":
-            print(f"framepipe: failed: {result.error.type}: {result.error.message}", file=sys.stderr)
+            print(f"framepipe: failed: {result.error}", file=sys.stderr)
             return EXIT_FAILED
         print(_summary(result), file=sys.stderr if args.json else sys.stdout)
         return EXIT_OK
@@ -174,13 +174,13 @@ def _extract_many(args, settings) -> int:
 
         def one(result) -> None:
             what = (f"{len(result.talent_frames)} people" if result.status == "succeeded"
-                    else f"failed: {result.error.type}: {result.error.message}")
+                    else f"failed: {result.error}")
             print(f"{result.video_id}: {what} ({result.processing.duration_s:.1f} s)", flush=True)
 
         summary = pipeline.process_many(args.source, args.out, settings, analyzer, force=args.force,
                                         limit=args.limit, images=args.images, on_result=one)
     except FramepipeError as e:
-        print(f"framepipe: failed: {e.code}: {e.message}", file=sys.stderr)
+        print(f"framepipe: failed: {e.line}", file=sys.stderr)
         return EXIT_FAILED
     print("extract summary: " + json.dumps(summary.as_dict()), flush=True)
     if summary.skipped:
@@ -211,7 +211,7 @@ def _search(args) -> int:
         face = search.pick(faces, args.face)
         hits = search.find(args.dest, face.embedding, analyzer.pack, settings, args.top)
     except FramepipeError as e:
-        print(f"framepipe: failed: {e.code}: {e.message}", file=sys.stderr)
+        print(f"framepipe: failed: {e.line}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         floor = search.floor_for(settings, analyzer.pack, len(face.embedding))
@@ -249,7 +249,7 @@ def _calibrate(args) -> int:
                                                    if not os.path.isdir(folder[0]) else folder[0]) / calibration.FILE
         cal, missed = calibration.measure(args.photos, analyzer, analyzer.pack)
     except FramepipeError as e:
-        print(f"framepipe: failed: {e.code}: {e.message}", file=sys.stderr)
+        print(f"framepipe: failed: {e.line}", file=sys.stderr)
         return EXIT_FAILED
     except ValueError as e:
         print(f"framepipe: cannot calibrate on {args.photos}: {e}", file=sys.stderr)
@@ -330,7 +330,7 @@ def _destination_command(args) -> int:
             print(f"report: {report.write(d)}")
         return EXIT_OK
     except FramepipeError as e:
-        print(f"framepipe: failed: {e.code}: {e.message}", file=sys.stderr)
+        print(f"framepipe: failed: {e.line}", file=sys.stderr)
         return EXIT_FAILED
     except (ClientError, BotoCoreError, OSError) as e:
         print(f"framepipe: cannot read or write {args.dest}: {e}", file=sys.stderr)

@@ -27,7 +27,7 @@ import numpy as np
 
 from framepipe import ids, sources
 from framepipe.config import Settings
-from framepipe.errors import FramepipeError
+from framepipe.errors import ErrorCode, FramepipeError
 from framepipe.prefetch import prefetch
 from framepipe.selection import FrameMeasure, measure
 from framepipe.video import VideoInfo, VideoStream, open_video, sample_times
@@ -38,7 +38,7 @@ MIN_PER_PART = 30  # sample times per parallel part: shorter videos are read by 
 class Cancelled(FramepipeError):
     """The caller stopped the work (a job timeout, a shutdown)."""
 
-    code = "cancelled"
+    code = ErrorCode.CANCELLED
 
 
 class Cancel(threading.Event):

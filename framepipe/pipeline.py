@@ -24,7 +24,8 @@ from typing import Callable
 from framepipe import ids, outputs, schema, sources
 from framepipe.analyzer import Analyzer, LocalAnalyzer
 from framepipe.config import Settings
-from framepipe.errors import CorruptVideo, FramepipeError, NoFrames, NotAVideo, SourceUnreachable
+from framepipe import errors
+from framepipe.errors import CorruptVideo, ErrorCode, FramepipeError, NoFrames, NotAVideo, SourceUnreachable
 from framepipe.framesource import Cancel, FrameSource, open_source
 from framepipe.state import VideoState
 from framepipe.storage import Destination
@@ -33,13 +34,12 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (frames done, frames planned)
 
-# Failures worth retrying on a later run; the others are properties of the input and are final (marked done).
-TRANSIENT = frozenset({SourceUnreachable.code, "destination_error", "model_not_found", "internal_error", "cancelled"})
+TRANSIENT = errors.TRANSIENT  # failures a later run retries (framepipe/errors.py)
 
 
 def internal_error(e: BaseException) -> FramepipeError:
     """A bug of ours (or an unexpected library error) as a failure of one video, never of a whole run."""
-    return FramepipeError.with_code("internal_error", f"{type(e).__name__}: {str(e)[:300]}")
+    return FramepipeError.with_code(ErrorCode.INTERNAL_ERROR, f"{type(e).__name__}: {str(e)[:300]}")
 
 
 # what a dropped connection looks like to a decoder
@@ -53,7 +53,7 @@ def typed_error(e: Exception, what: str, source: str | None = None, timeout_s: f
     if isinstance(e, FramepipeError):
         if source and e.code in _DAMAGED and sources.is_network(source) and not sources.serves_whole(source,
                                                                                                      timeout_s):
-            return SourceUnreachable(f"the connection to {source} failed while reading it ({e.code}: {e.message})")
+            return SourceUnreachable(f"the connection to {source} failed while reading it ({e.line})")
         return e
     log.exception("%s failed", what)
     return internal_error(e)
@@ -240,7 +240,7 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)
 
     def count(self, result: schema.Result) -> None:
-        error = f"{result.error.type}: {result.error.message}" if result.error else ""
+        error = str(result.error) if result.error else ""
         self.add(result.video.source, result.status, len(result.talent_frames), error)
 
     def add(self, source: str, status: str, people: int, error: str) -> None:

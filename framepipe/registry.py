@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from framepipe import calibration, commits, manifests, people_index, schema
-from framepipe.errors import FramepipeError
+from framepipe.errors import ErrorCode, FramepipeError
 from framepipe.storage import Destination
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ CANDIDATES = 10  # nearest global persons looked at when attaching
 
 
 class CorrectionError(FramepipeError):
-    code = "bad_correction"
+    code = ErrorCode.BAD_CORRECTION
 
 
 def model_dir(model: str) -> str:

@@ -97,6 +97,10 @@ class ErrorInfo(BaseModel):
     type: str
     message: str
 
+    def __str__(self) -> str:
+        """``type: message``, as summaries and logs show a failure."""
+        return f"{self.type}: {self.message}"
+
 
 class Result(BaseModel):
     schema_version: str = SCHEMA_VERSION

@@ -23,17 +23,17 @@ import numpy as np
 from framepipe import calibration, manifests, pipeline, registry
 from framepipe.analyzer import Analyzer
 from framepipe.config import Settings
-from framepipe.errors import FramepipeError
+from framepipe.errors import ErrorCode, FramepipeError
 from framepipe.framesource import open_source
 from framepipe.storage import Destination
 
 
 class NoQueryFace(FramepipeError):
-    code = "no_face"
+    code = ErrorCode.NO_FACE
 
 
 class NoPeopleOfModel(FramepipeError):
-    code = "no_people_of_model"
+    code = ErrorCode.NO_PEOPLE_OF_MODEL
 
 
 @dataclass

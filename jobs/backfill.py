@@ -47,7 +47,7 @@ import numpy as np
 
 from framepipe import ids, outputs, pipeline, schema, selection, sources, state
 from framepipe.config import Settings
-from framepipe.errors import FramepipeError
+from framepipe.errors import ErrorCode, FramepipeError
 from framepipe.storage import Destination
 
 log = logging.getLogger("framepipe.backfill")
@@ -241,10 +241,10 @@ class VideoActor:
                                                   self.force, self.run)
             if result is not None:
                 row.update(status=result.status, people=len(result.talent_frames),
-                           error=f"{result.error.type}: {result.error.message}" if result.error else "")
+                           error=str(result.error) if result.error else "")
         except Exception as e:  # the destination failed under the failure record too: this video, not the dataset
             error = pipeline.typed_error(e, f"processing {source}")
-            row.update(status="failed", error=f"{error.code}: {error.message}")
+            row.update(status="failed", error=error.line)
         return {**row, "finished": time.time()}
 
 
@@ -269,7 +269,7 @@ def finish_video(summary: VideoSummary, frames: list, settings_json: str, dest: 
             raise FramepipeError.with_code(summary.error["type"], summary.error["message"])
         failed = next((e for _, _, _, e in frames if e), None)
         if failed:
-            raise FramepipeError.with_code("internal_error", f"face models failed: {failed}")
+            raise FramepipeError.with_code(ErrorCode.INTERNAL_ERROR, f"face models failed: {failed}")
         for pts, faces, jpeg, _ in sorted(frames, key=lambda f: f[0]):
             people.add(pts, pickle.loads(faces), jpeg)
         reduction = state.reduce(people, summary.representatives, summary.frames, settings)
@@ -294,7 +294,7 @@ def finish_video(summary: VideoSummary, frames: list, settings_json: str, dest: 
         "source": summary.source,
         "status": result.status,
         "people": len(result.talent_frames),
-        "error": f"{result.error.type}: {result.error.message}" if result.error else "",
+        "error": str(result.error) if result.error else "",
         "started": summary.started,
         "finished": time.time(),
     }
@@ -592,7 +592,7 @@ def run(args) -> dict:
     for vid, p in list(pending.items()):  # should not happen: Ray re-runs lost work
         log.error("%s: incomplete (%d frames of %s)", vid, len(p.frames), p.summary and p.summary.frames)
         if p.summary is not None:
-            p.summary.error = {"type": "internal_error", "message": "not every frame reached the finish"}
+            p.summary.error = {"type": ErrorCode.INTERNAL_ERROR, "message": "not every frame reached the finish"}
             submit(vid, p)
     while in_flight:
         collect(block=True)

@@ -42,7 +42,7 @@ from ray.serve.task_consumer import instantiate_adapter_from_config, task_consum
 from framepipe import ids, outputs, pipeline, schema, sources
 from framepipe import search as find
 from framepipe.config import Settings
-from framepipe.errors import FramepipeError, InputTooLarge, ModelUnavailable, SourceNotFound, WorkerLost
+from framepipe.errors import ErrorCode, FramepipeError, InputTooLarge, ModelUnavailable, SourceNotFound, WorkerLost
 from framepipe.faces import load_face_model
 from framepipe.framesource import Cancel
 from framepipe.storage import Destination
@@ -341,7 +341,8 @@ class VideoWorker:
         except Exception as e:  # the model deployment is down: the job fails, retryable by the caller
             return record_failure(self.dest, job, ModelUnavailable(type(e).__name__), settings)
         cancel = Cancel()
-        timer = threading.Timer(self.cfg.job_timeout_s, cancel.stop, ("timeout", f"over {self.cfg.job_timeout_s:.0f} s"))
+        timer = threading.Timer(self.cfg.job_timeout_s, cancel.stop,
+                                (ErrorCode.TIMEOUT, f"over {self.cfg.job_timeout_s:.0f} s"))
         timer.daemon = True
         timer.start()
         try:
@@ -427,7 +428,7 @@ class VideoIngress:
         except InputTooLarge as e:
             raise HTTPException(413, e.message) from None
         except FramepipeError as e:
-            raise HTTPException(422, f"{e.code}: {e.message}") from None
+            raise HTTPException(422, e.line) from None
 
     # ---- endpoints --------------------------------------------------------------------------------
 

@@ -496,3 +496,18 @@ def test_an_unexpected_error_while_decoding_costs_one_video_not_the_dataset(tmp_
     assert len(rows) == 1
     summary = pickle.loads(rows[0]["summary"][0])
     assert summary.error["type"] == "internal_error" and "KeyError" in summary.error["message"]
+
+
+def test_every_error_code_is_declared_and_failures_keep_their_type():
+    from framepipe import errors, framesource, registry, search  # noqa: F401 (their error classes)
+
+    def classes(cls):
+        return [cls] + [c for sub in cls.__subclasses__() for c in classes(sub)]
+
+    codes = {c.code for c in classes(errors.FramepipeError) if c is not errors.FramepipeError}
+    assert codes <= set(errors.ErrorCode), codes - set(errors.ErrorCode)
+    back = errors.FramepipeError.with_code("source_unreachable", "reset")  # read back from a record
+    assert isinstance(back, errors.SourceUnreachable) and back.transient and back.to_dict()["type"] == "source_unreachable"
+    assert not errors.FramepipeError.with_code(errors.ErrorCode.CORRUPT_VIDEO, "x").transient
+    odd = errors.FramepipeError.with_code("something_new", "x")
+    assert type(odd) is errors.FramepipeError and odd.code == "something_new"
