@@ -12,13 +12,11 @@ import pytest
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path):
-    from serve import jobs
+    from serve import stores
 
     if request.param == "sqlite":
-        return jobs.SqliteStore(str(tmp_path / "jobs.sqlite"))
-    url = request.getfixturevalue("redis_server")
-    s = jobs.RedisStore(url, prefix=f"test:{time.time_ns()}:")
-    return s
+        return stores.SqliteStore(str(tmp_path / "jobs.sqlite"))
+    return stores.RedisStore(request.getfixturevalue("redis_server"), prefix=f"test:{time.time_ns()}:")
 
 
 def _job(store, n: int = 0):
