@@ -25,7 +25,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from framepipe import registry
+from framepipe import registry_model as registry
 
 
 def synthetic(n: int, dim: int = 128, per_identity: int = 4, alpha: float = 0.7, seed: int = 0) -> np.ndarray:

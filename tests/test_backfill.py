@@ -265,7 +265,7 @@ def test_cluster_yaml_is_a_valid_ray_cluster_config():
 def test_a_video_call_re_run_in_the_same_run_reports_its_result_and_a_later_run_skips_it(settings, tmp_path):
     """Ray Data re-runs an actor call whose output was lost with its node; the video is done by then (marker written
     with this run's id), so the call reports the result it wrote instead of counting the video as skipped."""
-    from jobs.backfill import VideoActor
+    from jobs.stages import VideoActor
 
     source = str(MEDIA / CLIPS["in/drama/tears.mp4"])
     batch = {"source": [source], "identity": ["size=1"]}

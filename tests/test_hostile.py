@@ -123,7 +123,7 @@ def test_fuzzed_headers_never_escape_a_backfill_decode_task(fuzz_cases, settings
     import pickle
 
     from framepipe.storage import Destination
-    from jobs.backfill import _decode_one
+    from jobs.stages import _decode_one
 
     dest = Destination(str(fuzz_cases[0].parent / "out"))
     outcomes = {}

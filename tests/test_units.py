@@ -456,7 +456,8 @@ def test_backfill_passes_settings_but_never_credentials_to_ray():
 
 
 def test_backfill_layout_fuses_on_cpus_and_splits_for_accelerators_or_pinned_stages():
-    from jobs.backfill import parse_args, plan_resources
+    from jobs.backfill import parse_args
+    from jobs.plan import plan_resources
 
     def plan(cluster, *extra):
         return plan_resources(parse_args(["--source", "s", "--dest", "d", *extra]), cluster)
@@ -486,7 +487,7 @@ def test_an_unexpected_error_while_decoding_costs_one_video_not_the_dataset(tmp_
 
     import framepipe.framesource
     from framepipe.storage import Destination
-    from jobs.backfill import _decode_one
+    from jobs.stages import _decode_one
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
