@@ -5,8 +5,9 @@ Crash consistency: ``result.json`` is written after everything in the video's fo
 (``manifests/videos``, then ``manifests/people``, what ``framepipe people`` and notebooks read) after
 ``result.json``, so a video appears in the destination's datasets only once it is done; a run killed before that
 leaves the previous state of those datasets. ``*.part`` files a killed run left in the video's folder are removed
-before writing. A full disk: room for the failure record is reserved before the frames are written
-(``RESERVE_BYTES`` in ``.reserve.part``) and given back when writing fails, with the half-written file, so the
+before writing (never those of a live writer of the same video: a temporary name says which process writes it). A
+full disk: room for the failure record is reserved before the frames are written (``RESERVE_BYTES`` in a
+``.reserve`` file of this writer's own) and given back when writing fails, with the half-written file, so the
 failure record fits.
 
 The one output writer of every front door (``framepipe extract``, the Ray backfill, the Serve consumer):
@@ -21,12 +22,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 from typing import TYPE_CHECKING, Callable
 
 import cv2
 import numpy as np
 
-from framepipe import schema
+from framepipe import schema, storage
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError, NoFacesFound
 from framepipe.state import VideoReduction
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESERVE = ".reserve.part"  # a .part file: a killed run's reservation is cleaned with its other leftovers
+RESERVE = ".reserve"  # + this writer's temporary suffix: a killed run's reservation is cleaned with its leftovers
 RESERVE_BYTES = 256 * 1024  # a failure record (result.json, two Parquet files, their manifest copies) fits
 
 
@@ -75,10 +77,10 @@ def write_outputs(
     ``<manifest>/people/<video_id>.parquet`` and ``<manifest>/videos/<video_id>.parquet`` (the destination's
     datasets, read by :mod:`framepipe.manifests`; None for none)."""
     out = dest.child(video_id)
-    out.remove_partials(keep=frozenset({RESERVE}))  # a killed run's leftovers (the manifests' folders: its own only)
-    if manifest and not dest.is_s3:
+    out.remove_partials()  # a dead run's leftovers (in the shared manifests' folders: this video's only)
+    if manifest:
         for kind in ("people", "videos"):
-            dest.delete(f"{manifest}/{kind}/{video_id}.parquet.part")
+            dest.remove_partials(f"{manifest}/{kind}", prefix=f"{video_id}.parquet.")
     person_rows = []
     if reduction is not None:
         talent, reps = [], []
@@ -190,9 +192,11 @@ def write_success(
         warnings=warnings,
     )
     out = destination.child(video_id)
+    reserve = None
     if not destination.is_s3:
         out.remove_partials()
-        out.write(RESERVE, bytes(RESERVE_BYTES))  # room for the failure record, should the disk fill up
+        reserve = os.path.basename(storage.partial_name(RESERVE))
+        out.write(reserve, bytes(RESERVE_BYTES))  # room for the failure record, should the disk fill up
     try:
         return write_outputs(
             destination,
@@ -205,8 +209,8 @@ def write_success(
             manifest=manifest,
         )
     finally:
-        if not destination.is_s3:
-            out.delete(RESERVE)
+        if reserve:
+            out.delete(reserve)
 
 
 def record_failure(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import socket
+import time
 import uuid
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -18,6 +20,37 @@ CONTENT_TYPES = {
     ".parquet": "application/vnd.apache.parquet",
     ".html": "text/html; charset=utf-8",
 }
+
+
+HOST = socket.gethostname().replace(".", "-").replace("~", "-")
+STALE_AFTER_S = 3600.0  # another machine's temporary file this old is a dead run's
+
+
+def partial_name(url: str) -> str:
+    """A temporary name beside ``url`` for this writer alone (two processes or threads writing the same file never
+    share one): ``<url>.<host>~<pid>~<random>.part``."""
+    return f"{url}.{HOST}~{os.getpid()}~{uuid.uuid4().hex[:8]}.part"
+
+
+def _dead_writers(path: str, name: str) -> bool:
+    """Is this ``*.part`` file a dead run's? Ours (this host) when its process is gone; another host's when old;
+    one with no writer in its name (older framepipe) always."""
+    parts = name[: -len(".part")].rsplit(".", 1)[-1].split("~")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return True
+    host, pid = parts[0], int(parts[1])
+    if host == HOST:
+        try:
+            os.kill(pid, 0)
+            return False  # alive: a writer in flight
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    try:
+        return time.time() - os.stat(path).st_mtime > STALE_AFTER_S
+    except OSError:
+        return False
 
 
 class AlreadyExists(Exception):
@@ -54,7 +87,7 @@ class Destination:
                 self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=ctype)
             else:
                 os.makedirs(os.path.dirname(url), exist_ok=True)
-                tmp = f"{url}.part"
+                tmp = partial_name(url)
                 try:
                     with open(tmp, "wb") as f:
                         f.write(data)
@@ -67,17 +100,18 @@ class Destination:
             raise DestinationError(f"cannot write {url}: {e}") from None
         return url
 
-    def remove_partials(self, relpath: str = "", keep: frozenset[str] = frozenset()) -> int:
+    def remove_partials(self, relpath: str = "", prefix: str = "") -> int:
         """Delete the ``*.part`` files a killed writer left under ``relpath`` (local only: S3 writes are whole),
-        but those named in ``keep``; returns how many."""
+        those whose name starts with ``prefix``; never a live writer's (:func:`partial_name`). Returns how many."""
         if self.is_s3:
             return 0
         removed = 0
         for folder, _, names in os.walk(self.url(relpath)):
             for name in names:
-                if name.endswith(".part") and name not in keep:
+                path = os.path.join(folder, name)
+                if name.endswith(".part") and name.startswith(prefix) and _dead_writers(path, name):
                     with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(folder, name))
+                        os.unlink(path)
                         removed += 1
         return removed
 
@@ -99,7 +133,7 @@ class Destination:
                     raise
                 return url
             os.makedirs(os.path.dirname(url), exist_ok=True)
-            tmp = f"{url}.{uuid.uuid4().hex}.part"
+            tmp = partial_name(url)
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)

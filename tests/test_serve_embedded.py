@@ -193,7 +193,8 @@ def _every_job_ends(embedded, receiver, jobs, killed) -> None:
     """Every job succeeded with its webhook, within 60 s of the kill plus two runs of a job (two at once per
     worker); the broker never delivered anything again: the leases did."""
     docs = [wait(embedded, j, timeout=400) for j in jobs]
-    assert all(d["status"] == "succeeded" for d in docs), docs
+    assert all(d["status"] == "succeeded" for d in docs), [
+        (d["status"], d["attempts"], (d.get("result") or {}).get("error")) for d in docs]
     deadline = time.time() + 120
     while time.time() < deadline and not set(jobs) <= set(receiver.unique()):
         time.sleep(0.5)

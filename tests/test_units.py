@@ -512,3 +512,21 @@ def test_every_error_code_is_declared_and_failures_keep_their_type():
     assert not errors.FramepipeError.with_code(errors.ErrorCode.CORRUPT_VIDEO, "x").transient
     odd = errors.FramepipeError.with_code("something_new", "x")
     assert type(odd) is errors.FramepipeError and odd.code == "something_new"
+
+
+def test_a_dead_writers_temporary_files_go_and_a_live_writers_stay(tmp_path):
+    """Two writers of one video (a job submitted twice) never remove each other's files in flight."""
+    import subprocess
+
+    from framepipe.storage import Destination, partial_name
+
+    d = Destination(str(tmp_path))
+    mine = tmp_path / partial_name("a.jpg")  # this process: alive
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    theirs = tmp_path / f"b.jpg.{partial_name('x').split('.', 1)[1].split('~')[0]}~{dead.pid}~0000.part"
+    old_style = tmp_path / "c.jpg.part"  # an older framepipe's: no writer in the name
+    for p in (mine, theirs, old_style):
+        p.write_bytes(b"x")
+    assert d.remove_partials() == 2
+    assert mine.exists() and not theirs.exists() and not old_style.exists()
