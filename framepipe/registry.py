@@ -29,8 +29,9 @@ Search only reads a committed version.
 
 Why usearch: an embedded HNSW index (one pip wheel, no server) that adds and removes single vectors and saves to
 one file (bench/people_scale.py, 1,000,000 128-d people on 2 cores: recall@10 0.956 against exact search, p50
-4 ms, 31,600 queries/min on an index already in memory; a search first reads the manifests). faiss-cpu is a far bigger dependency whose HNSW index cannot remove vectors; hnswlib is
-much the same algorithm, less actively kept; LanceDB's IVF-PQ indexes must be retrained as data grows.
+4 ms, 31,600 queries/min on an index already in memory; a search first reads the manifests). faiss-cpu is a far
+bigger dependency whose HNSW index cannot remove vectors; hnswlib is much the same algorithm, less actively kept;
+LanceDB's IVF-PQ indexes must be retrained as data grows.
 The registry's tables stay plain Parquet, so a notebook reads them with pandas.
 """
 
