@@ -19,6 +19,7 @@ The one output writer of every front door (``framepipe extract``, the Ray backfi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -60,6 +61,21 @@ def face_crop(image: np.ndarray, bbox: np.ndarray, margin: float = 0.25) -> np.n
     return image[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
 
 
+@contextlib.contextmanager
+def _room_for_a_failure(out: Destination, frames: bool):
+    """While a video's frames are written (``frames``) to a local disk: RESERVE_BYTES held in a file of this
+    writer's own, given back at the end, so that a full disk still leaves room for the failure record."""
+    if not frames or out.is_s3:
+        yield
+        return
+    reserve = os.path.basename(storage.partial_name(RESERVE))
+    out.write(reserve, bytes(RESERVE_BYTES))
+    try:
+        yield
+    finally:
+        out.delete(reserve)
+
+
 def write_outputs(
     dest: Destination,
     video_id: str,
@@ -70,7 +86,8 @@ def write_outputs(
     finalize: Callable[[schema.Result], schema.Result] | None = None,
     manifest: str | None = schema.MANIFESTS,
 ) -> schema.Result:
-    """Write the JPEGs, ``people.parquet``, ``video.parquet`` and, last, ``result.json``. Fills the URLs.
+    """Write the JPEGs, ``people.parquet``, ``video.parquet``, ``result.json``, then the manifest rows. Fills the
+    URLs.
 
     ``finalize`` runs after the frames are written and before the two documents (to record the final
     processing time, say). ``manifest``: a folder under ``dest`` that also gets the two Parquet files, as
@@ -81,60 +98,61 @@ def write_outputs(
     if manifest:
         for kind in ("people", "videos"):
             dest.remove_partials(f"{manifest}/{kind}", prefix=f"{video_id}.parquet.")
-    person_rows = []
-    if reduction is not None:
-        talent, reps = [], []
-        for p in reduction.people:
-            jpeg = reduction.frames[p.best.pts_s]
-            url = out.write(f"talent/person_{p.person_id:03d}.jpg", jpeg)
-            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-            crop = encode_jpeg(face_crop(image, p.best.face.bbox), jpeg_quality)
-            face_url = out.write(f"talent/person_{p.person_id:03d}_face.jpg", crop)
-            t = schema.TalentFrame(
-                person_id=p.person_id,
-                url=url,
-                face_url=face_url,
-                timestamp_s=round(p.best.pts_s, 3),
-                bbox=[round(float(v), 1) for v in p.best.face.bbox],
-                quality=round(p.best.face.quality, 4),
-                appearances=p.appearances,
-                first_seen_s=round(p.first_seen_s, 3),
-                last_seen_s=round(p.last_seen_s, 3),
-                seen_s=[round(t, 3) for t in p.seen_s],
-                time_ranges=[schema.TimeRange(start_s=round(a, 3), end_s=round(b, 3)) for a, b in p.time_ranges],
-            )
-            talent.append(t)
-            person_rows.append(
-                {
-                    **t.model_dump(exclude={"url"}),
-                    "video_id": video_id,
-                    "source": result.video.source,
-                    "frame_url": url,
-                    "det_score": p.best.face.det_score,
-                    "embedding": p.mean_embedding.tolist(),
-                    "embedding_model": embedding_model,
-                    "schema_version": schema.SCHEMA_VERSION,
-                }
-            )
-        for i, f in enumerate(reduction.representatives.frames):
-            url = out.write(f"representative/frame_{i:02d}.jpg", f.jpeg)
-            reps.append(schema.RepresentativeFrame(url=url, timestamp_s=round(f.pts_s, 3)))
-        shots = [schema.TimeRange(start_s=round(a, 3), end_s=round(b, 3))
-                 for a, b in reduction.representatives.shots.spans()] if reduction.representatives.shots else []
-        result = result.model_copy(update={"talent_frames": talent, "representative_frames": reps, "shots": shots})
-    people = schema.parquet_bytes(schema.people_table(person_rows))
-    out.write("people.parquet", people)
-    if finalize:
-        result = finalize(result)
-    now = dt.datetime.now(dt.timezone.utc)
-    result_url = out.url("result.json")
-    video = schema.parquet_bytes(schema.videos_table([schema.video_row(result, result_url, now)]))
-    out.write("video.parquet", video)
-    out.write("result.json", result.model_dump_json(indent=2).encode())
-    if manifest:  # the destination's datasets: only a video whose result.json is written
-        dest.write(f"{manifest}/videos/{video_id}.parquet", video)
-        dest.write(f"{manifest}/people/{video_id}.parquet", people)
-    return result
+    with _room_for_a_failure(out, reduction is not None):
+        person_rows = []
+        if reduction is not None:
+            talent, reps = [], []
+            for p in reduction.people:
+                jpeg = reduction.frames[p.best.pts_s]
+                url = out.write(f"talent/person_{p.person_id:03d}.jpg", jpeg)
+                image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+                crop = encode_jpeg(face_crop(image, p.best.face.bbox), jpeg_quality)
+                face_url = out.write(f"talent/person_{p.person_id:03d}_face.jpg", crop)
+                t = schema.TalentFrame(
+                    person_id=p.person_id,
+                    url=url,
+                    face_url=face_url,
+                    timestamp_s=round(p.best.pts_s, 3),
+                    bbox=[round(float(v), 1) for v in p.best.face.bbox],
+                    quality=round(p.best.face.quality, 4),
+                    appearances=p.appearances,
+                    first_seen_s=round(p.first_seen_s, 3),
+                    last_seen_s=round(p.last_seen_s, 3),
+                    seen_s=[round(t, 3) for t in p.seen_s],
+                    time_ranges=[schema.TimeRange(start_s=round(a, 3), end_s=round(b, 3)) for a, b in p.time_ranges],
+                )
+                talent.append(t)
+                person_rows.append(
+                    {
+                        **t.model_dump(exclude={"url"}),
+                        "video_id": video_id,
+                        "source": result.video.source,
+                        "frame_url": url,
+                        "det_score": p.best.face.det_score,
+                        "embedding": p.mean_embedding.tolist(),
+                        "embedding_model": embedding_model,
+                        "schema_version": schema.SCHEMA_VERSION,
+                    }
+                )
+            for i, f in enumerate(reduction.representatives.frames):
+                url = out.write(f"representative/frame_{i:02d}.jpg", f.jpeg)
+                reps.append(schema.RepresentativeFrame(url=url, timestamp_s=round(f.pts_s, 3)))
+            shots = [schema.TimeRange(start_s=round(a, 3), end_s=round(b, 3))
+                     for a, b in reduction.representatives.shots.spans()] if reduction.representatives.shots else []
+            result = result.model_copy(update={"talent_frames": talent, "representative_frames": reps, "shots": shots})
+        people = schema.parquet_bytes(schema.people_table(person_rows))
+        out.write("people.parquet", people)
+        if finalize:
+            result = finalize(result)
+        now = dt.datetime.now(dt.timezone.utc)
+        result_url = out.url("result.json")
+        video = schema.parquet_bytes(schema.videos_table([schema.video_row(result, result_url, now)]))
+        out.write("video.parquet", video)
+        out.write("result.json", result.model_dump_json(indent=2).encode())
+        if manifest:  # the destination's datasets: only a video whose result.json is written
+            dest.write(f"{manifest}/videos/{video_id}.parquet", video)
+            dest.write(f"{manifest}/people/{video_id}.parquet", people)
+        return result
 
 
 def video_meta(source: str, fs: "FrameSource | None") -> schema.VideoMeta:
@@ -191,26 +209,16 @@ def write_success(
         relaxed_rules=reduction.representatives.relaxed,
         warnings=warnings,
     )
-    out = destination.child(video_id)
-    reserve = None
-    if not destination.is_s3:
-        out.remove_partials()
-        reserve = os.path.basename(storage.partial_name(RESERVE))
-        out.write(reserve, bytes(RESERVE_BYTES))  # room for the failure record, should the disk fill up
-    try:
-        return write_outputs(
-            destination,
-            video_id,
-            result,
-            reduction,
-            model_name,
-            settings.jpeg_quality,
-            finalize=lambda r: r.model_copy(update={"processing": processing()}),
-            manifest=manifest,
-        )
-    finally:
-        if reserve:
-            out.delete(reserve)
+    return write_outputs(
+        destination,
+        video_id,
+        result,
+        reduction,
+        model_name,
+        settings.jpeg_quality,
+        finalize=lambda r: r.model_copy(update={"processing": processing()}),
+        manifest=manifest,
+    )
 
 
 def record_failure(
