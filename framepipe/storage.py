@@ -79,26 +79,8 @@ class Destination:
         return Destination(self.url(relpath), timeout_s=self.timeout_s)
 
     def write(self, relpath: str, data: bytes) -> str:
-        url = self.url(relpath)
-        try:
-            if self.is_s3:
-                _, key = s3.split_s3_url(url)
-                ctype = CONTENT_TYPES.get(os.path.splitext(relpath)[1], "application/octet-stream")
-                self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=ctype)
-            else:
-                os.makedirs(os.path.dirname(url), exist_ok=True)
-                tmp = partial_name(url)
-                try:
-                    with open(tmp, "wb") as f:
-                        f.write(data)
-                    os.replace(tmp, url)  # readers never see half a file
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)  # a full disk: give back what the half-written file took
-                    raise
-        except (OSError, ClientError, BotoCoreError) as e:
-            raise DestinationError(f"cannot write {url}: {e}") from None
-        return url
+        """Write ``relpath`` whole (locally: a temporary file renamed over it, so readers never see half a file)."""
+        return self._put(relpath, data, exclusive=False)
 
     def remove_partials(self, relpath: str = "", prefix: str = "") -> int:
         """Delete the ``*.part`` files a killed writer left under ``relpath`` (local only: S3 writes are whole),
@@ -119,16 +101,19 @@ class Destination:
         """Write ``relpath`` whole, only if nothing is there yet (else :class:`AlreadyExists`), atomically: S3's
         conditional write (``If-None-Match: *``); locally a complete temporary file hard-linked to the name (a link
         fails when the name exists)."""
+        return self._put(relpath, data, exclusive=True)
+
+    def _put(self, relpath: str, data: bytes, exclusive: bool) -> str:
         url = self.url(relpath)
         try:
             if self.is_s3:
                 _, key = s3.split_s3_url(url)
+                ctype = CONTENT_TYPES.get(os.path.splitext(relpath)[1], "application/octet-stream")
+                condition = {"IfNoneMatch": "*"} if exclusive else {}
                 try:
-                    self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*",
-                                        ContentType=CONTENT_TYPES.get(os.path.splitext(relpath)[1],
-                                                                      "application/octet-stream"))
+                    self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=ctype, **condition)
                 except ClientError as e:
-                    if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                    if exclusive and e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
                         raise AlreadyExists(url) from None
                     raise
                 return url
@@ -137,15 +122,22 @@ class Destination:
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                    if exclusive:  # a commit: on disk before it has its name
+                        f.flush()
+                        os.fsync(f.fileno())
+                if not exclusive:
+                    os.replace(tmp, url)
+                    return url
                 try:
                     os.link(tmp, url)
                 except FileExistsError:
-                    raise AlreadyExists(url) from None
-            finally:
-                with contextlib.suppress(OSError):
                     os.unlink(tmp)
+                    raise AlreadyExists(url) from None
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # a full disk: give back what the half-written file took
+                raise
+            os.unlink(tmp)  # linked: the name holds the data now
         except (OSError, ClientError, BotoCoreError) as e:
             raise DestinationError(f"cannot write {url}: {e}") from None
         return url
