@@ -30,7 +30,6 @@ How the thresholds follow from the measured distributions (``impostor``: the sim
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -74,10 +73,6 @@ class Calibration:
     @property
     def link_distance(self) -> float:
         return round(1.0 - self.link_similarity, 4)
-
-    @property
-    def set_match_distance(self) -> float:
-        return round(1.0 - self.set_match_similarity, 4)
 
     def to_json(self) -> str:
         doc = {k: v for k, v in asdict(self).items() if k != "source"}
@@ -243,17 +238,6 @@ def measure(folder: str | os.PathLike, analyzer, pack: str) -> tuple[Calibration
     """Calibrate the analyzer's recognizer on ``folder/<person>/*.jpg``; also returns the photos without a face."""
     emb, labels, missed = embed_photos(photos_by_person(folder), analyzer)
     return from_embeddings(emb, labels, pack), missed
-
-
-def recognizer_digest(folder: str | os.PathLike) -> str:
-    """sha256 of the pack's recognizer file (what a calibration really belongs to)."""
-    from glob import glob
-
-    files = sorted(glob(os.path.join(os.path.expanduser(str(folder)), "*.onnx")))
-    h = hashlib.sha256()
-    for f in files:
-        h.update(Path(f).read_bytes())
-    return h.hexdigest()
 
 
 def people_max_distance(explicit: float | None, model: str | None, dim: int | None, models: str | None) -> float:

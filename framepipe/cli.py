@@ -213,14 +213,14 @@ def _search(args) -> int:
     except FramepipeError as e:
         print(f"framepipe: failed: {e.line}", file=sys.stderr)
         return EXIT_FAILED
+    floor = search.floor_for(settings, analyzer.pack, len(face.embedding))
     if args.json:
-        floor = search.floor_for(settings, analyzer.pack, len(face.embedding))
         doc = {"query": args.query, **search.answer(faces, args.face, floor, hits)}
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     print(f"{os.path.basename(args.query)}: {len(faces)} face(s); searching with face {args.face or 0} "
           f"(quality {face.quality:.2f}, {face.size_px:.0f} px); {len(hits)} result(s) at similarity >= "
-          f"{search.floor_for(settings, analyzer.pack, len(face.embedding))}")
+          f"{floor}")
     for rank, h in enumerate(hits, 1):
         who = f"person {h.global_person_id}" + (f" ({h.name})" if h.name else "")
         seen = f"seen {h.first_seen_s:.1f}-{h.last_seen_s:.1f} s" if h.seen_s else "a photo"
@@ -237,6 +237,7 @@ def _calibrate(args) -> int:
     from framepipe.config import Settings
     from framepipe.errors import FramepipeError
     from framepipe.faces import resolve_pack
+    from framepipe.storage import Destination
 
     settings = Settings().with_overrides(models=args.models)
     if not os.path.isdir(args.photos):
@@ -255,12 +256,9 @@ def _calibrate(args) -> int:
         print(f"framepipe: cannot calibrate on {args.photos}: {e}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".part")
-        tmp.write_text(cal.to_json())
-        os.replace(tmp, out)
-    except OSError as e:
-        print(f"framepipe: cannot write {out}: {e} (--out FILE writes elsewhere)", file=sys.stderr)
+        Destination(str(out.parent)).write(out.name, cal.to_json().encode())
+    except FramepipeError as e:
+        print(f"framepipe: {e.message} (--out FILE writes elsewhere)", file=sys.stderr)
         return EXIT_FAILED
     print(f"{cal.pack} ({cal.embedding_dim}-d) on {cal.photos} photos of {cal.identities} people "
           f"({cal.genuine_pairs} same-person, {cal.impostor_pairs} different-person pairs; {len(missed)} photos "

@@ -84,8 +84,8 @@ def load_people_index(dest: str | Destination) -> pd.DataFrame | None:
     on this destination)."""
     d = destination(dest)
     version = commits.latest(d, schema.REGISTRY)
-    if "people_index.parquet" in version.files:
-        table = pq.read_table(io.BytesIO(commits.read(d, schema.REGISTRY, version, "people_index.parquet")))
+    if schema.PEOPLE_INDEX_PART in version.files:
+        table = pq.read_table(io.BytesIO(commits.read(d, schema.REGISTRY, version, schema.PEOPLE_INDEX_PART)))
         return _conform(table, schema.PEOPLE_INDEX_SCHEMA).to_pandas()
     if not d.exists(schema.PEOPLE_INDEX):
         return None
@@ -97,9 +97,10 @@ def load_registry(dest: str | Destination) -> pd.DataFrame | None:
     column added; the centroid left out), or None before ``framepipe people`` has run."""
     d = destination(dest)
     version = commits.latest(d, schema.REGISTRY)
-    found = {name.split("/")[0]: (lambda n=name: commits.read(d, schema.REGISTRY, version, n))
-             for name in version.files if name.endswith("/persons.parquet")}
-    if version.number == 0:  # written before versions (schema 1.2)
+    if version.number:
+        found = {name.split("/")[0]: (lambda n=name: commits.read(d, schema.REGISTRY, version, n))
+                 for name in version.files if name.endswith("/persons.parquet")}
+    else:  # written before versions (schema 1.2)
         found = {m: (lambda m=m: d.read(f"{schema.REGISTRY}/{m}/persons.parquet")) for m in d.dirs(schema.REGISTRY)
                  if "persons.parquet" in d.list(f"{schema.REGISTRY}/{m}")}
     if not found:

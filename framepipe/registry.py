@@ -128,7 +128,7 @@ def update_destination(
             _correct(registries, corrections, model)
         parts = {k: v for reg in registries for k, v in reg.parts().items()}
         table = index_table(registries)
-        parts[INDEX_PART] = schema.parquet_bytes(table)
+        parts[schema.PEOPLE_INDEX_PART] = schema.parquet_bytes(table)
         done.update(registries=registries, updates=updates, table=table)
         keep = {k: v for k, v in version.files.items() if k not in parts}
         return parts, {"next_id": next_id[0], "models": sorted({r.model for r in registries})}, keep
@@ -136,9 +136,6 @@ def update_destination(
     version = commits.transact(d, schema.REGISTRY, change)
     publish_index(d, version)
     return done["table"].to_pandas(), done["updates"], {r.model: r for r in done["registries"]}
-
-
-INDEX_PART = "people_index.parquet"
 
 
 def _correct(registries: list[Registry], corrections: Corrections, model: str | None) -> None:
@@ -158,8 +155,8 @@ def _correct(registries: list[Registry], corrections: Corrections, model: str | 
 def publish_index(d: Destination, version: commits.Version) -> None:
     """Copy a committed version's people index to ``manifests/people_index.parquet``; a writer that sees a newer
     version committed meanwhile copies that one instead, so the copy ends at the newest version."""
-    while INDEX_PART in version.files:
-        d.write(schema.PEOPLE_INDEX, commits.read(d, schema.REGISTRY, version, INDEX_PART))
+    while schema.PEOPLE_INDEX_PART in version.files:
+        d.write(schema.PEOPLE_INDEX, commits.read(d, schema.REGISTRY, version, schema.PEOPLE_INDEX_PART))
         newest = commits.latest(d, schema.REGISTRY)
         if newest.number == version.number:
             return

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 SCHEMA_VERSION = "1.3"
 MANIFESTS = "manifests"  # DEST/manifests/{videos,people}/<video_id>.parquet
 PEOPLE_INDEX = f"{MANIFESTS}/people_index.parquet"
+PEOPLE_INDEX_PART = "people_index.parquet"  # the same table inside each committed version of the registry
 REGISTRY = "registry"  # DEST/registry/<embedding model>/{persons,members}.parquet + index.usearch
 REPORT = "report"  # DEST/report/index.html
 
