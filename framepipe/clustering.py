@@ -45,8 +45,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Params:
-    max_distance: float = 0.68  # average-linkage cosine distance between tracks of one person (calibrated)
-    link_max_distance: float = 0.79  # cosine distance between faces of one track in consecutive samples (calibrated)
+    # the two distances: state.cluster_params fills them from the model pack's calibration
+    max_distance: float = 0.68  # average-linkage cosine distance between tracks of one person
+    link_max_distance: float = 0.79  # cosine distance between faces of one track in consecutive samples
     link_min_iou: float = 0.1  # box overlap between faces of one track in consecutive samples
     singleton_min_quality: float = 0.45  # a person needs one face this clear ...
     weak_min_samples: int = 3  # ... or to be seen in this many samples

@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (frames done, frames planned)
 
-TRANSIENT = errors.TRANSIENT  # failures a later run retries (framepipe/errors.py)
-
-
 def internal_error(e: BaseException) -> FramepipeError:
     """A bug of ours (or an unexpected library error) as a failure of one video, never of a whole run."""
     return FramepipeError.with_code(ErrorCode.INTERNAL_ERROR, f"{type(e).__name__}: {str(e)[:300]}")
@@ -191,7 +188,7 @@ def extract(
 
 def is_final(result: schema.Result) -> bool:
     """Is this video done for good (succeeded, or failed for a reason a re-run cannot change)?"""
-    return result.status == "succeeded" or (result.error is not None and result.error.type not in TRANSIENT)
+    return result.status == "succeeded" or (result.error is not None and result.error.type not in errors.TRANSIENT)
 
 
 def is_done(destination: Destination, marker: str) -> bool:
