@@ -9,7 +9,7 @@ embedding and quality). The per-video pipeline (:mod:`framepipe.pipeline`) only 
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from framepipe.config import Settings
 from framepipe.faces import Face, FaceModel, load_face_model
 
 
+@runtime_checkable
 class Analyzer(Protocol):
     device: str  # "cpu" or "cuda": what really runs the models
     pack: str  # the model pack's name

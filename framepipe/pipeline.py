@@ -17,44 +17,20 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from framepipe import ids, outputs, schema, sources
+from framepipe import outputs, schema, sources
 from framepipe.analyzer import Analyzer, LocalAnalyzer
 from framepipe.config import Settings
-from framepipe import errors
-from framepipe.errors import CorruptVideo, ErrorCode, FramepipeError, NoFrames, NotAVideo, SourceUnreachable
 from framepipe.framesource import Cancel, FrameSource, open_source
 from framepipe.state import VideoState
 from framepipe.storage import Destination
+from framepipe.videorun import VideoRun, result_row
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (frames done, frames planned)
-
-def internal_error(e: BaseException) -> FramepipeError:
-    """A bug of ours (or an unexpected library error) as a failure of one video, never of a whole run."""
-    return FramepipeError.with_code(ErrorCode.INTERNAL_ERROR, f"{type(e).__name__}: {str(e)[:300]}")
-
-
-# what a dropped connection looks like to a decoder
-_DAMAGED = frozenset({CorruptVideo.code, NoFrames.code, NotAVideo.code})
-
-
-def typed_error(e: Exception, what: str, source: str | None = None, timeout_s: float = 30.0) -> FramepipeError:
-    """``e`` as the failure of one video: itself if typed, else an ``internal_error`` (logged with its traceback).
-    A network ``source`` whose video looked damaged is checked again: if it does not serve its bytes whole now,
-    the failure is ``source_unreachable`` (retried) rather than a damaged video (final)."""
-    if isinstance(e, FramepipeError):
-        if source and e.code in _DAMAGED and sources.is_network(source) and not sources.serves_whole(source,
-                                                                                                     timeout_s):
-            return SourceUnreachable(f"the connection to {source} failed while reading it ({e.line})")
-        return e
-    log.exception("%s failed", what)
-    return internal_error(e)
-
 
 def analyse(fs: FrameSource, analyzer: Analyzer, state: VideoState, progress: Progress | None = None) -> None:
     """Every sampled frame of ``fs`` through the analyzer into ``state`` (frames in batches of
@@ -90,29 +66,6 @@ def analyse_video(source: str | FrameSource, settings: Settings, analyzer: Analy
         fs.close()
 
 
-def run_or_record(
-    source: str,
-    build: Callable[[], schema.Result],
-    destination: Destination,
-    video_id: str,
-    meta: Callable[[], schema.VideoMeta],
-    failed_processing: Callable[[], schema.Processing],
-    pack: str | None,
-    settings: Settings,
-    raise_errors: bool = False,
-) -> schema.Result:
-    """``build()`` (which writes a video's outputs), or, when it raises, the video's failed record: a typed error
-    for bad input, ``internal_error`` for anything else (logged with its traceback). Never raises unless
-    ``raise_errors``."""
-    try:
-        return build()
-    except Exception as e:
-        error = typed_error(e, f"processing {video_id}", source, settings.http_timeout_s)
-        if raise_errors:
-            raise
-        return outputs.record_failure(destination, video_id, meta(), error, failed_processing(), pack, settings)
-
-
 def process_video(
     source: str,
     dest: str | Destination,
@@ -121,6 +74,7 @@ def process_video(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     raise_errors: bool = False,
+    run: VideoRun | None = None,
 ) -> schema.Result:
     """Process one input and write its outputs under ``dest/<video_id>/``.
 
@@ -128,38 +82,27 @@ def process_video(
     ``result.json`` plus the one-row ``video.parquet`` are written for it too. ``processing.duration_s`` is the wall
     time from opening the input to its outputs written. ``analyzer`` may be a function making it (a model that
     cannot load is then a failed video). ``cancel.stop(code, message)`` stops the work between frames: the video
-    fails with that error, and nothing but its failed record is written."""
-    t0 = time.perf_counter()
-    destination = dest if isinstance(dest, Destination) else Destination(dest, timeout_s=settings.http_timeout_s)
+    fails with that error, and nothing but its failed record is written. ``run``: the video's run, when the caller
+    made it (with its done marker); else one is made here."""
+    if run is None:
+        destination = dest if isinstance(dest, Destination) else Destination(dest, timeout_s=settings.http_timeout_s)
+        run = VideoRun(source, destination, settings)
     fs: FrameSource | None = None
-    used = {"device": "cpu", "pack": None}
 
     def build() -> schema.Result:
-        nonlocal fs, analyzer
-        if not hasattr(analyzer, "analyze"):
-            analyzer = analyzer()
-        used.update(device=analyzer.device, pack=analyzer.pack)
+        nonlocal fs
+        model = analyzer if isinstance(analyzer, Analyzer) else analyzer()
+        run.analysed_by(model.device, model.pack)
         fs = open_source(source, settings, cancel)
+        run.opened(fs)
         video = VideoState(fs.info, settings)
-        analyse(fs, analyzer, video, progress)
+        analyse(fs, model, video, progress)
         if fs.cancel.is_set():
             raise fs.cancel.error
-        reduction = video.finish()
-
-        def processing() -> schema.Processing:
-            return outputs.processing_doc(settings, time.perf_counter() - t0, used["device"], fs.backend,
-                                          used["pack"], video.frames_sampled, video.faces_detected)
-
-        return outputs.write_success(destination, fs.video_id, outputs.video_meta(source, fs), reduction,
-                                     fs.warnings, settings, processing, used["pack"])
-
-    def failed_processing() -> schema.Processing:
-        return outputs.processing_doc(settings, time.perf_counter() - t0, used["device"],
-                                      fs.backend if fs else None, used["pack"], 0, 0)
+        return run.succeed(video.finish(), fs.warnings)
 
     try:
-        return run_or_record(source, build, destination, ids.video_id(source), lambda: outputs.video_meta(source, fs),
-                             failed_processing, used["pack"], settings, raise_errors)
+        return run.attempt(build, raise_errors)
     finally:
         if fs is not None:
             fs.close()
@@ -186,20 +129,6 @@ def extract(
 # --------------------------------------------------------------------------------------------------
 
 
-def is_final(result: schema.Result) -> bool:
-    """Is this video done for good (succeeded, or failed for a reason a re-run cannot change)?"""
-    return result.status == "succeeded" or (result.error is not None and result.error.type not in errors.TRANSIENT)
-
-
-def is_done(destination: Destination, marker: str) -> bool:
-    return destination.exists(f"{ids.DONE}/{marker}")
-
-
-def mark_done(destination: Destination, marker: str, run: str = "") -> None:
-    """Write the done marker (last, after the outputs); ``run``: the id of the run that wrote it, as its content."""
-    destination.write(f"{ids.DONE}/{marker}", run.encode())
-
-
 def process_unless_done(
     source: str,
     identity: str,
@@ -207,21 +136,20 @@ def process_unless_done(
     settings: Settings,
     analyzer: Analyzer | Callable[[], Analyzer],
     force: bool = False,
-    run: str = "",
+    run_id: str = "",
 ) -> schema.Result | None:
     """:func:`process_video` with the done markers (``framepipe extract SRC_DIR`` and the backfill's actors): None
     when the input is done already (same object, settings and versions), else its result, marked done when final.
-    ``run``: an id written into the markers this run makes; an input this same run marked done (a call re-run after
-    its output was lost with a node) gives back the result it wrote instead of None. ``analyzer`` may be a function
-    making it, called only when there is work."""
-    marker = ids.done_marker(ids.video_id(source), identity, settings)
-    if not force and is_done(destination, marker):
-        if not run or destination.read(f"{ids.DONE}/{marker}").decode("utf-8", "replace") != run:
-            return None
-        return schema.Result.model_validate_json(destination.read(f"{ids.video_id(source)}/result.json"))
-    result = process_video(source, destination, settings, analyzer if hasattr(analyzer, "analyze") else analyzer())
-    if is_final(result):
-        mark_done(destination, marker, run)
+    ``run_id``: an id written into the markers this run makes; an input this same run marked done (a call re-run
+    after its output was lost with a node) gives back the result it wrote instead of None. ``analyzer`` may be a
+    function making it, called only when there is work."""
+    run = VideoRun(source, destination, settings, identity=identity, run_id=run_id)
+    if not force:
+        by = run.done_by()
+        if by is not None:
+            return run.written_result() if run_id and by == run_id else None
+    result = process_video(source, destination, settings, analyzer, run=run)
+    run.mark_done(result)
     return result
 
 
@@ -237,8 +165,8 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)
 
     def count(self, result: schema.Result) -> None:
-        error = str(result.error) if result.error else ""
-        self.add(result.video.source, result.status, len(result.talent_frames), error)
+        row = result_row(result)
+        self.add(row["source"], row["status"], row["people"], row["error"])
 
     def add(self, source: str, status: str, people: int, error: str) -> None:
         if status == "succeeded":

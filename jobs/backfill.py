@@ -50,7 +50,7 @@ from framepipe.config import Settings
 from framepipe.errors import ErrorCode
 
 from jobs.plan import build_dataset, plan_resources
-from jobs.stages import FUSED_COLUMNS, VideoSummary, finish_video
+from jobs.stages import FUSED_COLUMNS, AnalysedFrame, VideoSummary, finish_video
 
 log = logging.getLogger("framepipe.backfill")
 
@@ -66,9 +66,10 @@ PASSED_ENV = re.compile(r"^(FRAMEPIPE_(?!SERVE_)\w+|AWS_ENDPOINT_URL\w*|AWS_REGI
 class Pending:
     """One video's rows gathered by the driver until it is complete."""
 
-    frames: dict = field(default_factory=dict)  # pts -> (pts, faces, jpeg, error); a retried task's rows count once
+    frames: dict[float, AnalysedFrame] = field(default_factory=dict)  # by pts: a retried task's rows count once
     summary: VideoSummary | None = None
-    analyzer: str = ""
+    device: str = ""  # what analysed its frames
+    pack: str = ""
 
     @property
     def complete(self) -> bool:
@@ -81,6 +82,10 @@ class Pending:
 
 
 def parse_args(argv=None):
+    return parse_args_parser().parse_args(argv)
+
+
+def parse_args_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m jobs.backfill", description="Backfill every video under a prefix.")
     ap.add_argument("--source", required=True, help="s3://bucket/prefix or a local directory")
     ap.add_argument("--dest", required=True, help="s3://bucket/prefix or a local directory")
@@ -110,9 +115,10 @@ def parse_args(argv=None):
     ap.add_argument("--max-finishing", type=int, default=2,
                     help="finish tasks in flight at once (default 2: bounds memory, and a task that reserves no CPU "
                     "gets a worker process of its own per concurrent call, each start costing more than a finish)")
+    ap.add_argument("--stats", action="store_true", help="log Ray Data's per-stage statistics at the end")
     ap.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or "local",
                     help="Ray cluster (default: RAY_ADDRESS, as set by `ray job submit`, else a local Ray)")
-    return ap.parse_args(argv)
+    return ap
 
 
 def _spilled_bytes() -> int:
@@ -146,6 +152,7 @@ def run(args) -> dict:
     # a finish task lost with its node is retried by Ray elsewhere (its arguments live with the driver)
     finish = ray.remote(finish_video).options(num_cpus=args.finish_cpus, max_retries=5)
     settings_json = settings.model_dump_json()
+    run_id = uuid.uuid4().hex  # written into the done markers this run makes
     summary = pipeline.RunSummary()
     pending: dict[str, Pending] = {}
     in_flight: list = []
@@ -180,7 +187,7 @@ def run(args) -> dict:
                 return
 
     def start(vid: str, p: Pending, tries: int = 0) -> None:
-        ref = finish.remote(p.summary, list(p.frames.values()), settings_json, args.dest, p.analyzer)
+        ref = finish.remote(p.summary, list(p.frames.values()), settings_json, args.dest, p.device, p.pack, run_id)
         inputs[ref] = (vid, p, tries)
         in_flight.append(ref)
 
@@ -236,19 +243,20 @@ def run(args) -> dict:
                         continue
                 else:
                     pts = float(batch["pts"][i])
-                    p.frames[pts] = (pts, batch["faces"][i], batch["jpeg"][i], str(batch["error"][i]))
-                    p.analyzer = str(batch["analyzer"][i])
-                    placement["analyzer"].add(p.analyzer.rsplit("|", 1)[-1])
+                    p.frames[pts] = AnalysedFrame(pts, batch["faces"][i], batch["jpeg"][i],
+                                                  str(batch["error_code"][i]), str(batch["error_message"][i]))
+                    p.device, p.pack = str(batch["device"][i]), str(batch["pack"][i])
+                    placement["analyzer"].add(str(batch["node"][i]))
                 if p.complete:
                     log.debug("%s: all frames analysed at +%.1f s", vid, time.time() - wall0)
                     submit(str(vid), p)
             collect(block=False)
             sample_store()
 
-    ds = build_dataset(args, settings, res, uuid.uuid4().hex)
+    ds = build_dataset(args, settings, res, run_id)
     drive = drive_fused if res.layout == "fused" else drive_split
     drive(ds.iter_batches(batch_size=None, batch_format="numpy"))
-    if os.environ.get("FRAMEPIPE_BACKFILL_STATS"):
+    if args.stats:
         log.info("Ray Data stats:\n%s", ds.stats())
     for vid, p in list(pending.items()):  # should not happen: Ray re-runs lost work
         log.error("%s: incomplete (%d frames of %s)", vid, len(p.frames), p.summary and p.summary.frames)

@@ -91,7 +91,7 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
             num_cpus=res.actor_cpus,
             scheduling_strategy="SPREAD",
             fn_constructor_kwargs={"settings_json": actor_settings, "dest": args.dest, "force": args.force,
-                                   "run": run_id},
+                                   "run_id": run_id},
         )
     ds = ds.map_batches(
         decode_video,
@@ -101,7 +101,7 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
         # SPREAD puts decode tasks across the CPU nodes. With the actors' DEFAULT it also keeps Ray Data from fusing
         # decoding into the actors (it fuses stages whose remote args match), so decoding and inference overlap.
         scheduling_strategy="SPREAD",
-        fn_kwargs={"settings_json": settings_json, "dest": args.dest, "force": args.force},
+        fn_kwargs={"settings_json": settings_json, "dest": args.dest, "force": args.force, "run_id": run_id},
     )
     return ds.map_batches(
         FaceActor,

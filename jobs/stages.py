@@ -14,8 +14,9 @@ import numpy as np
 
 from framepipe import ids, outputs, pipeline, schema, selection, sources, state
 from framepipe.config import Settings
-from framepipe.errors import ErrorCode, FramepipeError
+from framepipe.errors import FramepipeError
 from framepipe.storage import Destination
+from framepipe.videorun import VideoRun, result_row, typed_error
 
 log = logging.getLogger("framepipe.backfill")
 
@@ -49,8 +50,8 @@ class VideoSummary:
 
     video_id: str
     source: str
-    marker: str
-    started: float  # wall clock (time.time) when the decode task took the video
+    identity: str  # the object's identity, for its done marker
+    started: float  # wall clock (time.time) when the decode task took the video: the VideoRun's start
     skipped: bool = False
     meta: schema.VideoMeta | None = None
     backend: str | None = None
@@ -67,25 +68,26 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
-def decode_video(batch: dict, settings_json: str, dest: str, force: bool) -> Iterator[dict]:
+def decode_video(batch: dict, settings_json: str, dest: str, force: bool, run_id: str) -> Iterator[dict]:
     settings = Settings.model_validate_json(settings_json)
     destination = Destination(dest, timeout_s=settings.http_timeout_s)
     for source, identity in zip(batch["source"], batch["identity"]):
-        yield from _decode_one(str(source), str(identity), settings, destination, force)
+        yield from _decode_one(VideoRun(str(source), destination, settings, str(identity), run_id), force)
 
 
-def _decode_one(source: str, identity: str, settings: Settings, destination: Destination, force: bool):
+def _decode_one(run: VideoRun, force: bool):
     from framepipe.framesource import open_source
 
-    vid = ids.video_id(source)
-    summary = VideoSummary(vid, source, ids.done_marker(vid, identity, settings), time.time(), node=_node_id())
+    source, settings, vid = run.source, run.settings, run.video_id
+    summary = VideoSummary(vid, source, run.identity, run.started, node=_node_id())
     fs = None
     try:
-        if not force and pipeline.is_done(destination, summary.marker):
+        if not force and run.is_done():
             summary.skipped = True
         else:
             fs = open_source(source, settings)
-            summary.meta, summary.backend = outputs.video_meta(source, fs), fs.backend
+            run.opened(fs)
+            summary.meta, summary.backend = run.meta, run.backend
             picks = state.FramePicks(fs.info, settings)
             quality = settings.jpeg_quality
             rows: list = []
@@ -103,7 +105,7 @@ def _decode_one(source: str, identity: str, settings: Settings, destination: Des
             summary.representatives = picks.pick() if picks.frames_sampled else None
             summary.warnings = list(fs.warnings)
     except Exception as e:  # one bad input is one failed row, never a failed dataset
-        summary.error = pipeline.typed_error(e, f"decoding {source}", source, settings.http_timeout_s).to_dict()
+        summary.error = typed_error(e, f"decoding {source}", source, settings.http_timeout_s).to_dict()
     finally:
         if fs is not None:
             fs.close()
@@ -141,11 +143,11 @@ class FaceActor:
 
         self.settings = Settings.model_validate_json(settings_json)
         self.analyzer = LocalAnalyzer.load(self.settings)
-        self.tag = f"{self.analyzer.device}|{self.analyzer.pack}|{_node_id()}"
+        self.node = _node_id()
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["video_id"])
-        faces, jpegs, errors = [b""] * n, [b""] * n, [""] * n
+        faces, jpegs, codes, messages = [b""] * n, [b""] * n, [""] * n, [""] * n
         todo = [i for i in range(n) if not batch["last"][i]]
         size = self.analyzer.batch_size
         for start in range(0, len(todo), size):
@@ -153,9 +155,9 @@ class FaceActor:
             try:
                 found = self.analyzer.analyze([batch["image"][i] for i in chunk])
             except Exception as e:  # costs the video (a transient failure, retried by the next run), not the job
-                log.exception("face models failed")
+                error = typed_error(e, "the face models")
                 for i in chunk:
-                    errors[i] = f"{type(e).__name__}: {str(e)[:200]}"
+                    codes[i], messages[i] = error.code, f"face models failed: {error.message}"
                 continue
             for i, found_faces in zip(chunk, found):
                 faces[i] = pickle.dumps(found_faces)
@@ -166,10 +168,13 @@ class FaceActor:
             "pts": batch["pts"],
             "faces": faces,
             "jpeg": jpegs,
-            "error": errors,
+            "error_code": codes,  # "" when the frame was analysed
+            "error_message": messages,
             "last": batch["last"],
             "summary": batch["summary"],
-            "analyzer": [self.tag] * n,
+            "device": [self.analyzer.device] * n,
+            "pack": [self.analyzer.pack] * n,
+            "node": [self.node] * n,
         }
 
 
@@ -178,13 +183,13 @@ class VideoActor:
     extract`` (decoding in the actor's reader threads, the models in its own thread, outputs and done marker written
     here). Out goes one small row per video; frames never leave the process that decodes them."""
 
-    def __init__(self, settings_json: str, dest: str, force: bool, run: str):
+    def __init__(self, settings_json: str, dest: str, force: bool, run_id: str):
         from framepipe.analyzer import LocalAnalyzer
 
         self.settings = Settings.model_validate_json(settings_json)
         self.destination = Destination(dest, timeout_s=self.settings.http_timeout_s)
         self.force = force
-        self.run = run  # this run's id, written into the done markers it makes
+        self.run_id = run_id  # this run's id, written into the done markers it makes
         self.analyzer = LocalAnalyzer.load(self.settings)
         self.node = _node_id()
 
@@ -197,12 +202,11 @@ class VideoActor:
                "started": time.time(), "node": self.node}
         try:
             result = pipeline.process_unless_done(source, identity, self.destination, self.settings, self.analyzer,
-                                                  self.force, self.run)
+                                                  self.force, self.run_id)
             if result is not None:
-                row.update(status=result.status, people=len(result.talent_frames),
-                           error=str(result.error) if result.error else "")
+                row.update(result_row(result))
         except Exception as e:  # the destination failed under the failure record too: this video, not the dataset
-            error = pipeline.typed_error(e, f"processing {source}")
+            error = typed_error(e, f"processing {source}")
             row.update(status="failed", error=error.line)
         return {**row, "finished": time.time()}
 
@@ -215,45 +219,37 @@ FUSED_COLUMNS = ("video_id", "source", "status", "people", "error", "started", "
 # --------------------------------------------------------------------------------------------------
 
 
-def finish_video(summary: VideoSummary, frames: list, settings_json: str, dest: str, analyzer: str) -> dict:
-    """People, outputs and done marker of one video whose frames have all been analysed (``frames``: (pts, pickled
-    faces, JPEG, error) per frame)."""
+@dataclass
+class AnalysedFrame:
+    """One frame's row from the face actors, as the driver hands it to the finish task."""
+
+    pts: float
+    faces: bytes  # pickled list[Face]
+    jpeg: bytes  # b"" when the frame holds no face
+    error_code: str = ""  # the face models failed on this frame: the video fails with it
+    error_message: str = ""
+
+
+def finish_video(summary: VideoSummary, frames: list[AnalysedFrame], settings_json: str, dest: str, device: str,
+                 pack: str | None, run_id: str) -> dict:
+    """People, outputs and done marker of one video whose frames have all been analysed: the end of the
+    :class:`VideoRun` its decode task began."""
     settings = Settings.model_validate_json(settings_json)
     destination = Destination(dest, timeout_s=settings.http_timeout_s)
-    device, pack = (analyzer.split("|") + ["cpu", ""])[:2] if analyzer else ("cpu", None)
-    people = state.PeopleState()
+    run = VideoRun(summary.source, destination, settings, summary.identity, run_id, started=summary.started,
+                   device=device or "cpu", pack=pack or None, backend=summary.backend, meta=summary.meta)
 
     def build() -> schema.Result:
         if summary.error:
             raise FramepipeError.with_code(summary.error["type"], summary.error["message"])
-        failed = next((e for _, _, _, e in frames if e), None)
+        failed = next((f for f in frames if f.error_code), None)
         if failed:
-            raise FramepipeError.with_code(ErrorCode.INTERNAL_ERROR, f"face models failed: {failed}")
-        for pts, faces, jpeg, _ in sorted(frames, key=lambda f: f[0]):
-            people.add(pts, pickle.loads(faces), jpeg)
-        reduction = state.reduce(people, summary.representatives, summary.frames, settings)
+            raise FramepipeError.with_code(failed.error_code, failed.error_message)
+        people = state.PeopleState()
+        for f in sorted(frames, key=lambda f: f.pts):
+            people.add(f.pts, pickle.loads(f.faces), f.jpeg)
+        return run.succeed(state.reduce(people, summary.representatives, summary.frames, settings), summary.warnings)
 
-        def processing() -> schema.Processing:
-            return outputs.processing_doc(settings, time.time() - summary.started, device, summary.backend, pack,
-                                          summary.frames, len(people.records))
-
-        return outputs.write_success(destination, summary.video_id, summary.meta, reduction, summary.warnings,
-                                     settings, processing, pack)
-
-    def processing_failed() -> schema.Processing:
-        return outputs.processing_doc(settings, time.time() - summary.started, device, summary.backend, pack, 0, 0)
-
-    meta = summary.meta or schema.VideoMeta(source=summary.source)
-    result = pipeline.run_or_record(summary.source, build, destination, summary.video_id, lambda: meta,
-                                    processing_failed, pack, settings)
-    if pipeline.is_final(result):
-        pipeline.mark_done(destination, summary.marker)
-    return {
-        "video_id": summary.video_id,
-        "source": summary.source,
-        "status": result.status,
-        "people": len(result.talent_frames),
-        "error": str(result.error) if result.error else "",
-        "started": summary.started,
-        "finished": time.time(),
-    }
+    result = run.attempt(build)
+    run.mark_done(result)
+    return {**result_row(result), "started": summary.started, "finished": time.time()}

@@ -9,11 +9,12 @@ import uuid
 from ray import serve
 from ray.serve.task_consumer import task_consumer, task_handler
 
-from framepipe import ids, outputs, pipeline, schema
+from framepipe import pipeline, schema
 from framepipe.config import Settings
 from framepipe.errors import ErrorCode, FramepipeError, ModelUnavailable
 from framepipe.framesource import Cancel
 from framepipe.storage import Destination
+from framepipe.videorun import VideoRun
 from serve import jobs, webhook
 from serve.jobs import JobStatus
 
@@ -111,10 +112,9 @@ class VideoWorker:
 
 
 def record_failure(dest: Destination, job: JobStatus, error: FramepipeError, settings: Settings) -> schema.Result:
-    """The failed result of a job that never reached the pipeline (or whose worker was lost), written as the
-    pipeline writes a failure (result.json, the manifest row)."""
-    return outputs.record_failure(dest, ids.video_id(job.source), schema.VideoMeta(source=job.source), error,
-                                  outputs.processing_doc(settings, 0.0, "cpu", None, None, 0, 0), None, settings)
+    """The failed result of a job that never reached the pipeline (or whose worker was lost): the end of a
+    VideoRun, as the pipeline writes a failure (result.json, the manifest row)."""
+    return VideoRun(job.source, dest, settings, started=time.time()).fail(error)
 
 
 def deliver_webhook(job: JobStatus, cfg: ServeSettings, store: jobs.JobStore) -> None:

@@ -269,12 +269,12 @@ def test_a_video_call_re_run_in_the_same_run_reports_its_result_and_a_later_run_
 
     source = str(MEDIA / CLIPS["in/drama/tears.mp4"])
     batch = {"source": [source], "identity": ["size=1"]}
-    first = VideoActor(settings.model_dump_json(), str(tmp_path), force=False, run="run-1")
+    first = VideoActor(settings.model_dump_json(), str(tmp_path), force=False, run_id="run-1")
     row = {k: v[0] for k, v in first(batch).items()}
     assert row["status"] == "succeeded" and row["people"] >= 1, row
     result = tmp_path / row["video_id"] / "result.json"
     written = result.stat().st_mtime_ns
     again = first(batch)  # the same run: reported again from what it wrote, nothing redone
     assert (again["status"], again["people"]) == (["succeeded"], [row["people"]]) and result.stat().st_mtime_ns == written
-    later = VideoActor(settings.model_dump_json(), str(tmp_path), force=False, run="run-2")(batch)
+    later = VideoActor(settings.model_dump_json(), str(tmp_path), force=False, run_id="run-2")(batch)
     assert later["status"] == ["skipped"] and result.stat().st_mtime_ns == written

@@ -51,7 +51,7 @@ def clip(tmp_path_factory):
 
 
 def test_fixed_faces_become_two_people_with_shots_and_appearances(clip, tmp_path):
-    from framepipe import pipeline
+    from framepipe import pipeline, videorun
     from framepipe.config import Settings
 
     result = pipeline.process_video(str(clip), str(tmp_path), Settings(models="fake"), FakeAnalyzer())
@@ -71,7 +71,7 @@ def test_fixed_faces_become_two_people_with_shots_and_appearances(clip, tmp_path
 
 
 def test_a_failing_analyzer_is_one_failed_video_with_its_record(clip, tmp_path):
-    from framepipe import pipeline
+    from framepipe import pipeline, videorun
     from framepipe.config import Settings
 
     result = pipeline.process_video(str(clip), str(tmp_path), Settings(models="fake"), FakeAnalyzer(fail_after=1))
@@ -79,11 +79,11 @@ def test_a_failing_analyzer_is_one_failed_video_with_its_record(clip, tmp_path):
     assert "the fake model broke" in result.error.message
     assert json.loads((tmp_path / result.video_id / "result.json").read_text())["status"] == "failed"
     assert not (tmp_path / result.video_id / "talent").exists()
-    assert not pipeline.is_final(result)  # a bug of ours: the next run tries again
+    assert not videorun.is_final(result)  # a bug of ours: the next run tries again
 
 
 def test_a_cancelled_video_writes_only_its_failed_record(clip, tmp_path):
-    from framepipe import pipeline
+    from framepipe import pipeline, videorun
     from framepipe.config import Settings
     from framepipe.framesource import Cancel
 

@@ -123,12 +123,13 @@ def test_fuzzed_headers_never_escape_a_backfill_decode_task(fuzz_cases, settings
     import pickle
 
     from framepipe.storage import Destination
+    from framepipe.videorun import VideoRun
     from jobs.stages import _decode_one
 
     dest = Destination(str(fuzz_cases[0].parent / "out"))
     outcomes = {}
     for path in fuzz_cases:
-        rows = list(_decode_one(str(path), "fuzz", settings, dest, force=True))
+        rows = list(_decode_one(VideoRun(str(path), dest, settings, "fuzz"), force=True))
         summary = pickle.loads(rows[-1]["summary"][0])
         kind = summary.error["type"] if summary.error else "decoded"
         outcomes[kind] = outcomes.get(kind, 0) + 1

@@ -53,7 +53,7 @@ def serve():
 
 
 def test_a_connection_reset_mid_stream_is_read_again_from_where_it_stopped(serve, settings, model, tmp_path):
-    from framepipe import pipeline
+    from framepipe import pipeline, videorun
 
     srv = serve(reset_after=300_000)  # the file is 760 KB: every long read is cut
     result = pipeline.extract(srv.url, str(tmp_path), settings, model=model)
@@ -64,18 +64,18 @@ def test_a_connection_reset_mid_stream_is_read_again_from_where_it_stopped(serve
 
 
 def test_a_server_gone_mid_stream_is_source_unreachable_and_retried(serve, settings, model, tmp_path):
-    from framepipe import pipeline
+    from framepipe import pipeline, videorun
 
     srv = serve(reset_after=300_000, die=True)
     result = pipeline.extract(srv.url, str(tmp_path), settings, model=model)
     assert srv.resets == 1
     assert result.status == "failed" and result.error.type == "source_unreachable", result.error
-    assert not pipeline.is_final(result)  # a later run tries it again
+    assert not videorun.is_final(result)  # a later run tries it again
 
 
 def test_a_damaged_file_on_a_healthy_server_stays_corrupt(serve, settings, model, tmp_path):
     """The check does not turn real damage into a network error: a truncated file served whole is corrupt."""
-    from framepipe import pipeline
+    from framepipe import pipeline, videorun
 
     srv = serve(reset_after=10**9)
     srv.data = VIDEO.read_bytes()[:200_000]
