@@ -14,25 +14,6 @@ from urllib.parse import urlparse
 
 DONE = "_done"  # DEST/_done/<video_id>.<key>: written last for a finished video
 
-# The settings that change a video's outputs: the done-marker key hashes these (and the model pack's calibration),
-# so changing any other setting never redoes a bucket.
-RESULT_SETTINGS = frozenset({
-    "models", "det_size", "min_det_score", "min_face_px",  # faces
-    "sample_fps", "min_samples", "sampling",  # which frames
-    "require_faces", "max_bytes", "max_duration_s", "max_pixels",  # what fails
-    "cluster_max_distance", "track_max_distance", "track_min_iou", "track_min_det_score", "track_min_quality",
-    "singleton_min_quality", "shot_cut_distance",  # people and shots
-    "representative_count", "black_luma", "blur_min", "duplicate_max_distance", "jpeg_quality",  # frames written
-})
-# Every other setting, by name, so that a new setting has to be put on one side or the other (tested): how fast,
-# where, at what price, and the destination-wide steps (the registry, search) that never touch a video's outputs.
-NOT_RESULT_SETTINGS = frozenset({
-    "model_root", "device", "intra_op_threads", "decode_threads", "decode_workers", "prefetch_frames",
-    "analyze_batch", "backend", "http_timeout_s", "follow_redirects", "hourly_price_usd", "price_gpu_usd_per_hour",
-    "price_cpu_usd_per_hour", "people_max_distance", "search_min_similarity", "people_max_count",
-})
-
-
 def location(source: str) -> str:
     """Where an input lives: the absolute path of a local file (``file://`` URLs too), else the URL as given."""
     if source.startswith("file://"):
@@ -52,11 +33,12 @@ def video_id(source: str) -> str:
 
 
 def settings_key(settings) -> str:
-    """A hash of the settings that change a video's outputs, and of the model pack's calibration (the people
-    step's thresholds when they are not set)."""
+    """A hash of the settings that change a video's outputs (``Settings.output_settings()``, declared with each
+    field in config.py), and of the model pack's calibration (the people step's thresholds when they are not
+    set)."""
     from framepipe import calibration
 
-    data = {k: v for k, v in settings.model_dump().items() if k in RESULT_SETTINGS}
+    data = settings.model_dump(include=set(settings.output_settings()))
     cal = calibration.lookup(None, None, settings.models)
     data["calibration"] = [cal.pack, cal.match_similarity, cal.link_similarity]
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

@@ -46,7 +46,7 @@ class QueueSettings(BaseSettings):
     broker_url: str = Field("", description="redis://..., sqs://...; empty: the embedded broker (one machine).")
     store_url: str = Field("", description="redis://... for the job store; empty: the broker's Redis, else SQLite.")
     state_dir: str = Field("~/.framepipe/serve", description="Embedded broker and SQLite store live here.")
-    queue_name: str = Field("framepipe-jobs")
+    queue_name: str = Field("framepipe-jobs", description="The broker's queue of jobs.")
     queue_max: int = Field(64, ge=1, description="Queued jobs beyond which POST answers 429.")
     visibility_timeout_s: float = Field(
         1800.0, gt=0, description="Redis/SQS: a task unacknowledged this long is delivered again by the broker (the "

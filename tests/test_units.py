@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +16,8 @@ from framepipe.config import Settings
 from framepipe.framesource import FrameSource, SampledFrame, split_times
 from framepipe.prefetch import prefetch
 from framepipe.video import VideoInfo, sample_times
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def info(duration_s: float, fps: float = 25.0, start_s: float = 0.0) -> VideoInfo:
@@ -86,11 +89,25 @@ def test_done_marker_key_follows_results_and_versions(monkeypatch):
     assert ids.done_marker("v-1", "etag=1", s) != key  # an upgrade redoes everything
 
 
-def test_every_setting_is_on_one_side_of_the_done_marker():
-    """A new setting must be declared as changing a video's outputs or not (ids.RESULT_SETTINGS)."""
-    fields = set(Settings.model_fields)
-    assert ids.RESULT_SETTINGS | ids.NOT_RESULT_SETTINGS == fields, fields ^ (ids.RESULT_SETTINGS | ids.NOT_RESULT_SETTINGS)
-    assert not ids.RESULT_SETTINGS & ids.NOT_RESULT_SETTINGS
+def test_every_setting_says_its_concern_and_whether_it_changes_outputs():
+    """A new setting must be declared with config.setting(): its concern (the docs' section) and whether the done
+    marker hashes it."""
+    from framepipe import config
+
+    for name, f in Settings.model_fields.items():
+        assert (f.json_schema_extra or {}).get("concern") in config.CONCERNS, name
+    assert {"models", "sample_fps", "jpeg_quality", "cluster_max_distance"} <= Settings.output_settings()
+    assert not {"device", "analyze_batch", "people_max_distance", "hourly_price_usd"} & Settings.output_settings()
+
+
+def test_the_configuration_reference_is_generated_from_the_settings():
+    """docs/configuration.md's reference tables are what docs/generate_configuration.py makes of the settings
+    models and the backfill's flags: they cannot drift."""
+    import runpy
+
+    gen = runpy.run_path(str(ROOT / "docs" / "generate_configuration.py"))
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert gen["reference"]() in doc, "docs/configuration.md is stale: python docs/generate_configuration.py"
 
 
 def test_a_new_calibration_of_the_pack_redoes_its_videos(tmp_path):
@@ -487,13 +504,15 @@ def test_an_unexpected_error_while_decoding_costs_one_video_not_the_dataset(tmp_
 
     import framepipe.framesource
     from framepipe.storage import Destination
+    from framepipe.videorun import VideoRun
     from jobs.stages import _decode_one
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
     monkeypatch.setattr(framepipe.framesource, "open_source", broken)
-    rows = list(_decode_one(str(tmp_path / "a.mp4"), "size=1", Settings(), Destination(str(tmp_path)), force=True))
+    run = VideoRun(str(tmp_path / "a.mp4"), Destination(str(tmp_path)), Settings(), "size=1")
+    rows = list(_decode_one(run, force=True))
     assert len(rows) == 1
     summary = pickle.loads(rows[0]["summary"][0])
     assert summary.error["type"] == "internal_error" and "KeyError" in summary.error["message"]
