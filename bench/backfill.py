@@ -1,6 +1,6 @@
 """Backfill throughput: `framepipe extract SRC_DIR` (one process, no Ray) vs the Ray Data job (not a test).
 
-    python bench/backfill.py [--models PACK] [--copies 1,3] [--split] [--long]
+    python bench/backfill.py [--models PACK] [--copies 1,3] [--all] [--split] [--cluster] [--long]
 
 In one run, on the same inputs, each command a fresh process timed as a whole (start-up included):
 
@@ -8,7 +8,11 @@ In one run, on the same inputs, each command a fresh process timed as a whole (s
 (b) ``python -m jobs.backfill --source SRC_DIR --dest DEST``: the Ray Data job with its defaults (a local Ray; on
     CPUs the fused layout), and with ``--split`` also ``--layout split`` (decode tasks -> model actors -> finish).
 
-``--copies 1,3``: the 16 labelled shared videos, then 3 copies of them (48). Prints videos/minute and the ratio
+(c) with ``--cluster``: the same job on a Ray that is already running, as on a cluster: ``ray start --head`` (timed
+    apart, not counted), then ``ray job submit -- python -m jobs.backfill ...`` timed as a whole.
+
+``--copies 1,3``: the 16 labelled shared videos, then 3 copies of them (48); ``--all``: every shared video (24, so
+``--copies 3`` is 72). Prints videos/minute and the ratio
 (b)/(a) for each, and the job's peak object-store use and spilled bytes.
 ``--long``: two 12-minute 720p videos plus the 16 short ones in one Ray run: says when the first short video's
 outputs were written against when the first 12-minute video was finished, peak object store and spilled bytes.
@@ -32,9 +36,11 @@ SHARED = Path(os.environ.get("FRAMEPIPE_SHARED", ROOT.parent / "shared"))
 BIN = Path(sys.executable).parent
 
 
-def videos_dir(copies: int, long_videos: list[Path] = ()) -> tuple[str, int]:
+def videos_dir(copies: int, long_videos: list[Path] = (), every: bool = False) -> tuple[str, int]:
     gt = json.loads((SHARED / "media" / "ground_truth.json").read_text())
     paths = [SHARED / "media" / k for k in gt if k.startswith("videos/")]
+    if every:
+        paths = sorted(p for p in (SHARED / "media" / "videos").rglob("*") if p.suffix in {".mp4", ".mov", ".mkv"})
     d = tempfile.mkdtemp(prefix="fpbench-videos-")
     for c in range(copies):
         for p in paths:
@@ -75,6 +81,34 @@ def ray_job(src: str, models: str, *extra: str) -> tuple[float, dict, str]:
         raise
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cluster_job(src: str, models: str, *extra: str) -> tuple[float, float, dict]:
+    """``ray start --head`` (its seconds returned apart), then ``ray job submit`` of the backfill, timed as a whole;
+    the Ray is stopped after."""
+    env = {**os.environ, "FRAMEPIPE_MODELS": models}
+    dash = free_port()
+    t0 = time.perf_counter()
+    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={free_port()}", f"--dashboard-port={dash}",
+                    "--include-dashboard=true", "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    start_s = time.perf_counter() - t0
+    out = tempfile.mkdtemp(prefix="fpbench-cluster-")
+    try:
+        secs, summary = timed([str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
+                               sys.executable, "-m", "jobs.backfill", "--source", src, "--dest", out, *extra],
+                              models, "backfill summary: ")
+        return start_s, secs, json.loads(summary)
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def finished_at(out: str) -> dict[str, float]:
     """When each video's result.json was written (mtime)."""
     return {d: os.path.getmtime(os.path.join(out, d, "result.json")) for d in os.listdir(out)
@@ -91,10 +125,12 @@ def main() -> None:
     ap.add_argument("--copies", default="1,3")
     ap.add_argument("--long", action="store_true")
     ap.add_argument("--split", action="store_true", help="also time the split layout (decode tasks -> model actors)")
+    ap.add_argument("--cluster", action="store_true", help="also time `ray job submit` to a running Ray head")
+    ap.add_argument("--all", action="store_true", help="every shared video, not only the 16 labelled ones")
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores")
     for copies in [int(c) for c in args.copies.split(",") if c]:
-        src, n = videos_dir(copies)
+        src, n = videos_dir(copies, every=args.all)
         try:
             a = extract(src, args.models)
             rate = lambda secs: n / secs * 60  # noqa: E731
@@ -106,6 +142,11 @@ def main() -> None:
                       f"(b) {name} {b:6.1f} s {rate(b):6.1f} videos/min ({s['succeeded']} ok, {s['failed']} failed) | "
                       f"ratio (b)/(a) {a / b:.2f} | peak object store {mib(s['peak_object_store_bytes'])}, "
                       f"spilled {mib(s['spilled_bytes'])}")
+            if args.cluster:
+                start_s, c, s = cluster_job(src, args.models)
+                print(f"{n} videos: (c) ray job submit to a running head {c:6.1f} s {rate(c):6.1f} videos/min "
+                      f"({s['succeeded']} ok, {s['failed']} failed; ray start --head took {start_s:.1f} s, not "
+                      f"counted) | ratio (c)/(a) {a / c:.2f}")
         finally:
             shutil.rmtree(src, ignore_errors=True)
     if args.long:

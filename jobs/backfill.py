@@ -34,6 +34,8 @@ runs on the workers), this one (the arguments and the driver's loop).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -45,10 +47,11 @@ import uuid
 from dataclasses import dataclass, field
 
 
-from framepipe import pipeline
+from framepipe import pipeline, sources
 from framepipe.config import Settings
 from framepipe.errors import ErrorCode
 
+from jobs import ray_noise
 from jobs.plan import build_dataset, plan_resources
 from jobs.stages import FUSED_COLUMNS, AnalysedFrame, VideoSummary, finish_video
 
@@ -132,13 +135,24 @@ def _spilled_bytes() -> int:
     return int(m.group(1)) * 2**20 if m else 0
 
 
-def run(args) -> dict:
+def _first_inputs(args, settings: Settings, most: int) -> int:
+    """How many inputs the listing starts with, up to ``most`` (one listing call on S3): sizes the actor pool of a
+    run that has fewer inputs than actors."""
+    found = itertools.islice(sources.iter_videos(args.source, timeout_s=settings.http_timeout_s, images=args.images),
+                             most if args.limit is None else min(most, args.limit))
+    return sum(1 for _ in found)
+
+
+def connect(args) -> None:
+    """Ray: a local one started here (``--ray-address local``), else the cluster at the address."""
+    local = args.ray_address == "local"
+    if local and "ray" not in sys.modules:
+        # token authentication, as Ray 2.60 does by default for a local Ray, said explicitly (no warning); read by
+        # Ray when it is imported
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
-    settings = Settings().with_overrides(models=args.models)
-    started, wall0 = time.perf_counter(), time.time()
     env = {k: v for k, v in os.environ.items() if PASSED_ENV.match(k)}
-    local = args.ray_address == "local"
     if local:  # a local Ray started here must not outlive a driver killed outright
         from jobs import reaper
 
@@ -147,7 +161,27 @@ def run(args) -> dict:
     # ones (the raylet's prestarted workers serve the first tasks and actors instead of new ones being started)
     ray.init(address=args.ray_address, ignore_reinit_error=True, log_to_driver=False,
              **({"include_dashboard": False} if local else {"runtime_env": {"env_vars": env}}))
+
+
+def run(args) -> dict:
+    """The backfill, on the Ray ``connect`` joined (joined here if not yet); its summary."""
+    import ray
+
+    if not ray.is_initialized():
+        connect(args)
+    with ray_noise.filtered_stderr():  # after Ray's own processes started: they keep the real stderr
+        return _run(args)
+
+
+def _run(args) -> dict:
+    import ray
+
+    settings = Settings().with_overrides(models=args.models)
+    started, wall0 = time.perf_counter(), time.time()
     res = plan_resources(args, ray.cluster_resources())
+    first = _first_inputs(args, settings, res.actors)
+    if first < res.actors:  # a small run: no model loaded for an actor that would get nothing to do
+        res = dataclasses.replace(res, actors=max(1, first))
     log.info("resources: %s", res)
     # a finish task lost with its node is retried by Ray elsewhere (its arguments live with the driver)
     finish = ray.remote(finish_video).options(num_cpus=args.finish_cpus, max_retries=5)
@@ -253,11 +287,12 @@ def run(args) -> dict:
             collect(block=False)
             sample_store()
 
-    ds = build_dataset(args, settings, res, run_id)
-    drive = drive_fused if res.layout == "fused" else drive_split
-    drive(ds.iter_batches(batch_size=None, batch_format="numpy"))
-    if args.stats:
-        log.info("Ray Data stats:\n%s", ds.stats())
+    if first:  # else nothing is listed: no dataset, no model loaded
+        ds = build_dataset(args, settings, res, run_id)
+        drive = drive_fused if res.layout == "fused" else drive_split
+        drive(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        if args.stats:
+            log.info("Ray Data stats:\n%s", ds.stats())
     for vid, p in list(pending.items()):  # should not happen: Ray re-runs lost work
         log.error("%s: incomplete (%d frames of %s)", vid, len(p.frames), p.summary and p.summary.frames)
         if p.summary is not None:
@@ -292,6 +327,7 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    connect(args)
     out = run(args)
     if args.limit is not None:
         log.info("--limit %d: took the first %d listed inputs; the rest of %s was not looked at", args.limit,

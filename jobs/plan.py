@@ -14,6 +14,8 @@ from jobs.stages import FaceActor, VideoActor, decode_video, list_inputs
 
 log = logging.getLogger("framepipe.backfill")
 
+DECODE_MEMORY = 512 * 2**20  # bytes of memory a decode task reserves
+
 
 @dataclass
 class Resources:
@@ -89,7 +91,6 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
             # a whole video per call: nothing queued behind one (maybe an hour long) while another actor is free
             compute=ActorPoolStrategy(size=res.actors, max_tasks_in_flight_per_actor=1),
             num_cpus=res.actor_cpus,
-            scheduling_strategy="SPREAD",
             fn_constructor_kwargs={"settings_json": actor_settings, "dest": args.dest, "force": args.force,
                                    "run_id": run_id},
         )
@@ -97,10 +98,11 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
         decode_video,
         batch_size=1,
         num_cpus=res.decode_cpus,
+        # A decode task holds its frames in flight and its decoders' buffers. Declaring that also keeps Ray Data
+        # from fusing decoding into the model actors (it fuses stages whose remote args are equal), so decoding and
+        # inference overlap. Ray Data spreads tasks and actors over the nodes itself (its default strategy).
+        memory=DECODE_MEMORY,
         resources=res.decode_resources or None,
-        # SPREAD puts decode tasks across the CPU nodes. With the actors' DEFAULT it also keeps Ray Data from fusing
-        # decoding into the actors (it fuses stages whose remote args match), so decoding and inference overlap.
-        scheduling_strategy="SPREAD",
         fn_kwargs={"settings_json": settings_json, "dest": args.dest, "force": args.force, "run_id": run_id},
     )
     return ds.map_batches(
@@ -111,6 +113,5 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
         num_cpus=res.actor_cpus,
         num_gpus=res.actor_gpus,
         resources=res.actor_resources or None,
-        scheduling_strategy="DEFAULT",
         fn_constructor_kwargs={"settings_json": actor_settings},
     )

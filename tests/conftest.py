@@ -31,7 +31,7 @@ VIDEOS = {k: v for k, v in GROUND_TRUTH.items() if k.startswith("videos/")}
 
 # Test layers (markers, given by module below): the fast layer needs neither the models nor ../shared and runs in
 # seconds (``pytest -m "not models and not slow"``); CI runs everything.
-NO_MODELS = {"test_units", "test_job_leases", "test_registry_writers", "test_fake_pipeline"}
+NO_MODELS = {"test_units", "test_job_leases", "test_registry_writers", "test_fake_pipeline", "test_kuberay"}
 LAYERS = {
     "ray": {"test_backfill", "test_cluster", "test_pipeline"},
     "serve": {"test_serve", "test_serve_embedded"},
@@ -43,6 +43,8 @@ LAYERS = {
 collect_ignore = [] if HAVE_SHARED else [f"{m}.py" for m in (
     "test_backfill", "test_bad_input", "test_cluster", "test_people", "test_people_index", "test_frames",
     "test_people_multishot")]
+if not (SHARED / "kuberay").exists():  # KubeRay's CRD schemas
+    collect_ignore.append("test_kuberay.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -54,7 +55,17 @@ def backfill(s3_server, *args, timeout=600) -> dict:
     proc = subprocess.run([sys.executable, "-m", "jobs.backfill", *args], cwd=ROOT, env=job_env(s3_server),
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert ray_warnings(proc.stdout + proc.stderr) == []
     return summary_of(proc.stdout)
+
+
+# Ray's warnings and errors: its Python loggers ("\tWARNING worker.py:12 -- "), its C++ ones ("[... W 123 123]"),
+# Python warnings ("RayDeprecationWarning: ..."). A backfill prints none (the job's own lines are "WARNING failed: ...")
+RAY_WARNING = re.compile(r"\t(WARNING|ERROR) \S+\.py:\d+ -- |^\[[^\]]* [WE] \d+ \d+\] |\w+Warning: ", re.M)
+
+
+def ray_warnings(output: str) -> list[str]:
+    return [ln for ln in output.splitlines() if RAY_WARNING.search(ln)]
 
 
 def summary_of(stdout: str) -> dict:
@@ -192,13 +203,13 @@ def test_ray_job_submit_to_a_head_started_here(s3_server, videos_bucket):
     assert start.returncode == 0, start.stdout + start.stderr
     try:
         submit = subprocess.run(
-            [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
-             "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "bench/.cache", "out"]}),
-             "--", sys.executable, "-m", "jobs.backfill",
+            # no --working-dir: the nodes run the framepipe installed on them (cluster.yaml, the KubeRay image)
+            [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--", sys.executable, "-m", "jobs.backfill",
              "--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/submitted"],
             env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
         )
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
+        assert ray_warnings(submit.stdout + submit.stderr) == []
         summary = summary_of(submit.stdout)
         assert (summary["succeeded"], summary["failed"]) == (5, 2)
         videos, _ = manifests(s3_server, videos_bucket, "submitted")
