@@ -50,8 +50,8 @@ def videos_dir(copies: int, long_videos: list[Path] = (), every: bool = False) -
     return d, len(paths) * copies + len(long_videos)
 
 
-def timed(cmd: list[str], models: str, prefix: str) -> tuple[float, str]:
-    env = {**os.environ, "FRAMEPIPE_MODELS": models}
+def timed(cmd: list[str], models: str, prefix: str, env: dict | None = None) -> tuple[float, str]:
+    env = {**(env or os.environ), "FRAMEPIPE_MODELS": models}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
@@ -92,7 +92,10 @@ def free_port() -> int:
 def cluster_job(src: str, models: str, *extra: str) -> tuple[float, float, dict]:
     """``ray start --head`` (its seconds returned apart), then ``ray job submit`` of the backfill, timed as a whole;
     the Ray is stopped after."""
-    env = {**os.environ, "FRAMEPIPE_MODELS": models}
+    import secrets
+
+    # Ray 2.60's token authentication, as a cluster runs it: the head and the client share the token
+    env = {**os.environ, "FRAMEPIPE_MODELS": models, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     dash = free_port()
     t0 = time.perf_counter()
     subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={free_port()}", f"--dashboard-port={dash}",
@@ -102,10 +105,10 @@ def cluster_job(src: str, models: str, *extra: str) -> tuple[float, float, dict]
     try:
         secs, summary = timed([str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
                                sys.executable, "-m", "jobs.backfill", "--source", src, "--dest", out, *extra],
-                              models, "backfill summary: ")
+                              models, "backfill summary: ", env)
         return start_s, secs, json.loads(summary)
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
         shutil.rmtree(out, ignore_errors=True)
 
 
@@ -127,6 +130,7 @@ def main() -> None:
     ap.add_argument("--split", action="store_true", help="also time the split layout (decode tasks -> model actors)")
     ap.add_argument("--cluster", action="store_true", help="also time `ray job submit` to a running Ray head")
     ap.add_argument("--all", action="store_true", help="every shared video, not only the 16 labelled ones")
+    ap.add_argument("--no-local", action="store_true", help="skip (b), the job on a local Ray it starts itself")
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores")
     for copies in [int(c) for c in args.copies.split(",") if c]:
@@ -134,14 +138,14 @@ def main() -> None:
         try:
             a = extract(src, args.models)
             rate = lambda secs: n / secs * 60  # noqa: E731
-            for layout in ["auto"] + (["split"] if args.split else []):
+            print(f"{n} videos: (a) framepipe extract SRC_DIR {a:6.1f} s {rate(a):6.1f} videos/min")
+            for layout in ([] if args.no_local else ["auto"]) + (["split"] if args.split else []):
                 b, s, out = ray_job(src, args.models, "--layout", layout)
                 shutil.rmtree(out, ignore_errors=True)
                 name = "Ray job" if layout == "auto" else "Ray job --layout split"
-                print(f"{n} videos: (a) framepipe extract SRC_DIR {a:6.1f} s {rate(a):6.1f} videos/min | "
-                      f"(b) {name} {b:6.1f} s {rate(b):6.1f} videos/min ({s['succeeded']} ok, {s['failed']} failed) | "
-                      f"ratio (b)/(a) {a / b:.2f} | peak object store {mib(s['peak_object_store_bytes'])}, "
-                      f"spilled {mib(s['spilled_bytes'])}")
+                print(f"{n} videos: (b) {name} {b:6.1f} s {rate(b):6.1f} videos/min ({s['succeeded']} ok, "
+                      f"{s['failed']} failed) | ratio (b)/(a) {a / b:.2f} | peak object store "
+                      f"{mib(s['peak_object_store_bytes'])}, spilled {mib(s['spilled_bytes'])}")
             if args.cluster:
                 start_s, c, s = cluster_job(src, args.models)
                 print(f"{n} videos: (c) ray job submit to a running head {c:6.1f} s {rate(c):6.1f} videos/min "

@@ -57,6 +57,7 @@ from jobs.stages import FUSED_COLUMNS, AnalysedFrame, VideoSummary, finish_video
 
 log = logging.getLogger("framepipe.backfill")
 
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the driver of a submitted job
 PASSED_ENV = re.compile(r"^(FRAMEPIPE_(?!SERVE_)\w+|AWS_ENDPOINT_URL\w*|AWS_REGION|AWS_DEFAULT_REGION)$")
 
 
@@ -157,10 +158,14 @@ def connect(args) -> None:
         from jobs import reaper
 
         reaper.start(os.getpid())
-    # A local Ray started here inherits this process's environment: no runtime env, so that its workers are plain
-    # ones (the raylet's prestarted workers serve the first tasks and actors instead of new ones being started)
+    # The settings travel with the tasks (as JSON); the environment is passed on (FRAMEPIPE_*, AWS endpoint and
+    # region) only to a cluster joined from elsewhere. A local Ray started here inherits this process's environment,
+    # and a job submitted with `ray job submit` runs in the cluster's own, with the job's runtime env reaching every
+    # task: no runtime env of ours, so that the workers are plain ones (the raylets' prestarted workers serve the
+    # first tasks and actors instead of new processes started for a runtime env: seconds per worker).
+    submitted = JOB_CONFIG_ENV in os.environ
     ray.init(address=args.ray_address, ignore_reinit_error=True, log_to_driver=False,
-             **({"include_dashboard": False} if local else {"runtime_env": {"env_vars": env}}))
+             **({"include_dashboard": False} if local else {} if submitted else {"runtime_env": {"env_vars": env}}))
 
 
 def run(args) -> dict:

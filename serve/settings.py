@@ -40,7 +40,8 @@ class ServeSettings(BaseSettings):
     search_concurrency: int = Field(2, ge=1, description="POST /v1/search requests read, decoded and analysed at "
                                     "once per ingress replica; the others wait, their bodies unread (bounds memory).")
     webhook_max_attempts: int = Field(5, ge=1, le=20, description="Deliveries tried per webhook (a 2xx ends them).")
-    webhook_backoff_s: float = Field(1.0, ge=0, description="Backoff base: a retry waits up to this times 2^(attempt-1) (full jitter).")
+    webhook_backoff_s: float = Field(
+        1.0, ge=0, description="Backoff base: a retry waits up to this times 2^(attempt-1) (full jitter).")
     webhook_timeout_s: float = Field(10.0, gt=0, description="Connect/read timeout of one delivery.")
 
     @field_validator("webhook_secret")

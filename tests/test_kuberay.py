@@ -19,7 +19,8 @@ from conftest import ROOT, SHARED
 
 KUBERAY = SHARED / "kuberay"
 DEPLOY = ROOT / "deploy" / "kuberay"
-CRDS = {"RayJob": "ray.io_rayjobs.yaml", "RayService": "ray.io_rayservices.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
+CRDS = {"RayJob": "ray.io_rayjobs.yaml", "RayService": "ray.io_rayservices.yaml",
+        "RayCluster": "ray.io_rayclusters.yaml"}
 RAY_KINDS = set(CRDS)
 
 
