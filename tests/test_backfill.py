@@ -229,6 +229,23 @@ def test_ray_job_submit_to_a_head_started_here(s3_server, videos_bucket):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.parametrize("layout", ["fused", "split"])
+def test_a_one_video_backfill_is_quiet_and_loads_one_model_actor(tmp_path, layout):
+    """A run with fewer inputs than actors gets an actor per input (no model loaded for nothing, and no Ray Data
+    warning about a pool larger than its inputs); no Ray warning at all."""
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink(MEDIA / CLIPS["in/drama/tears.mp4"], src / "tears.mp4")
+    proc = subprocess.run([sys.executable, "-m", "jobs.backfill", "--source", str(src), "--dest", str(tmp_path / "out"),
+                           "--layout", layout], cwd=ROOT, env={**os.environ, "FRAMEPIPE_MODELS": str(PACK)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert ray_warnings(proc.stdout + proc.stderr) == []
+    assert "actors=1," in proc.stdout + proc.stderr
+    summary = summary_of(proc.stdout)
+    assert (summary["listed"], summary["succeeded"]) == (1, 1)
+
+
 def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
