@@ -193,6 +193,7 @@ def test_versions_match_and_no_secret_is_in_a_manifest():
             continue
         spec = doc["spec"].get("rayClusterSpec") or doc["spec"]["rayClusterConfig"]
         assert spec["rayVersion"] == version, name
+        assert spec["authOptions"] == {"mode": "token"}, name  # Ray's token authentication, the token KubeRay's
         pods = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
         for pod in pods:
             tpl = pod["template"]["spec"]
