@@ -11,6 +11,7 @@ destination, and the done marker with the id of the run that writes it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -80,8 +81,9 @@ class VideoRun:
     def video_id(self) -> str:
         return ids.video_id(self.source)
 
-    @property
+    @functools.cached_property
     def marker(self) -> str:
+        """The done marker's name (the settings' hash and the pack's calibration: computed once per run)."""
         return ids.done_marker(self.video_id, self.identity, self.settings)
 
     # --- what is learnt on the way ------------------------------------------------------------------

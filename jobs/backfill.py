@@ -332,7 +332,7 @@ def _run(args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    connect(args)
+    connect(args)  # before anything imports Ray: a local Ray's auth mode is read at import
     out = run(args)
     if args.limit is not None:
         log.info("--limit %d: took the first %d listed inputs; the rest of %s was not looked at", args.limit,

@@ -114,7 +114,7 @@ class VideoWorker:
 def record_failure(dest: Destination, job: JobStatus, error: FramepipeError, settings: Settings) -> schema.Result:
     """The failed result of a job that never reached the pipeline (or whose worker was lost): the end of a
     VideoRun, as the pipeline writes a failure (result.json, the manifest row)."""
-    return VideoRun(job.source, dest, settings, started=time.time()).fail(error)
+    return VideoRun(job.source, dest, settings).fail(error)
 
 
 def deliver_webhook(job: JobStatus, cfg: ServeSettings, store: jobs.JobStore) -> None:

@@ -51,7 +51,7 @@ def clip(tmp_path_factory):
 
 
 def test_fixed_faces_become_two_people_with_shots_and_appearances(clip, tmp_path):
-    from framepipe import pipeline, videorun
+    from framepipe import pipeline
     from framepipe.config import Settings
 
     result = pipeline.process_video(str(clip), str(tmp_path), Settings(models="fake"), FakeAnalyzer())
@@ -83,7 +83,7 @@ def test_a_failing_analyzer_is_one_failed_video_with_its_record(clip, tmp_path):
 
 
 def test_a_cancelled_video_writes_only_its_failed_record(clip, tmp_path):
-    from framepipe import pipeline, videorun
+    from framepipe import pipeline
     from framepipe.config import Settings
     from framepipe.framesource import Cancel
 

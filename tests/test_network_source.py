@@ -53,7 +53,7 @@ def serve():
 
 
 def test_a_connection_reset_mid_stream_is_read_again_from_where_it_stopped(serve, settings, model, tmp_path):
-    from framepipe import pipeline, videorun
+    from framepipe import pipeline
 
     srv = serve(reset_after=300_000)  # the file is 760 KB: every long read is cut
     result = pipeline.extract(srv.url, str(tmp_path), settings, model=model)
@@ -75,7 +75,7 @@ def test_a_server_gone_mid_stream_is_source_unreachable_and_retried(serve, setti
 
 def test_a_damaged_file_on_a_healthy_server_stays_corrupt(serve, settings, model, tmp_path):
     """The check does not turn real damage into a network error: a truncated file served whole is corrupt."""
-    from framepipe import pipeline, videorun
+    from framepipe import pipeline
 
     srv = serve(reset_after=10**9)
     srv.data = VIDEO.read_bytes()[:200_000]
