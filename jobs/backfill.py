@@ -27,8 +27,8 @@ per input, succeeded or failed), ``DEST/manifests/people/<video_id>.parquet`` (o
 settings that change results and the framepipe and schema versions, so a re-run skips what is done, redoes what
 changed, and a run killed half-way loses nothing finished. ``--force`` redoes all.
 
-Modules: ``jobs/plan.py`` (the layout, what each stage asks of the cluster, the dataset), ``jobs/stages.py`` (what
-runs on the workers), this one (the arguments and the driver's loop).
+Modules: ``jobs/plan.py`` (the layout, what each stage asks of the cluster, the dataset), ``jobs/listing.py`` (the
+listing task), ``jobs/stages.py`` (what else runs on the workers), this one (the arguments and the driver's loop).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from framepipe.config import Settings
 
-from jobs.stages import FaceActor, VideoActor, decode_video, list_inputs
+from jobs.listing import list_inputs
+from jobs.stages import FaceActor, VideoActor, decode_video
 
 log = logging.getLogger("framepipe.backfill")
 

@@ -1,4 +1,4 @@
-"""The backfill's stages, each run by Ray on some worker: listing, the split layout's decode task, face actor and
+"""The backfill's stages, each run by Ray on some worker: the split layout's decode task, face actor and
 finish task, and the fused layout's video actor (``jobs/backfill.py`` says how they fit together)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from framepipe import ids, outputs, pipeline, schema, selection, sources, state
+from framepipe import ids, outputs, pipeline, schema, selection, state
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError
 from framepipe.storage import Destination
@@ -21,22 +21,6 @@ from framepipe.videorun import VideoRun, result_row, typed_error
 log = logging.getLogger("framepipe.backfill")
 
 FRAMES_PER_BATCH = 8  # frames per yield of a decode task
-LIST_PAGE = 1000  # inputs per listing page
-# Environment variables handed to the workers: settings only. Credentials never travel in the runtime env (it is
-# readable in the job table, the dashboard and Ray's logs): nodes use their instance role, profile or own env.
-def list_inputs(batch: dict, root: str, images: bool, timeout_s: float) -> Iterator[dict]:
-    page: list[sources.Source] = []
-    for src in sources.iter_videos(root, timeout_s=timeout_s, images=images):
-        page.append(src)
-        if len(page) == LIST_PAGE:
-            yield _page(page)
-            page = []
-    if page:
-        yield _page(page)
-
-
-def _page(srcs: list[sources.Source]) -> dict:
-    return {"source": [s.source for s in srcs], "identity": [s.identity for s in srcs]}
 
 
 # --------------------------------------------------------------------------------------------------
