@@ -1,6 +1,7 @@
 """Backfill throughput: `framepipe extract SRC_DIR` (one process, no Ray) vs the Ray Data job (not a test).
 
-    python bench/backfill.py [--models PACK] [--copies 1,3] [--all] [--split] [--cluster] [--long]
+    python bench/backfill.py [--models PACK] [--copies 1,3] [--all] [--split] [--cluster] [--no-local] [--repeat N]
+                             [--long]
 
 In one run, on the same inputs, each command a fresh process timed as a whole (start-up included):
 
@@ -13,7 +14,9 @@ In one run, on the same inputs, each command a fresh process timed as a whole (s
 
 ``--copies 1,3``: the 16 labelled shared videos, then 3 copies of them (48); ``--all``: every shared video (24, so
 ``--copies 3`` is 72). Prints videos/minute and the ratio
-(b)/(a) for each, and the job's peak object-store use and spilled bytes.
+(b)/(a) for each, and the job's peak object-store use and spilled bytes. ``--repeat N``: the commands in turn N
+times, each ratio against the extract of its own round, then each ratio's median (this machine's speed drifts by
+10% within minutes: one pair is one sample).
 ``--long``: two 12-minute 720p videos plus the 16 short ones in one Ray run: says when the first short video's
 outputs were written against when the first 12-minute video was finished, peak object store and spilled bytes.
 """
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,26 +135,37 @@ def main() -> None:
     ap.add_argument("--cluster", action="store_true", help="also time `ray job submit` to a running Ray head")
     ap.add_argument("--all", action="store_true", help="every shared video, not only the 16 labelled ones")
     ap.add_argument("--no-local", action="store_true", help="skip (b), the job on a local Ray it starts itself")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="time (a), (b) and (c) in turn this many times; prints the median of each ratio")
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores")
     for copies in [int(c) for c in args.copies.split(",") if c]:
         src, n = videos_dir(copies, every=args.all)
+        rate = lambda secs: n / secs * 60  # noqa: E731
+        ratios: dict[str, list[float]] = {}
         try:
-            a = extract(src, args.models)
-            rate = lambda secs: n / secs * 60  # noqa: E731
-            print(f"{n} videos: (a) framepipe extract SRC_DIR {a:6.1f} s {rate(a):6.1f} videos/min")
-            for layout in ([] if args.no_local else ["auto"]) + (["split"] if args.split else []):
-                b, s, out = ray_job(src, args.models, "--layout", layout)
-                shutil.rmtree(out, ignore_errors=True)
-                name = "Ray job" if layout == "auto" else "Ray job --layout split"
-                print(f"{n} videos: (b) {name} {b:6.1f} s {rate(b):6.1f} videos/min ({s['succeeded']} ok, "
-                      f"{s['failed']} failed) | ratio (b)/(a) {a / b:.2f} | peak object store "
-                      f"{mib(s['peak_object_store_bytes'])}, spilled {mib(s['spilled_bytes'])}")
-            if args.cluster:
-                start_s, c, s = cluster_job(src, args.models)
-                print(f"{n} videos: (c) ray job submit to a running head {c:6.1f} s {rate(c):6.1f} videos/min "
-                      f"({s['succeeded']} ok, {s['failed']} failed; ray start --head took {start_s:.1f} s, not "
-                      f"counted) | ratio (c)/(a) {a / c:.2f}")
+            for r in range(args.repeat):
+                run = f" [run {r + 1}/{args.repeat}]" if args.repeat > 1 else ""
+                a = extract(src, args.models)
+                print(f"{n} videos{run}: (a) framepipe extract SRC_DIR {a:6.1f} s {rate(a):6.1f} videos/min")
+                for layout in ([] if args.no_local else ["auto"]) + (["split"] if args.split else []):
+                    b, s, out = ray_job(src, args.models, "--layout", layout)
+                    shutil.rmtree(out, ignore_errors=True)
+                    name = "Ray job" if layout == "auto" else "Ray job --layout split"
+                    ratios.setdefault(f"(b) {name}", []).append(a / b)
+                    print(f"{n} videos{run}: (b) {name} {b:6.1f} s {rate(b):6.1f} videos/min ({s['succeeded']} ok, "
+                          f"{s['failed']} failed) | ratio (b)/(a) {a / b:.2f} | peak object store "
+                          f"{mib(s['peak_object_store_bytes'])}, spilled {mib(s['spilled_bytes'])}")
+                if args.cluster:
+                    start_s, c, s = cluster_job(src, args.models)
+                    ratios.setdefault("(c) ray job submit", []).append(a / c)
+                    print(f"{n} videos{run}: (c) ray job submit to a running head {c:6.1f} s {rate(c):6.1f} "
+                          f"videos/min ({s['succeeded']} ok, {s['failed']} failed; ray start --head took "
+                          f"{start_s:.1f} s, not counted) | ratio (c)/(a) {a / c:.2f}")
+            if args.repeat > 1:
+                for name, rs in ratios.items():
+                    print(f"{n} videos: {name}: ratio to (a) of the same run, median {statistics.median(rs):.2f} "
+                          f"(min {min(rs):.2f}, max {max(rs):.2f}, {len(rs)} runs)")
         finally:
             shutil.rmtree(src, ignore_errors=True)
     if args.long:
