@@ -4,6 +4,8 @@
   ``s3://`` prefix: every video under it, one after another in this process, with done markers (no Ray);
 * ``framepipe people DEST``: the same person across every video of a destination (``people_index.parquet``);
 * ``framepipe report DEST``: a static HTML contact sheet of a destination (``DEST/report/index.html``);
+* ``framepipe compact DEST``: merge the manifest tables' small files (Delta's OPTIMIZE and VACUUM), dropping rows
+  of earlier runs of videos processed again, and move a 0.2.x destination's per-video files into the tables;
 * ``framepipe search PHOTO_OR_VIDEO DEST [--top K] [--face N] [--json]``: where the query's person appears;
 * ``framepipe calibrate PHOTOS_DIR --models PACK``: measure a model pack on ``PHOTOS_DIR/<person>/*.jpg`` and write
   its thresholds (``PACK/calibration.json``, read by every front door).
@@ -70,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     ca.add_argument("--out", help="where to write the calibration (default: calibration.json in the pack's folder)")
     rp = sub.add_parser("report", help="write a static HTML contact sheet of a destination")
     rp.add_argument("dest", help="local directory or s3://bucket/prefix")
+    co = sub.add_parser("compact", help="merge the manifest tables' small files; upgrade a 0.2.x destination")
+    co.add_argument("dest", help="local directory or s3://bucket/prefix")
     return parser
 
 
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         warnings.filterwarnings("ignore")
     try:
-        if args.command in ("people", "report"):
+        if args.command in ("people", "report", "compact"):
             return _destination_command(args)
         if args.command == "search":
             return _search(args)
@@ -272,10 +276,18 @@ def _calibrate(args) -> int:
     return EXIT_OK
 
 
+LISTED = 20  # lines of each list `framepipe people` prints (the people index has them all)
+
+
+def _more(count: int) -> None:
+    if count > LISTED:
+        print(f"  ... and {count - LISTED} more (manifests/people_index.parquet)")
+
+
 def _destination_command(args) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from framepipe import manifests, people_index, registry, report, schema
+    from framepipe import manifests, people_index, registry, report, schema, tables
     from framepipe.config import Settings
     from framepipe.errors import FramepipeError
 
@@ -312,18 +324,29 @@ def _destination_command(args) -> int:
                 print(f"registry {model}: {how}: {u.created} new global people, {u.attached} attached to known ones, "
                       f"{u.detached} detached (inputs processed again)")
             named = index.dropna(subset=["name"]).drop_duplicates("global_person_id")
-            for row in multi.itertuples():
-                names = ", ".join(os.path.basename(s) for s in row.sources)
+            for row in multi.head(LISTED).itertuples():
+                names = ", ".join(os.path.basename(s) for s in row.sources[:LISTED])
                 print(f"  person {row.global_person_id}: {row.videos} inputs ({names})")
-            for row in named.itertuples():
+            _more(len(multi))
+            for row in named.head(LISTED).itertuples():
                 print(f"  person {row.global_person_id} is {row.name}")
+            _more(len(named))
             joins = people_index.within_video_joins(index)
             print(f"{len(joins)} within-input joins (two persons of one input found to be one person: a split)")
-            for j in joins:
+            for j in joins[:LISTED]:
                 print(f"  {os.path.basename(j.source)}: persons {', '.join(map(str, j.person_ids))} -> "
                       f"person {j.global_person_id}")
+            _more(len(joins))
             if not args.no_report:
                 print(f"report: {report.write(d)}")
+        elif args.command == "compact":
+            for kind in tables.KINDS:
+                moved = tables.upgrade(d, kind)
+                dropped = tables.drop_superseded(d, kind)
+                done = tables.optimize(d, kind)
+                print(f"{kind}: {moved} per-video files moved into the table, {dropped} rows of earlier runs "
+                      f"dropped, {done['files_removed']} files merged into {done['files_added']}, "
+                      f"{done['vacuumed']} unused files removed")
         else:
             print(f"report: {report.write(d)}")
         return EXIT_OK

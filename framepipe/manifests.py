@@ -1,11 +1,11 @@
 """Reading a destination's manifests back as pandas DataFrames (local directory or ``s3://bucket/prefix``).
 
-Every run writes ``DEST/manifests/videos/<video_id>.parquet`` and ``DEST/manifests/people/<video_id>.parquet``
-(:mod:`framepipe.schema`); ``framepipe people`` adds ``DEST/manifests/people_index.parquet`` and the person
-registry ``DEST/registry/<model>/`` (:mod:`framepipe.registry`). The readers here
-work the same on local folders and on S3 (boto3 through :class:`~framepipe.storage.Destination`, files read in
-parallel), cast older files to the current schema (new columns are null), and fall back to the per-video
-``<video_id>/video.parquet`` files for destinations written before the ``manifests/`` folder existed::
+Every run appends its rows to two Delta Lake tables, ``DEST/manifests/videos`` and ``DEST/manifests/people``
+(:mod:`framepipe.tables`, schemas in :mod:`framepipe.schema`); ``framepipe people`` adds
+``DEST/manifests/people_index.parquet`` and the person registry ``DEST/registry/`` (:mod:`framepipe.registry`).
+The readers here give each video's current rows (its last run), the same on local folders and S3, cast older
+rows to the current schema (new columns are null), and read destinations written by 0.2.x (a Parquet file per
+video, until ``framepipe compact`` moves them into the tables) and before the ``manifests/`` folder existed::
 
     from framepipe import manifests
     videos = manifests.load_videos("s3://bucket/out")
@@ -16,66 +16,51 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from framepipe import commits, schema
+from framepipe import commits, schema, tables
 from framepipe.storage import Destination
+from framepipe.tables import conform as _conform
 
 
 def destination(dest: str | os.PathLike | Destination) -> Destination:
     return dest if isinstance(dest, Destination) else Destination(os.fspath(dest))
 
 
-def _conform(table: pa.Table, target: pa.Schema) -> pa.Table:
-    """``table`` with exactly ``target``'s columns, in order: missing ones null, extra ones dropped."""
-    cols = []
-    for f in target:
-        if f.name in table.column_names:
-            cols.append(table[f.name].cast(f.type))
-        else:
-            cols.append(pa.nulls(table.num_rows, f.type))
-    return pa.Table.from_arrays(cols, schema=pa.schema([f.with_nullable(True) for f in target], target.metadata))
+def _before_manifests(d: Destination, legacy_name: str, target: pa.Schema) -> pa.Table | None:
+    """Destinations written before ``manifests/`` existed: ``<video_id>/<legacy_name>``."""
+    if d.dirs(schema.MANIFESTS) or d.list(schema.MANIFESTS):
+        return None
+    found = [f"{v}/{legacy_name}" for v in sorted(d.dirs("")) if legacy_name in d.list(v)]
+    if not found:
+        return None
+    return pa.concat_tables([_conform(pq.read_table(io.BytesIO(d.read(rel))), target) for rel in found])
 
 
-def _read_tables(d: Destination, relpaths: list[str], target: pa.Schema) -> pa.Table:
-    def read(rel: str) -> pa.Table:
-        return _conform(pq.read_table(io.BytesIO(d.read(rel))), target)
-
-    if not relpaths:
-        return _conform(target.empty_table(), target)
-    with ThreadPoolExecutor(max_workers=16 if d.is_s3 else 4) as pool:
-        tables = list(pool.map(read, relpaths))
-    return pa.concat_tables(tables)
-
-
-def _manifest_files(d: Destination, kind: str, legacy_name: str) -> list[str]:
-    names = sorted(n for n in d.list(f"{schema.MANIFESTS}/{kind}") if n.endswith(".parquet"))
-    if names:
-        return [f"{schema.MANIFESTS}/{kind}/{n}" for n in names]
-    # destinations written before manifests/ existed: <video_id>/<legacy_name>
-    return [f"{v}/{legacy_name}" for v in sorted(d.dirs("")) if legacy_name in d.list(v)]
-
-
-def load_table(dest: str | Destination, kind: str) -> pa.Table:
-    """``kind``: "videos" or "people"; the whole destination as one Arrow table of the current schema."""
+def load_table(dest: str | Destination, kind: str, filter=None) -> pa.Table:
+    """``kind``: "videos" or "people"; the destination's current rows as one Arrow table of the current schema
+    (``filter``: a pyarrow expression on the table's columns, for a part of it)."""
     d = destination(dest)
     target, legacy = {"videos": (schema.VIDEO_SCHEMA, "video.parquet"), "people": (schema.PERSON_SCHEMA, "people.parquet")}[kind]
-    return _read_tables(d, _manifest_files(d, kind, legacy), target)
+    old = _before_manifests(d, legacy, target)
+    if old is not None:
+        return old if filter is None else old.filter(filter)
+    return tables.read(d, kind, filter)
 
 
 def load_videos(dest: str | Destination) -> pd.DataFrame:
-    """One row per input (succeeded or failed), sorted by source."""
+    """One row per input (succeeded or failed; its last run), sorted by source."""
     df = load_table(dest, "videos").to_pandas()
     return df.sort_values(["source", "video_id"], ignore_index=True)
 
 
-def load_people(dest: str | Destination) -> pd.DataFrame:
-    """One row per person per video, with the mean ``embedding`` (a NumPy array per row)."""
-    df = load_table(dest, "people").to_pandas()
+def load_people(dest: str | Destination, filter=None) -> pd.DataFrame:
+    """One row per person per video (of the video's last run), with the mean ``embedding`` (a NumPy array per
+    row)."""
+    df = load_table(dest, "people", filter).to_pandas()
     return df.sort_values(["source", "person_id"], ignore_index=True)
 
 
@@ -89,7 +74,7 @@ def load_people_index(dest: str | Destination) -> pd.DataFrame | None:
         return _conform(table, schema.PEOPLE_INDEX_SCHEMA).to_pandas()
     if not d.exists(schema.PEOPLE_INDEX):
         return None
-    return _read_tables(d, [schema.PEOPLE_INDEX], schema.PEOPLE_INDEX_SCHEMA).to_pandas()
+    return _conform(pq.read_table(io.BytesIO(d.read(schema.PEOPLE_INDEX))), schema.PEOPLE_INDEX_SCHEMA).to_pandas()
 
 
 def load_registry(dest: str | Destination) -> pd.DataFrame | None:

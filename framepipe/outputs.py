@@ -2,9 +2,10 @@
 manifest rows.
 
 Crash consistency: ``result.json`` is written after everything in the video's folder, and the manifest rows
-(``manifests/videos``, then ``manifests/people``, what ``framepipe people`` and notebooks read) after
-``result.json``, so a video appears in the destination's datasets only once it is done; a run killed before that
-leaves the previous state of those datasets. ``*.part`` files a killed run left in the video's folder are removed
+(appended to the ``manifests/people`` then the ``manifests/videos`` Delta tables, :mod:`framepipe.tables`, what
+``framepipe people`` and notebooks read) after ``result.json``, so a video appears in the destination's datasets
+only once it is done; a run killed before that leaves the previous state of those datasets (people rows without
+their video row are no video's current rows). ``*.part`` files a killed run left in the video's folder are removed
 before writing (never those of a live writer of the same video: a temporary name says which process writes it). A
 full disk: room for the failure record is reserved before the frames are written (``RESERVE_BYTES`` in a
 ``.reserve`` file of this writer's own) and given back when writing fails, with the half-written file, so the
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Callable
 import cv2
 import numpy as np
 
-from framepipe import schema, storage
+from framepipe import schema, storage, tables
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError, NoFacesFound
 from framepipe.state import VideoReduction
@@ -90,14 +91,11 @@ def write_outputs(
     URLs.
 
     ``finalize`` runs after the frames are written and before the two documents (to record the final
-    processing time, say). ``manifest``: a folder under ``dest`` that also gets the two Parquet files, as
-    ``<manifest>/people/<video_id>.parquet`` and ``<manifest>/videos/<video_id>.parquet`` (the destination's
-    datasets, read by :mod:`framepipe.manifests`; None for none)."""
+    processing time, say). ``manifest``: whether the rows are also appended to the destination's tables
+    (:mod:`framepipe.tables`, read by :mod:`framepipe.manifests`; None for none)."""
     out = dest.child(video_id)
-    out.remove_partials()  # a dead run's leftovers (in the shared manifests' folders: this video's only)
-    if manifest:
-        for kind in ("people", "videos"):
-            dest.remove_partials(f"{manifest}/{kind}", prefix=f"{video_id}.parquet.")
+    out.remove_partials()  # a dead run's leftovers
+    run_id = tables.new_run_id()
     with _room_for_a_failure(out, reduction is not None):
         person_rows = []
         if reduction is not None:
@@ -131,6 +129,7 @@ def write_outputs(
                         "det_score": p.best.face.det_score,
                         "embedding": p.mean_embedding.tolist(),
                         "embedding_model": embedding_model,
+                        "run_id": run_id,
                         "schema_version": schema.SCHEMA_VERSION,
                     }
                 )
@@ -140,18 +139,19 @@ def write_outputs(
             shots = [schema.TimeRange(start_s=round(a, 3), end_s=round(b, 3))
                      for a, b in reduction.representatives.shots.spans()] if reduction.representatives.shots else []
             result = result.model_copy(update={"talent_frames": talent, "representative_frames": reps, "shots": shots})
-        people = schema.parquet_bytes(schema.people_table(person_rows))
-        out.write("people.parquet", people)
+        people_rows = schema.people_table(person_rows)
+        out.write("people.parquet", schema.parquet_bytes(people_rows))
         if finalize:
             result = finalize(result)
         now = dt.datetime.now(dt.timezone.utc)
         result_url = out.url("result.json")
-        video = schema.parquet_bytes(schema.videos_table([schema.video_row(result, result_url, now)]))
-        out.write("video.parquet", video)
+        video_rows = schema.videos_table([schema.video_row(result, result_url, now, run_id)])
+        out.write("video.parquet", schema.parquet_bytes(video_rows))
         out.write("result.json", result.model_dump_json(indent=2).encode())
-        if manifest:  # the destination's datasets: only a video whose result.json is written
-            dest.write(f"{manifest}/videos/{video_id}.parquet", video)
-            dest.write(f"{manifest}/people/{video_id}.parquet", people)
+        if manifest:  # the destination's datasets: only a video whose result.json is written; its row last
+            if people_rows.num_rows:
+                tables.append(dest, "people", people_rows)
+            tables.append(dest, "videos", video_rows)
         return result
 
 

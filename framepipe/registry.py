@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 
-from framepipe import calibration, commits, manifests, schema
+from framepipe import calibration, commits, manifests, schema, tables
 from framepipe.storage import Destination
 from framepipe.registry_model import CANDIDATES, CorrectionError, Registry, Update, unit
 
@@ -111,11 +111,15 @@ def update_destination(
     committed version only (never reused). Then ``manifests/people_index.parquet`` is refreshed. Returns the index
     rows, each model's :class:`Update` and the registries."""
     d = manifests.destination(dest)
-    people = manifests.load_people(d) if people is None else people
-    groups = models_of(people)
+    given = people
     done: dict = {}
 
     def change(version: commits.Version):
+        rows, partial, seen = (given, False, None) if given is not None else people_since(d, version)
+        groups = models_of(rows)
+        if partial:  # every model of the registry stays, with or without new people
+            names = {name for name, _, _ in groups}
+            groups += [(name, dim, rows.iloc[0:0]) for name, dim in registered(version) if name not in names]
         registries = [Registry.load(d, name, dim, version) for name, dim, _ in groups]
         next_id = [max([int(version.meta.get("next_id", 0))]
                        + [int(r.persons.index.max()) + 1 for r in registries if len(r.persons)])]
@@ -123,7 +127,7 @@ def update_destination(
         for reg, (_, _, rows) in zip(registries, groups):
             reg.next_id = next_id
             threshold = calibration.people_max_distance(max_distance, reg.model, reg.dim, models)
-            updates[reg.model] = reg.update(rows, threshold, seed_max_count)
+            updates[reg.model] = reg.update(rows, threshold, seed_max_count, partial=partial)
         if corrections:
             _correct(registries, corrections, model)
         parts = {k: v for reg in registries for k, v in reg.parts().items()}
@@ -131,11 +135,33 @@ def update_destination(
         parts[schema.PEOPLE_INDEX_PART] = schema.parquet_bytes(table)
         done.update(registries=registries, updates=updates, table=table)
         keep = {k: v for k, v in version.files.items() if k not in parts}
-        return parts, {"next_id": next_id[0], "models": sorted({r.model for r in registries})}, keep
+        meta = {"next_id": next_id[0], "models": sorted({r.model for r in registries}),
+                "dims": {r.model: r.dim for r in registries}}
+        if seen is not None:
+            meta["people_version"] = seen
+        return parts, meta, keep
 
     version = commits.transact(d, schema.REGISTRY, change)
     publish_index(d, version)
     return done["table"].to_pandas(), done["updates"], {r.model: r for r in done["registries"]}
+
+
+def people_since(d: Destination, version: commits.Version) -> tuple[pd.DataFrame, bool, int | None]:
+    """The people rows a registry at ``version`` has not seen: (rows, whether they are only what changed, the
+    people table's version they bring it to). Only the rows appended since the version it records
+    (:func:`framepipe.tables.new_people`, the table's change feed); the whole table when it records none (a
+    registry of an older framepipe, a destination not yet a table) or the feed cannot say."""
+    since = version.meta.get("people_version")
+    found = tables.new_people(d, int(since)) if since is not None and version.meta.get("dims") else None
+    if found is not None:
+        rows, upto = found
+        return rows.to_pandas(), True, upto
+    seen = tables.version(d, "people")  # before reading: rows appended meanwhile are read again next time
+    return manifests.load_people(d), False, seen
+
+
+def registered(version: commits.Version) -> list[tuple[str, int]]:
+    return [(name, int(dim)) for name, dim in version.meta.get("dims", {}).items()]
 
 
 def _correct(registries: list[Registry], corrections: Corrections, model: str | None) -> None:

@@ -218,16 +218,21 @@ class Registry:
                 "face_url": r.get("face_url"), "frame_url": r.get("frame_url"), "timestamp_s": r.get("timestamp_s"),
                 "quality": r.get("quality"), "schema_version": schema.SCHEMA_VERSION})
 
-    def update(self, people: pd.DataFrame, max_distance: float, seed_max_count: int | None = None) -> Update:
-        """Attach the people rows (``manifests.load_people``, this model's only) that are not attached yet."""
+    def update(self, people: pd.DataFrame, max_distance: float, seed_max_count: int | None = None,
+               partial: bool = False) -> Update:
+        """Attach the people rows (``manifests.load_people``, this model's only) that are not attached yet.
+        ``partial``: the rows are the whole current people of their videos only (what changed since the last
+        update), not of the destination: members of other videos are left as they are."""
         self.flush()
         report = Update()
         people = people.sort_values(["source", "person_id"], ignore_index=True)
         key = lambda df: list(zip(df["video_id"], df["person_id"].astype(int)))  # noqa: E731
         current = {k: np.asarray(e, np.float32) for k, e in zip(key(people), people["embedding"])}
         # members whose video was processed again with other people (or is gone): detached
+        changed = set(people["video_id"]) if partial else None
         stale = [i for i, (k, e) in enumerate(zip(key(self.members), self.members["embedding"]))
-                 if k not in current or not np.allclose(current[k], e, atol=1e-6)]
+                 if (changed is None or k[0] in changed)
+                 and (k not in current or not np.allclose(current[k], e, atol=1e-6))]
         for i in stale:
             self._add_to(int(self.members.at[i, "global_person_id"]), self.members.at[i, "embedding"], -1)
         touched = set(self.members.loc[stale, "global_person_id"].astype(int))

@@ -5,13 +5,15 @@ Per video, the manifest is two Parquet files with the explicit schemas below:
 * ``video.parquet``: one row per input video (succeeded or failed), :data:`VIDEO_SCHEMA`;
 * ``people.parquet``: one row per person found, with the mean embedding, :data:`PERSON_SCHEMA`.
 
-Every run (CLI, backfill, Serve) also writes the same two files as ``DEST/manifests/videos/<video_id>.parquet``
-and ``DEST/manifests/people/<video_id>.parquet``, so ``pd.read_parquet("DEST/manifests/videos")`` reads a whole
-destination. ``framepipe people`` adds ``DEST/manifests/people_index.parquet`` (:data:`PEOPLE_INDEX_SCHEMA`): the
+Every run (CLI, backfill, Serve) also appends the same rows to the destination's two Delta Lake tables,
+``DEST/manifests/videos`` and ``DEST/manifests/people`` (:mod:`framepipe.tables`; read them with
+:func:`framepipe.manifests.load_videos`, ``deltalake.DeltaTable(...).to_pandas()`` or any Delta reader).
+``framepipe people`` adds ``DEST/manifests/people_index.parquet`` (:data:`PEOPLE_INDEX_SCHEMA`): the
 same person across videos, from the person registry (:data:`PERSONS_SCHEMA`, :data:`MEMBERS_SCHEMA`,
 :mod:`framepipe.registry`). ``SCHEMA_VERSION`` is stored in each file's schema metadata and in every row; bump it
 on any change to these schemas (1.1 added ``media_type``, ``seen_s`` and the people index; 1.2 the registry and
-the people index's ``name``; 1.3 the shots, each person's ``time_ranges`` and ``faces_unlisted``;
+the people index's ``name``; 1.3 the shots, each person's ``time_ranges`` and ``faces_unlisted``; 1.4 ``run_id``,
+the write a row belongs to, as the tables keep every write and a video's last is its current one;
 :mod:`framepipe.manifests` reads 1.0 files too, with nulls in the new columns).
 """
 
@@ -25,8 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1.3"
-MANIFESTS = "manifests"  # DEST/manifests/{videos,people}/<video_id>.parquet
+SCHEMA_VERSION = "1.4"
+MANIFESTS = "manifests"  # DEST/manifests/{videos,people}: Delta tables (0.2.x: one <video_id>.parquet each)
 PEOPLE_INDEX = f"{MANIFESTS}/people_index.parquet"
 PEOPLE_INDEX_PART = "people_index.parquet"  # the same table inside each committed version of the registry
 REGISTRY = "registry"  # DEST/registry/<embedding model>/{persons,members}.parquet + index.usearch
@@ -155,6 +157,7 @@ VIDEO_SCHEMA = pa.schema(
         pa.field("models", pa.string()),
         pa.field("result_url", pa.string()),
         pa.field("processed_at", pa.timestamp("ms", tz="UTC")),
+        pa.field("run_id", pa.string()),  # the write that made this row (the tables keep a video's last: 1.4)
         pa.field("schema_version", pa.string(), nullable=False),
     ],
     metadata=_META,
@@ -178,6 +181,7 @@ PERSON_SCHEMA = pa.schema(
         pa.field("time_ranges", pa.list_(TIME_RANGE)),
         pa.field("embedding", pa.list_(pa.float32()), nullable=False),
         pa.field("embedding_model", pa.string()),
+        pa.field("run_id", pa.string()),  # the video row of the same run_id is the video's current one
         pa.field("schema_version", pa.string(), nullable=False),
     ],
     metadata=_META,
@@ -236,7 +240,7 @@ MEMBERS_SCHEMA = pa.schema(
 )
 
 
-def video_row(result: Result, result_url: str | None, processed_at) -> dict:
+def video_row(result: Result, result_url: str | None, processed_at, run_id: str | None = None) -> dict:
     v, p = result.video, result.processing
     return {
         "video_id": result.video_id,
@@ -266,6 +270,7 @@ def video_row(result: Result, result_url: str | None, processed_at) -> dict:
         "models": p.models,
         "result_url": result_url,
         "processed_at": processed_at,
+        "run_id": run_id,
         "schema_version": SCHEMA_VERSION,
     }
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from framepipe import calibration, manifests, pipeline, registry
+from framepipe import calibration, commits, manifests, pipeline, registry, schema
 from framepipe.analyzer import Analyzer
 from framepipe.config import Settings
 from framepipe.errors import ErrorCode, FramepipeError
@@ -145,20 +145,23 @@ def rank(reg: registry.Registry, embedding: np.ndarray, top: int, min_similarity
 
 
 def _registry(d: Destination, model: str, dim: int, settings: Settings) -> registry.Registry:
-    """This model's registry, brought up to date with the manifests first if it is behind them."""
-    people = manifests.load_people(d)
+    """This model's committed registry, with the people appended to the destination since it was committed
+    attached in memory for this answer (the tables' change feed: never the whole destination once a registry
+    exists; search never writes the registry, ``framepipe people`` and the backfill do)."""
+    version = commits.latest(d, schema.REGISTRY)
+    people, partial, _ = registry.people_since(d, version)
+    registered = dict(registry.registered(version)) if partial else {}
     mine = [(name, rows) for name, size, rows in registry.models_of(people)
             if size == dim and name in (model, f"{model}-{dim}d")]  # registries are named as models_of names them
+    mine += [(name, people.iloc[0:0]) for name, size in registered.items()
+             if size == dim and name in (model, f"{model}-{dim}d") and name not in {n for n, _ in mine}]
     if not mine:
-        models = sorted(set(people["embedding_model"].fillna("?")))
+        models = sorted(set(people["embedding_model"].fillna("?")) | set(registered))
         raise NoPeopleOfModel(f"no people embedded with {model} ({dim}-d) in {d.url('')}"
                               + (f"; it holds people of {', '.join(models)}" if models else ""))
     [(name, rows)] = mine
-    reg = registry.Registry.load(d, name, dim)
-    known = set(zip(reg.members["video_id"], reg.members["person_id"].astype(int)))
-    if known != set(zip(rows["video_id"], rows["person_id"].astype(int))):
-        # behind the manifests: brought up to date in memory for this answer; search never writes the registry
-        # (``framepipe people`` and the backfill do)
+    reg = registry.Registry.load(d, name, dim, version)
+    if len(rows):
         reg.update(rows, calibration.people_max_distance(settings.people_max_distance, name, dim, settings.models),
-                   settings.people_max_count)
+                   settings.people_max_count, partial=partial)
     return reg

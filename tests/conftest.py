@@ -31,7 +31,8 @@ VIDEOS = {k: v for k, v in GROUND_TRUTH.items() if k.startswith("videos/")}
 
 # Test layers (markers, given by module below): the fast layer needs neither the models nor ../shared and runs in
 # seconds (``pytest -m "not models and not slow"``); CI runs everything.
-NO_MODELS = {"test_units", "test_job_leases", "test_registry_writers", "test_fake_pipeline", "test_kuberay"}
+NO_MODELS = {"test_units", "test_job_leases", "test_registry_writers", "test_fake_pipeline", "test_kuberay",
+             "test_tables"}
 LAYERS = {
     "ray": {"test_backfill", "test_cluster", "test_pipeline"},
     "serve": {"test_serve", "test_serve_embedded"},
@@ -439,3 +440,18 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
             self.server.send_body(self, body)
         except OSError:  # the reader went away (a job stopped, a replica killed)
             pass
+
+
+def copy_videos(src, dest, video_ids) -> None:
+    """Put the current manifest rows of ``video_ids`` from destination ``src`` into destination ``dest``'s tables
+    (people, then videos, as a run appends them): ``dest`` looks as if only those videos had been processed."""
+    import pyarrow.compute as pc
+
+    from framepipe import manifests, tables
+
+    wanted = pc.field("video_id").isin(list(video_ids))
+    d = manifests.destination(str(dest))
+    for kind in ("people", "videos"):
+        rows = manifests.load_table(str(src), kind, wanted)
+        if rows.num_rows:
+            tables.append(d, kind, rows)

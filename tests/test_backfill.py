@@ -16,9 +16,7 @@ import time
 
 import boto3
 import psutil
-import pyarrow.parquet as pq
 import pytest
-from pyarrow import fs
 
 from conftest import MEDIA, PACK, ROOT, VIDEOS, free_port
 
@@ -74,16 +72,12 @@ def summary_of(stdout: str) -> dict:
     return json.loads(lines[-1].split(": ", 1)[1])
 
 
-def s3fs(s3_server):
-    endpoint = s3_server["endpoint"]
-    return fs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="testing", secret_key="testing",
-                           region="us-east-1")
-
-
 def manifests(s3_server, bucket: str, prefix: str):
-    filesystem = s3fs(s3_server)
-    videos = pq.read_table(f"{bucket}/{prefix}/manifests/videos", filesystem=filesystem).to_pylist()
-    people = pq.read_table(f"{bucket}/{prefix}/manifests/people", filesystem=filesystem)
+    """The destination's current rows, as framepipe's readers give them (its Delta tables on S3)."""
+    from framepipe import manifests as readers
+
+    videos = readers.load_table(f"s3://{bucket}/{prefix}", "videos").to_pylist()
+    people = readers.load_table(f"s3://{bucket}/{prefix}", "people")
     return videos, people
 
 

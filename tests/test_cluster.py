@@ -9,10 +9,10 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
 import pytest
 
 from conftest import MEDIA, PACK, ROOT, VIDEOS
+from framepipe import manifests
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -69,9 +69,9 @@ def test_a_lost_worker_node_loses_no_video(cluster, tmp_path, layout):
     assert proc.returncode == 0, err[-5000:]
     summary = summary_of(out)
     assert (summary["listed"], summary["succeeded"], summary["failed"]) == (11, 11, 0), summary
-    videos = pd.read_parquet(dest / "manifests" / "videos")
+    videos = manifests.load_videos(dest)
     assert len(videos) == 11 and videos.video_id.is_unique and set(videos.status) == {"succeeded"}
-    people = pd.read_parquet(dest / "manifests" / "people")
+    people = manifests.load_people(dest)
     for row in videos.itertuples():  # no half-written video: documents, frames and manifest rows agree
         result = json.loads((dest / row.video_id / "result.json").read_text())
         assert result["status"] == "succeeded" and len(result["representative_frames"]) == 10

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import encode_frames
+from framepipe import manifests
 
 
 class FakeAnalyzer:
@@ -65,7 +65,7 @@ def test_fixed_faces_become_two_people_with_shots_and_appearances(clip, tmp_path
     assert result.processing.faces_unlisted == 0 and len(result.representative_frames) == 10
     written = json.loads((tmp_path / result.video_id / "result.json").read_text())
     assert written["shots"] == [s.model_dump() for s in result.shots]
-    people = pq.read_table(tmp_path / "manifests" / "people" / f"{result.video_id}.parquet").to_pylist()
+    people = manifests.load_people(tmp_path).to_dict("records")
     assert [len(p["time_ranges"]) for p in people] == [2, 1]
     assert people[0]["embedding_model"] == "fake" and len(people[0]["embedding"]) == 512
 

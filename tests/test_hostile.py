@@ -15,6 +15,7 @@ import av
 import pytest
 
 from conftest import MEDIA, PACK, ROOT, encode_frames, read_frames, run_cli
+from framepipe import manifests
 
 SEED = int(os.environ.get("FRAMEPIPE_FUZZ_SEED", "20261124"))
 TYPED = {"corrupt_video", "not_a_video", "no_frames", "input_too_large", "source_not_found"}
@@ -169,9 +170,8 @@ def test_backfill_over_hostile_inputs_writes_a_row_for_each(hostile, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1].split(": ", 1)[1])
     assert (summary["listed"], summary["succeeded"], summary["failed"]) == (4, 1, 3)
-    import pandas as pd
 
-    videos = pd.read_parquet(dest / "manifests" / "videos")
+    videos = manifests.load_videos(dest)
     assert len(videos) == 4
     failed = videos[videos.status == "failed"]
     assert set(failed.error_type) == {"corrupt_video"}

@@ -106,10 +106,10 @@ def test_embeddings_of_different_models_are_never_compared(library):
 def test_beyond_the_in_memory_count_people_are_attached_through_the_index(library, tmp_path):
     """Over FRAMEPIPE_PEOPLE_MAX_COUNT people, the registry is not seeded by in-memory clustering: each person is
     attached through the vector index instead (no quadratic memory), and the same woman is still one person."""
-    import shutil
+    from conftest import copy_videos
 
     dest = tmp_path / "dest"
-    shutil.copytree(library["dest"] / "manifests" / "people", dest / "manifests" / "people")
+    copy_videos(library["dest"], dest, [r.video_id for r in library["results"].values()])
     proc = run_cli("people", str(dest), "--no-report", env_extra={"FRAMEPIPE_PEOPLE_MAX_COUNT": "5"})
     assert proc.returncode == 0, proc.stderr
     assert "seeded" not in proc.stdout and "updated: " in proc.stdout, proc.stdout

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from conftest import MEDIA, PACK, ROOT, run_cli
+from framepipe import manifests
 
 
 def test_a_cancelled_video_writes_one_failed_result_and_nothing_else(settings, model, tmp_path):
@@ -68,8 +69,7 @@ def test_extract_over_a_folder_matches_the_backfill_and_skips_what_is_done(tmp_p
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(os.listdir(cli_out / "_done")) == sorted(os.listdir(ray_out / "_done"))
     assert len(os.listdir(cli_out / "_done")) == 3  # the non-video is final: marked done too
-    for vid in os.listdir(cli_out / "manifests" / "videos"):
-        vid = vid.removesuffix(".parquet")
+    for vid in manifests.load_videos(cli_out)["video_id"]:
         a = json.loads((cli_out / vid / "result.json").read_text())
         b = json.loads((ray_out / vid / "result.json").read_text())
         assert a["status"] == b["status"] and a["video"] == b["video"]

@@ -28,10 +28,13 @@ def _embedding(identity: int, rng: np.random.Generator) -> list[float]:
 
 def add_videos(dest: str, videos: range, seed: int = 0) -> None:
     """People manifests of ``videos``: video v shows identities v % 10 and (v + 5) % 10 at the same times."""
-    from framepipe import manifests, schema
+    import datetime as dt
+
+    from framepipe import manifests, schema, tables
 
     rng = np.random.default_rng(seed + videos.start)
     d = manifests.destination(dest)
+    people, done = [], []
     for v in videos:
         rows = []
         for pid, identity in enumerate((v % IDENTITIES, (v + 5) % IDENTITIES)):
@@ -41,8 +44,14 @@ def add_videos(dest: str, videos: range, seed: int = 0) -> None:
                 "timestamp_s": 1.0, "bbox": [0.0, 0.0, 10.0, 10.0], "quality": 0.9, "det_score": 0.9,
                 "appearances": 2, "first_seen_s": 1.0, "last_seen_s": 2.0, "seen_s": [1.0, 2.0],
                 "time_ranges": [{"start_s": 0.5, "end_s": 2.5}], "embedding": _embedding(identity, rng),
-                "embedding_model": MODEL, "schema_version": schema.SCHEMA_VERSION})
-        d.write(f"{schema.MANIFESTS}/people/v{v:03d}.parquet", schema.parquet_bytes(schema.people_table(rows)))
+                "embedding_model": MODEL, "run_id": f"r{v}", "schema_version": schema.SCHEMA_VERSION})
+        people += rows
+        done.append({"video_id": f"v{v:03d}", "source": f"v{v:03d}.mp4", "status": "succeeded", "people": 2,
+                     "processed_at": dt.datetime.now(dt.timezone.utc), "run_id": f"r{v}",
+                     "schema_version": schema.SCHEMA_VERSION})
+    # as a batch of runs appends them: the people rows, then the video rows
+    tables.append(d, "people", schema.people_table(people))
+    tables.append(d, "videos", schema.videos_table(done))
 
 
 def people_cli(dest: str, *args: str, env: dict | None = None) -> subprocess.Popen:

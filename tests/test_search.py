@@ -4,11 +4,10 @@ shared footage: real models, real CLI processes."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
-from conftest import MEDIA, run_cli
+from conftest import MEDIA, copy_videos, run_cli
 
 AOC_CLIP = "videos/talking_heads/retalking_3.mp4"
 AOC_OTHER = "videos/talking_heads/sadtalker_WDA_AlexandriaOcasioCortez_000.mp4"
@@ -20,17 +19,12 @@ PAIR = "photos/face_recognition/groups/two_people_obama_biden.jpg"
 def _partial(library, tmp_path, keys) -> str:
     """A destination holding the people manifests of ``keys`` only (as if only they had been processed yet)."""
     dest = tmp_path / "dest"
-    (dest / "manifests" / "people").mkdir(parents=True)
-    for key in keys:
-        vid = library["results"][key].video_id
-        shutil.copy(library["dest"] / "manifests" / "people" / f"{vid}.parquet", dest / "manifests" / "people")
+    _add(library, dest, keys)
     return str(dest)
 
 
 def _add(library, dest, keys) -> None:
-    for key in keys:
-        vid = library["results"][key].video_id
-        shutil.copy(library["dest"] / "manifests" / "people" / f"{vid}.parquet", f"{dest}/manifests/people")
+    copy_videos(library["dest"], dest, [library["results"][key].video_id for key in keys])
 
 
 def _index(dest) -> pd.DataFrame:

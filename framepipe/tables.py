@@ -1,0 +1,365 @@
+"""A destination's manifests as Delta Lake tables: ``DEST/manifests/videos`` and ``DEST/manifests/people``.
+
+Why Delta Lake (``deltalake``, delta-rs): every writer (each backfill actor, ``framepipe extract``, each Serve
+job) appends a video's rows as one atomic commit, on a local disk or S3 (S3's conditional writes: no lock, no
+DynamoDB), with any number of concurrent writers; a writer killed at any point leaves the table at its last commit
+(its half-written data file is named by no commit). Readers read one consistent version through the log's
+checkpoints (one every 100 commits), never a listing of data files. Spark, Trino/Athena, DuckDB and Polars read the
+same tables with their own engines. ``docs/scale.md`` has the measurements behind the choice.
+
+Rules the readers apply (:func:`read`):
+
+* every write of a video appends its rows with a fresh ``run_id``; a video processed again appends new rows. The
+  **current** rows are the video's last ``videos`` row and the ``people`` rows of the same run (the people rows
+  are appended first, the video row last: a video is in the datasets once its video row is);
+* file count grows with commits until a compaction (Delta's OPTIMIZE): every ``COMPACT_EVERY`` commits the writer
+  that made the commit compacts the table (concurrent appends do not conflict with it), and ``framepipe compact``
+  does it on demand, dropping rows superseded by a later run of their video and vacuuming files no version still
+  needs after ``VACUUM_AFTER_H`` hours;
+* a destination written by framepipe 0.2.x (one ``<video_id>.parquet`` per video in the same folders) is read as
+  it is (listing every file) until ``framepipe compact`` moves its rows into the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from framepipe import schema
+from framepipe.errors import DestinationError
+from framepipe.storage import Destination
+
+log = logging.getLogger(__name__)
+
+KINDS = {"videos": schema.VIDEO_SCHEMA, "people": schema.PERSON_SCHEMA}
+COMPACT_EVERY = 200  # a writer whose commit is a multiple of this compacts the table
+TARGET_FILE_BYTES = 128 * 1024 * 1024  # what a compaction aims each data file at
+VACUUM_AFTER_H = 1  # files no version newer than this many hours names are removed by framepipe compact
+UPGRADED = "_framepipe_no_legacy"  # a file beside the log: no 0.2.x per-video file is left in the table's folder
+ATTEMPTS = 20
+
+
+def path(kind: str) -> str:
+    return f"{schema.MANIFESTS}/{kind}"
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def storage_options(d: Destination) -> dict[str, str] | None:
+    """delta-rs's S3 settings, from the same AWS settings boto3 uses (endpoint, region, credentials)."""
+    if not d.is_s3:
+        return None
+    import boto3
+
+    session = boto3.session.Session()
+    opts = {"AWS_REGION": session.region_name or os.environ.get("AWS_REGION") or "us-east-1"}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        opts["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            opts["AWS_ALLOW_HTTP"] = "true"
+    creds = session.get_credentials()
+    if creds is not None:
+        frozen = creds.get_frozen_credentials()
+        opts["AWS_ACCESS_KEY_ID"], opts["AWS_SECRET_ACCESS_KEY"] = frozen.access_key, frozen.secret_key
+        if frozen.token:
+            opts["AWS_SESSION_TOKEN"] = frozen.token
+    return opts
+
+
+def _uri(d: Destination, kind: str) -> str:
+    return d.url(path(kind))
+
+
+def exists(d: Destination, kind: str) -> bool:
+    return bool(d.list(f"{path(kind)}/_delta_log"))
+
+
+def _open(d: Destination, kind: str, version: int | None = None):
+    from deltalake import DeltaTable
+
+    try:
+        return DeltaTable(_uri(d, kind), version=version, storage_options=storage_options(d))
+    except Exception as e:  # TableNotFoundError and storage errors
+        if not exists(d, kind):
+            return None
+        raise DestinationError(f"cannot read the table {_uri(d, kind)}: {e}") from None
+
+
+def legacy_files(d: Destination, kind: str) -> list[str]:
+    """The 0.2.x per-video files (``<video_id>.parquet``) in a table's folder (relative paths)."""
+    return [f"{path(kind)}/{n}" for n in sorted(d.list(path(kind)))
+            if n.endswith(".parquet") and not n.startswith("part-")]
+
+
+def _has_legacy(d: Destination, kind: str, table) -> bool:
+    if table is not None and d.exists(f"{path(kind)}/{UPGRADED}"):
+        return False
+    return bool(legacy_files(d, kind))
+
+
+def conform(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``target``'s columns, in order: missing ones null, extra ones dropped."""
+    cols = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            for f in target]
+    return pa.Table.from_arrays(cols, schema=pa.schema([f.with_nullable(True) for f in target], target.metadata))
+
+
+def append(d: Destination, kind: str, rows: pa.Table) -> int:
+    """Append ``rows`` to the table as one commit (creating the table on the first write); returns the version
+    committed. Every ``COMPACT_EVERY`` versions the committer compacts the table."""
+    from deltalake import CommitProperties, write_deltalake
+
+    rows = conform(rows, KINDS[kind])
+    last: Exception | None = None
+    for attempt in range(ATTEMPTS):
+        try:
+            table = _open(d, kind)
+            if table is None:
+                _create(d, kind)
+                continue
+            write_deltalake(table, rows, mode="append", schema_mode="merge",
+                            commit_properties=CommitProperties(max_commit_retries=100))
+            version = table.version()
+            break
+        except DestinationError:
+            raise
+        except Exception as e:  # a lost race creating the table, a commit that ran out of retries
+            last = e
+            time.sleep(min(0.05 * (attempt + 1), 1.0))
+    else:
+        raise DestinationError(f"cannot append to {_uri(d, kind)}: {last}")
+    if version and version % COMPACT_EVERY == 0:
+        with contextlib.suppress(Exception):  # housekeeping: the rows are committed
+            optimize(d, kind, vacuum=False)
+    return version
+
+
+def _create(d: Destination, kind: str) -> None:
+    """Create an empty table (a concurrent creator may win: then nothing is done). A folder without 0.2.x files
+    is marked as such, so readers never list it."""
+    from deltalake import DeltaTable
+
+    if not legacy_files(d, kind):
+        _mark_upgraded(d, kind)
+    try:
+        DeltaTable.create(_uri(d, kind), schema=KINDS[kind], mode="ignore", storage_options=storage_options(d))
+    except Exception as e:  # most often a concurrent creator won: the caller opens the table again
+        log.info("creating %s: %s", _uri(d, kind), e)
+
+
+def version(d: Destination, kind: str) -> int | None:
+    """The table's latest version (None: no table yet)."""
+    table = _open(d, kind)
+    return None if table is None else table.version()
+
+
+def _raw(d: Destination, kind: str, table, columns=None, filter=None) -> pa.Table:
+    target = KINDS[kind]
+    parts = []
+    if table is not None:
+        parts.append(conform(table.to_pyarrow_dataset().to_table(columns=columns, filter=filter), target)
+                     if columns is None else table.to_pyarrow_dataset().to_table(columns=columns, filter=filter))
+    if _has_legacy(d, kind, table):
+        parts += _read_legacy(d, kind, columns, filter)
+    if not parts:
+        empty = conform(target.empty_table(), target)
+        return empty if columns is None else empty.select(columns)
+    return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+
+
+def _read_legacy(d: Destination, kind: str, columns=None, filter=None) -> list[pa.Table]:
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    target = KINDS[kind]
+
+    def one(rel: str) -> pa.Table:
+        t = conform(pq.read_table(io.BytesIO(d.read(rel))), target)
+        if filter is not None:
+            t = t.filter(filter)
+        return t.select(columns) if columns is not None else t
+
+    files = legacy_files(d, kind)
+    with ThreadPoolExecutor(max_workers=16 if d.is_s3 else 4) as pool:
+        return list(pool.map(one, files))
+
+
+def current_runs(d: Destination, filter=None) -> pa.Table:
+    """(video_id, run_id) of each video's current ``videos`` row: its last write."""
+    table = _open(d, "videos")
+    cols = ["video_id", "run_id", "processed_at"]
+    return _latest(_raw(d, "videos", table, cols, filter))
+
+
+def _latest(t: pa.Table) -> pa.Table:
+    """One row per video: the last processed."""
+    if t.num_rows == 0:
+        return t
+    order = pc.sort_indices(t, [("video_id", "ascending"), ("processed_at", "descending")])
+    t = t.take(order)
+    ids = t["video_id"]
+    keep = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)) if len(ids) > 1 else pa.array([], pa.bool_())
+    mask = pa.concat_arrays([pa.array([True]), keep.combine_chunks() if len(ids) > 1 else keep])
+    return t.filter(mask)
+
+
+def read(d: Destination, kind: str, filter=None) -> pa.Table:
+    """The table's current rows (one ``videos`` row per video, the ``people`` rows of that row's run), in the
+    current schema. ``filter``: a pyarrow expression, applied before the rows are deduplicated."""
+    if kind == "videos":
+        return _latest(_raw(d, "videos", _open(d, "videos"), filter=filter))
+    rows = _raw(d, "people", _open(d, "people"), filter=filter)
+    return current_of(d, rows, current_runs(d) if filter is None else None)
+
+
+def _key(t: pa.Table):
+    return pc.binary_join_element_wise(t["video_id"], pc.fill_null(t["run_id"], ""), "\x00")
+
+
+def current_of(d: Destination, people: pa.Table, runs: pa.Table | None = None) -> pa.Table:
+    """The people rows that belong to their video's current run (``runs``: :func:`current_runs`, read if None).
+    Rows of 0.2.x files (no ``run_id``) count unless a later run of their video is in the table."""
+    if people.num_rows == 0:
+        return people
+    if runs is None:
+        runs = current_runs(d, pc.field("video_id").isin(pc.unique(people["video_id"])))
+    rerun = runs.filter(pc.is_valid(runs["run_id"]))["video_id"]
+    legacy = pc.and_(pc.is_null(people["run_id"]), pc.invert(pc.is_in(people["video_id"], value_set=rerun)))
+    return people.filter(pc.or_(pc.is_in(_key(people), value_set=_key(runs)), legacy))
+
+
+def changes(d: Destination, kind: str, since: int) -> tuple[pa.Table, int] | None:
+    """Rows appended after version ``since`` (with Delta's ``_commit_version`` and ``_commit_timestamp``) (Delta's change feed: the data files those commits added, never the
+    whole table) and the version read up to; None when the table cannot say (no table, a 0.2.x folder, a version
+    already cleaned from the log): read the whole table instead."""
+    table = _open(d, kind)
+    if table is None or _has_legacy(d, kind, table):
+        return None
+    latest = table.version()
+    if latest <= since:
+        return None if latest < since else (_empty_feed(kind), latest)
+    try:
+        reader = table.load_cdf(starting_version=since + 1, ending_version=latest)
+        feed = pa.table(reader.read_all())
+    except Exception as e:
+        log.info("no change feed of %s from version %d: %s", _uri(d, kind), since + 1, e)
+        return None
+    inserted = pc.equal(pc.cast(feed["_change_type"], pa.string()), "insert")
+    rows = conform(feed, KINDS[kind])  # delta-rs gives string views: the schema's own types
+    for name, kind_ in (("_commit_version", pa.int64()), ("_commit_timestamp", pa.timestamp("ms", tz="UTC"))):
+        rows = rows.append_column(name, pc.cast(feed[name], kind_))
+    return rows.filter(inserted), latest
+
+
+def _empty_feed(kind: str) -> pa.Table:
+    t = conform(KINDS[kind].empty_table(), KINDS[kind])
+    return t.append_column("_commit_version", pa.array([], pa.int64())).append_column(
+        "_commit_timestamp", pa.array([], pa.timestamp("ms", tz="UTC")))
+
+
+PENDING_S = 3600.0  # people rows this recent whose video row is not committed yet are a run in flight
+
+
+def new_people(d: Destination, since: int | None) -> tuple[pa.Table, int | None] | None:
+    """The current people rows appended after people-table version ``since``, and the version a reader has seen
+    all of: rows of a run whose video row is not committed yet (a writer between its two appends) hold that
+    version back, so they are read again next time (unless over ``PENDING_S`` old: a killed run's). None: read
+    the whole table (no version, no change feed)."""
+    if since is None:
+        return None
+    found = changes(d, "people", since)
+    if found is None:
+        return None
+    feed, latest = found
+    rows = conform(feed, KINDS["people"])
+    current = current_of(d, rows)
+    if current.num_rows == rows.num_rows:
+        return current, latest
+    key = _key(rows)
+    waiting = pc.invert(pc.is_in(key, value_set=_key(current)))
+    recent = pc.greater(feed["_commit_timestamp"],
+                        pa.scalar(int((time.time() - PENDING_S) * 1000), pa.timestamp("ms", tz="UTC")))
+    held = feed.filter(pc.and_(waiting, recent))["_commit_version"]
+    upto = latest if len(held) == 0 else int(pc.min(held).as_py()) - 1
+    return current, upto
+
+
+def optimize(d: Destination, kind: str, vacuum: bool = True) -> dict:
+    """Compact the table's small files (Delta's OPTIMIZE), write a checkpoint and, with ``vacuum``, remove the
+    files no version of the last ``VACUUM_AFTER_H`` hours names."""
+    table = _open(d, kind)
+    if table is None:
+        return {"files_removed": 0, "files_added": 0, "vacuumed": 0}
+    metrics = table.optimize.compact(target_size=TARGET_FILE_BYTES)
+    table = _open(d, kind)
+    table.create_checkpoint()
+    gone = table.vacuum(retention_hours=VACUUM_AFTER_H, enforce_retention_duration=False, dry_run=False) \
+        if vacuum else []
+    return {"files_removed": int(metrics.get("numFilesRemoved", 0)), "files_added": int(metrics.get("numFilesAdded", 0)),
+            "vacuumed": len(gone)}
+
+
+def upgrade(d: Destination, kind: str, batch: int = 5000) -> int:
+    """Move a 0.2.x folder's per-video files into the table (in commits of ``batch`` files), then mark the table
+    as holding them all and remove them. Idempotent: a file already moved by a killed run is not appended twice
+    (its video's rows are compared by ``video_id`` and ``processed_at``/``person_id``). Returns files moved."""
+    files = legacy_files(d, kind)
+    if not files:
+        if exists(d, kind):
+            _mark_upgraded(d, kind)
+        return 0
+    table = _open(d, kind)
+    present = set()
+    if table is not None:
+        have = table.to_pyarrow_dataset().to_table(columns=["video_id"])
+        present = set(have["video_id"].to_pylist())
+    import io
+
+    import pyarrow.parquet as pq
+
+    moved = 0
+    for start in range(0, len(files), batch):
+        chunk = files[start : start + batch]
+        tables = [conform(pq.read_table(io.BytesIO(d.read(rel))), KINDS[kind]) for rel in chunk]
+        tables = [t for t in tables if t.num_rows and t["video_id"][0].as_py() not in present]
+        if tables:
+            append(d, kind, pa.concat_tables(tables))
+        moved += len(chunk)
+    _mark_upgraded(d, kind)
+    for rel in files:
+        d.delete(rel)
+    return moved
+
+
+def _mark_upgraded(d: Destination, kind: str) -> None:
+    if not d.exists(f"{path(kind)}/{UPGRADED}"):
+        d.write(f"{path(kind)}/{UPGRADED}", b"")
+
+
+def drop_superseded(d: Destination, kind: str) -> int:
+    """Delete rows of earlier runs of videos processed again (a rewrite of the files holding them only)."""
+    table = _open(d, kind)
+    if table is None:
+        return 0
+    runs = current_runs(d)
+    rows = table.to_pyarrow_dataset().to_table(columns=["video_id", "run_id"])
+    old = rows.filter(pc.invert(pc.is_in(_key(rows), value_set=_key(runs))))
+    if old.num_rows == 0:
+        return 0
+    stale = sorted({r for r in old["run_id"].to_pylist() if r})
+    if not stale:
+        return 0
+    quoted = ", ".join("'" + r.replace("'", "''") + "'" for r in stale)
+    result = table.delete(f"run_id IN ({quoted})")
+    return int(result.get("num_deleted_rows", old.num_rows))
