@@ -226,7 +226,8 @@ def _search(args) -> int:
           f"(quality {face.quality:.2f}, {face.size_px:.0f} px); {len(hits)} result(s) at similarity >= "
           f"{floor}")
     for rank, h in enumerate(hits, 1):
-        who = f"person {h.global_person_id}" + (f" ({h.name})" if h.name else "")
+        who = (f"person {h.global_person_id}" if h.global_person_id is not None else "a person not yet registered") \
+            + (f" ({h.name})" if h.name else "")
         seen = f"seen {h.first_seen_s:.1f}-{h.last_seen_s:.1f} s" if h.seen_s else "a photo"
         print(f"{rank:>3}. {h.similarity:.3f}  {who}  {os.path.basename(h.source)} person {h.person_id}, {seen}")
         print(f"       {h.frame_url}")

@@ -13,9 +13,11 @@ Embeddings of different models are never compared (each model has its own regist
 its vector index and ids never change. :func:`within_video_joins` and :func:`summary` read the people index the
 registry writes.
 
-Scale: the pairwise distances are held in memory, so time and memory grow with the square of the number of
-people (16,000 people took 23 s and 1.6 GB on 2 cores). Over ``people_max_count`` people (per embedding model)
-the registry does not seed this way: it attaches each person through its vector index instead.
+Scale: the pairwise distances are held in memory for one connected part of the graph of people within the
+threshold of each other at a time (:func:`neighbour_parts`, found through an HNSW index), so memory grows with the
+square of the largest part (a few people per recurring identity), not of everyone. A part over
+``people_max_count`` people (a chain of look-alikes) is not clustered: its people are attached one by one through
+the registry's vector index instead.
 """
 
 from __future__ import annotations
@@ -37,6 +39,45 @@ def cluster_embeddings(embeddings: np.ndarray, max_distance: float) -> np.ndarra
     raw = fcluster(tree, t=max_distance, criterion="distance")
     order: dict[int, int] = {}
     return np.array([order.setdefault(int(lab), len(order)) for lab in raw])
+
+
+NEIGHBOURS = 16  # nearest neighbours asked of each person when the registry is first built
+
+
+def neighbour_parts(embeddings: np.ndarray, max_distance: float, k: int = NEIGHBOURS) -> list[np.ndarray]:
+    """The connected parts (row indices, each sorted) of the graph joining people within ``max_distance`` (cosine)
+    of each other, found through an HNSW index of them (usearch: each person's ``k`` nearest neighbours, in
+    batches on every core). Average linkage never joins two people with no chain of such pairs between them, so
+    clustering each part alone gives the same groups as clustering everyone, in memory of the largest part instead
+    of everyone squared. ``k`` bounds how many look-alikes one person may have for that to hold exactly."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(embeddings)
+    if n <= 1:
+        return [np.arange(n)]
+    if n <= 2000:  # small: the exact graph
+        sim = embeddings @ embeddings.T
+        rows, cols = np.nonzero(sim >= 1.0 - max_distance)
+    else:
+        from usearch.index import Index
+
+        # int8 vectors: only which pairs are near is asked of it (the parts are clustered on the exact embeddings);
+        # every pair within the threshold was found on bench/destination_scale.py's people, at a third of f32's time
+        index = Index(ndim=embeddings.shape[1], metric="cos", dtype="i8", connectivity=16, expansion_add=64,
+                      expansion_search=128)
+        keys = np.arange(n, dtype=np.uint64)
+        index.add(keys, embeddings)
+        found = index.search(embeddings, min(k, n))
+        near = found.distances <= max_distance
+        rows = np.repeat(np.arange(n), near.shape[1])[near.ravel()]
+        cols = found.keys.astype(np.int64).ravel()[near.ravel()]
+        del index
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+    count, label = connected_components(graph, directed=False)
+    order = np.argsort(label, kind="stable")
+    bounds = np.flatnonzero(np.diff(label[order])) + 1
+    return np.split(order, bounds)
 
 
 def co_occurring(part: pd.DataFrame) -> np.ndarray:

@@ -136,7 +136,7 @@ def update_destination(
         done.update(registries=registries, updates=updates, table=table)
         keep = {k: v for k, v in version.files.items() if k not in parts}
         meta = {"next_id": next_id[0], "models": sorted({r.model for r in registries}),
-                "dims": {r.model: r.dim for r in registries}}
+                "dims": {r.model: r.dim for r in registries}, "sorted_members": True}
         if seen is not None:
             meta["people_version"] = seen
         return parts, meta, keep

@@ -5,9 +5,12 @@ registries up to date and commits them; its docstring describes the whole.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime as dt
 import io
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -26,6 +29,7 @@ INDEX_FILE = "index.usearch"
 # HNSW: M, ef at build, ef at search (bench/people_scale.py)
 CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 64, 448
 CANDIDATES = 10  # nearest global persons looked at when attaching
+MEMBERS_ROW_GROUP = 2048  # members.parquet's rows per row group (sorted by global id)
 
 
 class CorrectionError(FramepipeError):
@@ -39,6 +43,41 @@ def model_dir(model: str) -> str:
 
 def unit(v: np.ndarray) -> np.ndarray:
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+def _view_index(d: Destination, relpath: str):
+    """A stored index memory-mapped (usearch ``view``): a search touches the pages it visits only. None when it
+    cannot be read."""
+    import tempfile
+
+    from usearch.index import Index
+
+    try:
+        if d.is_s3:
+            tmp = tempfile.NamedTemporaryFile(prefix="framepipe-index-", suffix=".usearch", delete=False)
+            with tmp:
+                tmp.write(d.read(relpath))
+            path = tmp.name
+            _TEMPORARY.append(path)
+        else:
+            path = d.url(relpath)
+        index = Index.restore(path, view=True)
+        if index is not None:
+            index.expansion_search = EXPANSION_SEARCH
+        return index
+    except Exception as e:
+        log.warning("cannot map the index %s: %s", d.url(relpath), e)
+        return None
+
+
+_TEMPORARY: list[str] = []  # S3 indexes copied to map them, removed when the process ends
+
+
+@atexit.register
+def _remove_temporary() -> None:
+    for path in _TEMPORARY:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _new_index(dim: int):
@@ -70,6 +109,7 @@ class Registry:
     _new_persons: list = field(default_factory=list, repr=False)
     _new_members: list = field(default_factory=list, repr=False)
     _together: dict = field(default_factory=dict, repr=False)  # video -> [(gid, seen_s)] during an update
+    _members_file: tuple | None = field(default=None, repr=False)  # (path, filesystem) of a registry read light
 
     # ---- loading and saving ------------------------------------------------------------------------
 
@@ -101,6 +141,40 @@ class Registry:
             stored = None
         reg.index = reg._read_index(stored)
         return reg
+
+    @classmethod
+    def load_light(cls, dest: str | Destination, model: str, dim: int, version: commits.Version) -> "Registry":
+        """This model's registry as of ``version`` for reading only (search): the persons without their centroids
+        and the members without their embeddings (Parquet column projection: only those column chunks are read,
+        ranged GETs on S3), the index memory-mapped (``view``; an S3 index is first copied to a temporary file);
+        :meth:`members_of` reads the embeddings of the members asked for only (row groups by global id).
+        Falls back to :meth:`load` for a registry written before its files were sorted that way."""
+        d = manifests.destination(dest)
+        name = model_dir(model).split("/", 1)[1]
+        if f"{name}/persons.parquet" not in version.files or not version.meta.get("sorted_members"):
+            return cls.load(d, model, dim, version)
+        rel = lambda p: f"{schema.REGISTRY}/{version.files[f'{name}/{p}']}"  # noqa: E731
+        persons_at, fs = d.arrow_source(rel("persons.parquet"))
+        persons = pq.read_table(persons_at, filesystem=fs, columns=[
+            c for c in schema.PERSONS_SCHEMA.names if c != "embedding_sum"]).to_pandas()
+        members_at, _ = d.arrow_source(rel("members.parquet"))
+        members = pq.read_table(members_at, filesystem=fs, columns=[
+            c for c in schema.MEMBERS_SCHEMA.names if c != "embedding"]).to_pandas()
+        reg = cls(model, dim, persons.set_index("global_person_id", drop=False), members)
+        reg._members_file = (members_at, fs)
+        reg.index = _view_index(d, rel(INDEX_FILE))
+        if reg.index is None or len(reg.index) != len(reg.live_ids()):
+            return cls.load(d, model, dim, version)
+        return reg
+
+    def members_of(self, gids: list[int]) -> pd.DataFrame:
+        """The members (with their embeddings) of these global persons."""
+        if self._members_file is None:
+            self.flush()
+            return self.members[self.members["global_person_id"].isin(gids)]
+        path, fs = self._members_file
+        table = pq.read_table(path, filesystem=fs, filters=[("global_person_id", "in", [int(g) for g in gids])])
+        return table.to_pandas()
 
     def _read_index(self, stored: bytes | None):
         from usearch.index import Index
@@ -142,13 +216,16 @@ class Registry:
         ``<model>/index.usearch``, for one commit (:mod:`framepipe.commits`)."""
         self.flush()
         name = model_dir(self.model).split("/", 1)[1]
-        persons = self.persons.assign(schema_version=schema.SCHEMA_VERSION).reset_index(drop=True)
-        members = self.members.assign(schema_version=schema.SCHEMA_VERSION).reset_index(drop=True)
+        persons = self.persons.assign(schema_version=schema.SCHEMA_VERSION).sort_index().reset_index(drop=True)
+        # members by global id, in small row groups: a search reads the row groups of the persons it found only
+        members = self.members.assign(schema_version=schema.SCHEMA_VERSION).sort_values(
+            ["global_person_id", "video_id", "person_id"], kind="stable").reset_index(drop=True)
         return {
             f"{name}/persons.parquet": schema.parquet_bytes(pa.Table.from_pandas(
                 persons[schema.PERSONS_SCHEMA.names], schema=schema.PERSONS_SCHEMA, preserve_index=False)),
             f"{name}/members.parquet": schema.parquet_bytes(pa.Table.from_pandas(
-                members[schema.MEMBERS_SCHEMA.names], schema=schema.MEMBERS_SCHEMA, preserve_index=False)),
+                members[schema.MEMBERS_SCHEMA.names], schema=schema.MEMBERS_SCHEMA, preserve_index=False),
+                row_group_size=MEMBERS_ROW_GROUP),
             f"{name}/{INDEX_FILE}": bytes(self.index.save()),
         }
 
@@ -210,13 +287,16 @@ class Registry:
         self._counts[gid] += sign
 
     def _member_rows(self, rows: pd.DataFrame, gids: list[int], similarity: list[float], pinned=False):
-        for (_, r), gid, sim in zip(rows.iterrows(), gids, similarity):
-            self._new_members.append({
-                "video_id": r["video_id"], "person_id": int(r["person_id"]), "global_person_id": int(gid),
-                "similarity": float(sim), "pinned": pinned, "source": r["source"],
-                "embedding": np.asarray(r["embedding"], np.float32), "seen_s": r.get("seen_s"),
-                "face_url": r.get("face_url"), "frame_url": r.get("frame_url"), "timestamp_s": r.get("timestamp_s"),
-                "quality": r.get("quality"), "schema_version": schema.SCHEMA_VERSION})
+        n = len(rows)
+        col = lambda name: rows[name].to_list() if name in rows else [None] * n  # noqa: E731
+        self._new_members += [
+            {"video_id": v, "person_id": int(p), "global_person_id": int(g), "similarity": float(s),
+             "pinned": pinned, "source": src, "embedding": np.asarray(e, np.float32), "seen_s": seen,
+             "face_url": face, "frame_url": frame, "timestamp_s": ts, "quality": q,
+             "schema_version": schema.SCHEMA_VERSION}
+            for v, p, g, s, src, e, seen, face, frame, ts, q in zip(
+                col("video_id"), col("person_id"), gids, similarity, col("source"), col("embedding"), col("seen_s"),
+                col("face_url"), col("frame_url"), col("timestamp_s"), col("quality"))]
 
     def update(self, people: pd.DataFrame, max_distance: float, seed_max_count: int | None = None,
                partial: bool = False) -> Update:
@@ -239,16 +319,19 @@ class Registry:
         self.members = self.members.drop(index=stale).reset_index(drop=True)
         report.detached = len(stale)
         attached = set(key(self.members))
-        new = people[[k not in attached for k in key(people)]].reset_index(drop=True)
+        new = people[np.array([k not in attached for k in key(people)], dtype=bool)].reset_index(drop=True)
         # who is already attached for the videos being added (same-time people are never one person)
         kept = self.members[self.members["video_id"].isin(set(new["video_id"]))]
         self._together = {v: list(zip(g["global_person_id"].astype(int), g["seen_s"])) for v, g in
                           kept.groupby("video_id")}
-        if len(new) and not len(self.live_ids()) and len(self.persons) == 0 and (
-                seed_max_count is None or len(new) <= seed_max_count):
+        rest = new.iloc[0:0]
+        if len(new) and not len(self.live_ids()) and len(self.persons) == 0:
             report.seeded = True
-            report.created = self._seed(new, max_distance)
-        else:
+            report.created, rest = self._seed(new, max_distance, seed_max_count)
+            new = rest.reset_index(drop=True)
+            for m in self._new_members:  # the seeded people of a video, for the rows attached one by one
+                self._together.setdefault(m["video_id"], []).append((m["global_person_id"], m["seen_s"]))
+        if not report.seeded or len(rest):
             for i in range(len(new)):
                 gid, sim = self._attach_one(new.iloc[i], max_distance)
                 if gid is None:  # a new person: in the index at once, for the next rows of this update
@@ -268,10 +351,34 @@ class Registry:
         self.flush()
         return report
 
-    def _seed(self, new: pd.DataFrame, max_distance: float) -> int:
+    def _seed(self, new: pd.DataFrame, max_distance: float, max_group: int | None) -> tuple[int, pd.DataFrame]:
+        """An empty registry built from ``new`` at once: the graph of people within ``max_distance`` of each
+        other (the vector index's k nearest neighbours), then, inside each connected part of it, average linkage
+        with the cannot-links of people seen together (:mod:`framepipe.people_index`): the same groups as average
+        linkage over everyone, without its n x n matrix. Parts over ``max_group`` people are returned, to be
+        attached one by one through the index. Returns (persons created, rows left)."""
         emb = np.stack([unit(np.asarray(e, np.float32)) for e in new["embedding"]])
-        labels = people_index.split_co_occurring(emb, people_index.cluster_embeddings(emb, max_distance), new,
-                                                 max_distance)
+        parts = people_index.neighbour_parts(emb, max_distance)
+        labels = np.full(len(new), -1, dtype=np.int64)
+        left = []
+        next_label = 0
+        for members in parts:
+            if max_group is not None and len(members) > max_group:
+                left.append(members)
+                continue
+            if len(members) == 1:
+                sub = np.zeros(1, dtype=np.int64)
+            else:
+                part = new.iloc[members]
+                sub = people_index.split_co_occurring(
+                    emb[members], people_index.cluster_embeddings(emb[members], max_distance), part, max_distance)
+            labels[members] = sub + next_label
+            next_label += int(sub.max()) + 1
+        rest = new.iloc[np.sort(np.concatenate(left))] if left else new.iloc[0:0]
+        keep = labels >= 0
+        new, emb, labels = new[keep].reset_index(drop=True), emb[keep], labels[keep]
+        order: dict[int, int] = {}
+        labels = np.array([order.setdefault(int(lab), len(order)) for lab in labels], dtype=np.int64)
         gids = {}
         for lab in range(int(labels.max()) + 1 if len(labels) else 0):
             raw = np.stack([np.asarray(e, np.float32) for e in new["embedding"][labels == lab]])
@@ -282,7 +389,7 @@ class Registry:
         live = np.array(sorted(gids.values()), dtype=np.int64)
         if len(live):
             self.index.add(live.astype(np.uint64), np.stack([unit(self._sums[g]) for g in live]))
-        return len(gids)
+        return len(gids), rest
 
     def _attach_one(self, row: pd.Series, max_distance: float) -> tuple[int | None, float]:
         seen = set(row["seen_s"]) if "seen_s" in row and row["seen_s"] is not None else set()

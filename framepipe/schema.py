@@ -283,8 +283,9 @@ def people_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=PERSON_SCHEMA)
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    """A table as the bytes of a Parquet file, as every manifest file is written (zstd)."""
+def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
+    """A table as the bytes of a Parquet file, as every manifest file is written (zstd; ``row_group_size``: rows
+    per row group, small where readers filter on a sorted column)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
     return buf.getvalue()

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
+import pandas as pd
 
 from framepipe import calibration, commits, manifests, pipeline, registry, schema
 from framepipe.analyzer import Analyzer
@@ -51,9 +52,9 @@ class Hit:
     source: str
     video_id: str
     person_id: int
-    global_person_id: int
+    global_person_id: int | None  # None: a person appended since the registry's version, joining no one yet
     name: str | None
-    person_similarity: float  # cosine between the query face and the global person's centroid
+    person_similarity: float | None  # cosine between the query face and the global person's centroid
     first_seen_s: float | None
     last_seen_s: float | None
     seen_s: list[float]
@@ -117,7 +118,8 @@ def find(
     """The destination's people most like ``embedding`` (of model pack ``model``), best first."""
     d = manifests.destination(dest)
     floor = min_similarity if min_similarity is not None else floor_for(settings, model, len(embedding))
-    return rank(_registry(d, model, len(embedding), settings), embedding, top, floor)
+    reg, pending = _registry(d, model, len(embedding), settings)
+    return rank(reg, embedding, top, floor, pending)
 
 
 def floor_for(settings: Settings, model: str, dim: int) -> float:
@@ -125,43 +127,77 @@ def floor_for(settings: Settings, model: str, dim: int) -> float:
     return calibration.search_min_similarity(settings.search_min_similarity, model, dim, settings.models)
 
 
-def rank(reg: registry.Registry, embedding: np.ndarray, top: int, min_similarity: float) -> list[Hit]:
-    """The members of ``reg``'s nearest global persons, scored against ``embedding``, best first."""
+def rank(reg: registry.Registry, embedding: np.ndarray, top: int, min_similarity: float,
+         pending: Pending | None = None) -> list[Hit]:
+    """The members of ``reg``'s nearest global persons, scored against ``embedding``, best first; with the
+    ``pending`` people (appended since the registry's version), each under the global person it would join."""
     q = registry.unit(np.asarray(embedding, dtype=np.float32))
     persons = dict(reg.nearest(q, max(top, registry.CANDIDATES)))
-    members = reg.members[reg.members["global_person_id"].isin(list(persons))]
-    hits = []
-    for row in members.itertuples():
-        sim = float(q @ registry.unit(np.asarray(row.embedding, dtype=np.float32)))
-        if sim < min_similarity:
-            continue
-        seen = [float(t) for t in row.seen_s] if row.seen_s is not None else []
-        name = reg.persons.at[row.global_person_id, "name"]
-        hits.append(Hit(round(sim, 4), row.source, row.video_id, int(row.person_id), int(row.global_person_id),
-                        str(name) if isinstance(name, str) else None,
-                        round(persons[row.global_person_id], 4), min(seen) if seen else None,
-                        max(seen) if seen else None, seen, row.frame_url, row.face_url))
+    members = reg.members_of(list(persons))
+    if pending is not None and len(pending.rows):  # a video processed again: its registered people are stale
+        members = members[~members["video_id"].isin(set(pending.rows["video_id"]))]
+    hits = [_hit(reg, q, row, persons.get(int(row.global_person_id))) for row in members.itertuples()]
+    if pending is not None:
+        hits += pending.hits(reg, q, min_similarity)
+    hits = [h for h in hits if h.similarity >= min_similarity]
     return sorted(hits, key=lambda h: -h.similarity)[:top]
 
 
-def _registry(d: Destination, model: str, dim: int, settings: Settings) -> registry.Registry:
-    """This model's committed registry, with the people appended to the destination since it was committed
-    attached in memory for this answer (the tables' change feed: never the whole destination once a registry
-    exists; search never writes the registry, ``framepipe people`` and the backfill do)."""
+def _hit(reg: registry.Registry, q: np.ndarray, row, person_similarity: float | None, gid: int | None = -1) -> Hit:
+    gid = int(row.global_person_id) if gid == -1 else gid
+    sim = float(q @ registry.unit(np.asarray(row.embedding, dtype=np.float32)))
+    seen = [float(t) for t in row.seen_s] if row.seen_s is not None else []
+    name = reg.persons.at[gid, "name"] if gid is not None and gid in reg.persons.index else None
+    if person_similarity is None and gid is not None and gid in reg.index:
+        person_similarity = float(q @ registry.unit(np.asarray(reg.index.get(gid), dtype=np.float32)))
+    return Hit(round(sim, 4), row.source, row.video_id, int(row.person_id), gid,
+               str(name) if isinstance(name, str) else None,
+               round(person_similarity, 4) if person_similarity is not None else None,
+               min(seen) if seen else None, max(seen) if seen else None, seen, row.frame_url, row.face_url)
+
+
+@dataclass
+class Pending:
+    """People appended to the destination since the registry's committed version (``framepipe people`` or the
+    backfill's end registers them): scored one by one, each under the live global person it would join
+    (the nearest within ``max_distance``), or none yet (``global_person_id`` null)."""
+    rows: pd.DataFrame
+    max_distance: float
+
+    def hits(self, reg: registry.Registry, q: np.ndarray, min_similarity: float) -> list[Hit]:
+        out = []
+        for row in self.rows.itertuples():
+            e = registry.unit(np.asarray(row.embedding, dtype=np.float32))
+            if float(q @ e) < min_similarity:
+                continue
+            near = reg.nearest(e, 1)
+            gid = near[0][0] if near and near[0][1] >= 1.0 - self.max_distance else None
+            out.append(_hit(reg, q, row, None, gid))
+        return out
+
+
+def _registry(d: Destination, model: str, dim: int, settings: Settings) -> tuple[registry.Registry, Pending | None]:
+    """This model's committed registry, read light (:meth:`~framepipe.registry.Registry.load_light`: the index
+    memory-mapped, no embeddings but those of the persons found), and the people appended since its version
+    (the tables' change feed): never the whole destination once a registry exists. A destination without one is
+    registered in memory for the answer. Search never writes the registry (``framepipe people`` and the backfill
+    do)."""
     version = commits.latest(d, schema.REGISTRY)
     people, partial, _ = registry.people_since(d, version)
     registered = dict(registry.registered(version)) if partial else {}
-    mine = [(name, rows) for name, size, rows in registry.models_of(people)
-            if size == dim and name in (model, f"{model}-{dim}d")]  # registries are named as models_of names them
+    ours = lambda name, size: size == dim and name in (model, f"{model}-{dim}d")  # noqa: E731  (as models_of names)
+    mine = [(name, rows) for name, size, rows in registry.models_of(people) if ours(name, size)]
     mine += [(name, people.iloc[0:0]) for name, size in registered.items()
-             if size == dim and name in (model, f"{model}-{dim}d") and name not in {n for n, _ in mine}]
+             if ours(name, size) and name not in {n for n, _ in mine}]
     if not mine:
         models = sorted(set(people["embedding_model"].fillna("?")) | set(registered))
         raise NoPeopleOfModel(f"no people embedded with {model} ({dim}-d) in {d.url('')}"
                               + (f"; it holds people of {', '.join(models)}" if models else ""))
     [(name, rows)] = mine
-    reg = registry.Registry.load(d, name, dim, version)
+    max_distance = calibration.people_max_distance(settings.people_max_distance, name, dim, settings.models)
+    if name in registered:
+        return registry.Registry.load_light(d, name, dim, version), Pending(rows, max_distance)
+    reg = registry.Registry.load(d, name, dim, version)  # none yet (or an older layout): built in memory
     if len(rows):
-        reg.update(rows, calibration.people_max_distance(settings.people_max_distance, name, dim, settings.models),
-                   settings.people_max_count, partial=partial)
-    return reg
+        reg.update(rows, max_distance, settings.people_max_count, partial=partial)
+    return reg, None

@@ -168,6 +168,14 @@ class Destination:
         with open(url, "rb") as f:
             return f.read()
 
+    def arrow_source(self, relpath: str):
+        """(path, pyarrow filesystem) to read a file in part (a Parquet file's footer and the column chunks a
+        reader asks for: ranged GETs on S3, from the same AWS settings as boto3), for ``pq.read_table``."""
+        if not self.is_s3:
+            return self.url(relpath), None
+        bucket, key = s3.split_s3_url(self.url(relpath))
+        return f"{bucket}/{key}", s3.arrow_filesystem()
+
     def presign(self, url: str, seconds: int) -> str:
         """A presigned HTTPS GET URL for an s3:// URL written here."""
         bucket, key = s3.split_s3_url(url)
