@@ -40,15 +40,17 @@ def _before_manifests(d: Destination, legacy_name: str, target: pa.Schema) -> pa
     return pa.concat_tables([_conform(pq.read_table(io.BytesIO(d.read(rel))), target) for rel in found])
 
 
-def load_table(dest: str | Destination, kind: str, filter=None) -> pa.Table:
+def load_table(dest: str | Destination, kind: str, filter=None, columns: list[str] | None = None) -> pa.Table:
     """``kind``: "videos" or "people"; the destination's current rows as one Arrow table of the current schema
-    (``filter``: a pyarrow expression on the table's columns, for a part of it)."""
+    (``filter``: a pyarrow expression on the table's columns, for a part of it; ``columns``: those only)."""
     d = destination(dest)
     target, legacy = {"videos": (schema.VIDEO_SCHEMA, "video.parquet"), "people": (schema.PERSON_SCHEMA, "people.parquet")}[kind]
     old = _before_manifests(d, legacy, target)
     if old is not None:
-        return old if filter is None else old.filter(filter)
-    return tables.read(d, kind, filter)
+        old = old if filter is None else old.filter(filter)
+        return old if columns is None else old.select(columns)
+    table = tables.read(d, kind, filter, columns)
+    return table if columns is None else table.select(columns)
 
 
 def load_videos(dest: str | Destination) -> pd.DataFrame:
@@ -57,11 +59,11 @@ def load_videos(dest: str | Destination) -> pd.DataFrame:
     return df.sort_values(["source", "video_id"], ignore_index=True)
 
 
-def load_people(dest: str | Destination, filter=None) -> pd.DataFrame:
+def load_people(dest: str | Destination, filter=None, columns: list[str] | None = None) -> pd.DataFrame:
     """One row per person per video (of the video's last run), with the mean ``embedding`` (a NumPy array per
-    row)."""
-    df = load_table(dest, "people", filter).to_pandas()
-    return df.sort_values(["source", "person_id"], ignore_index=True)
+    row; ``columns``: those only, e.g. without the embeddings)."""
+    df = load_table(dest, "people", filter, columns).to_pandas()
+    return df.sort_values([c for c in ("source", "person_id") if c in df], ignore_index=True)
 
 
 def load_people_index(dest: str | Destination) -> pd.DataFrame | None:

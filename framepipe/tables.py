@@ -163,16 +163,16 @@ def version(d: Destination, kind: str) -> int | None:
 
 
 def _raw(d: Destination, kind: str, table, columns=None, filter=None) -> pa.Table:
-    target = KINDS[kind]
+    target = KINDS[kind] if columns is None else pa.schema([KINDS[kind].field(c) for c in columns])
     parts = []
     if table is not None:
-        parts.append(conform(table.to_pyarrow_dataset().to_table(columns=columns, filter=filter), target)
-                     if columns is None else table.to_pyarrow_dataset().to_table(columns=columns, filter=filter))
+        present = set(table.schema().to_arrow().names) if hasattr(table.schema(), "to_arrow") else None
+        asked = columns if columns is None or present is None else [c for c in columns if c in present]
+        parts.append(conform(table.to_pyarrow_dataset().to_table(columns=asked, filter=filter), target))
     if _has_legacy(d, kind, table):
         parts += _read_legacy(d, kind, columns, filter)
     if not parts:
-        empty = conform(target.empty_table(), target)
-        return empty if columns is None else empty.select(columns)
+        return conform(target.empty_table(), target)
     return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
 
 
@@ -214,12 +214,16 @@ def _latest(t: pa.Table) -> pa.Table:
     return t.filter(mask)
 
 
-def read(d: Destination, kind: str, filter=None) -> pa.Table:
+def read(d: Destination, kind: str, filter=None, columns: list[str] | None = None) -> pa.Table:
     """The table's current rows (one ``videos`` row per video, the ``people`` rows of that row's run), in the
-    current schema. ``filter``: a pyarrow expression, applied before the rows are deduplicated."""
+    current schema. ``filter``: a pyarrow expression, applied before the rows are deduplicated; ``columns``: those
+    only (and the ones the deduplication needs), e.g. the people without their embeddings."""
+    if columns is not None:
+        need = ["video_id", "run_id"] + (["processed_at"] if kind == "videos" else [])
+        columns = list(dict.fromkeys([*columns, *need]))
     if kind == "videos":
-        return _latest(_raw(d, "videos", _open(d, "videos"), filter=filter))
-    rows = _raw(d, "people", _open(d, "people"), filter=filter)
+        return _latest(_raw(d, "videos", _open(d, "videos"), columns, filter))
+    rows = _raw(d, "people", _open(d, "people"), columns, filter)
     return current_of(d, rows, current_runs(d) if filter is None else None)
 
 

@@ -97,3 +97,37 @@ def test_a_cancelled_video_writes_only_its_failed_record(clip, tmp_path):
                                     cancel)
     assert result.status == "failed" and (result.error.type, result.error.message) == ("timeout", "over 1 s")
     assert not (tmp_path / result.video_id / "representative").exists()
+
+
+def test_the_report_pages_and_redoes_only_what_changed(clip, tmp_path, monkeypatch):
+    """Pages of a few cards and people each, every link resolving to a file; a report after one new video
+    rewrites that video's page and the index pages its card is on, not the other videos' pages."""
+    import re
+    import shutil
+
+    from framepipe import pipeline, registry, report
+    from framepipe.config import Settings
+
+    monkeypatch.setattr(report, "VIDEOS_PER_PAGE", 2)
+    monkeypatch.setattr(report, "PEOPLE_PER_PAGE", 1)
+    dest = tmp_path / "dest"
+    for i in range(5):
+        shutil.copy(clip, tmp_path / f"clip{i}.mp4")
+    for i in range(4):
+        assert pipeline.process_video(str(tmp_path / f"clip{i}.mp4"), str(dest), Settings(models="fake"),
+                                      FakeAnalyzer()).status == "succeeded"
+    registry.update_destination(str(dest), max_distance=0.5)
+    report.write(str(dest))
+    pages = sorted((dest / "report").rglob("*.html"))
+    assert {p.name for p in pages} >= {"index.html", "videos-2.html", "people-2.html"}
+    for page in pages:  # every image and link of every page is a file of the destination
+        for target in re.findall(r'(?:src|href)="([^"#]+)', page.read_text()):
+            assert (page.parent / target).resolve().is_file(), (page, target)
+    before = {p: p.stat().st_mtime_ns for p in (dest / "report" / "videos").glob("*.html")}
+    vid = pipeline.process_video(str(tmp_path / "clip4.mp4"), str(dest), Settings(models="fake"),
+                                 FakeAnalyzer()).video_id
+    report.write(str(dest))
+    after = {p: p.stat().st_mtime_ns for p in (dest / "report" / "videos").glob("*.html")}
+    assert set(after) - set(before) == {dest / "report" / "videos" / f"{vid}.html"}
+    assert all(after[p] == t for p, t in before.items())  # nothing of the other videos redone
+    assert "clip4.mp4" in (dest / "report" / "pages" / "videos-3.html").read_text()
