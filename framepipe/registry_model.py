@@ -30,6 +30,9 @@ INDEX_FILE = "index.usearch"
 CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 64, 448
 CANDIDATES = 10  # nearest global persons looked at when attaching
 MEMBERS_ROW_GROUP = 2048  # members.parquet's rows per row group (sorted by global id)
+# the index's vectors in bfloat16 (bench/people_scale.py --people 50000 --dim 512 --dtype bf16/f32): 84 against
+# 152 MB, built 1.6x faster, recall@10 against exact search 0.980 against f32's 0.987 at ef 448
+INDEX_DTYPE = "bf16"
 
 
 class CorrectionError(FramepipeError):
@@ -83,7 +86,7 @@ def _remove_temporary() -> None:
 def _new_index(dim: int):
     from usearch.index import Index
 
-    return Index(ndim=dim, metric="cos", dtype="f32", connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD,
+    return Index(ndim=dim, metric="cos", dtype=INDEX_DTYPE, connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD,
                  expansion_search=EXPANSION_SEARCH)
 
 
@@ -357,7 +360,8 @@ class Registry:
         with the cannot-links of people seen together (:mod:`framepipe.people_index`): the same groups as average
         linkage over everyone, without its n x n matrix. Parts over ``max_group`` people are returned, to be
         attached one by one through the index. Returns (persons created, rows left)."""
-        emb = np.stack([unit(np.asarray(e, np.float32)) for e in new["embedding"]])
+        raw = np.stack([np.asarray(e, np.float32) for e in new["embedding"]])
+        emb = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
         parts = people_index.neighbour_parts(emb, max_distance)
         labels = np.full(len(new), -1, dtype=np.int64)
         left = []
@@ -376,20 +380,37 @@ class Registry:
             next_label += int(sub.max()) + 1
         rest = new.iloc[np.sort(np.concatenate(left))] if left else new.iloc[0:0]
         keep = labels >= 0
-        new, emb, labels = new[keep].reset_index(drop=True), emb[keep], labels[keep]
-        order: dict[int, int] = {}
-        labels = np.array([order.setdefault(int(lab), len(order)) for lab in labels], dtype=np.int64)
-        gids = {}
-        for lab in range(int(labels.max()) + 1 if len(labels) else 0):
-            raw = np.stack([np.asarray(e, np.float32) for e in new["embedding"][labels == lab]])
-            gids[lab] = self._create(raw.sum(axis=0), len(raw))
-        gid_of = [gids[int(lab)] for lab in labels]
-        sims = [float(emb[i] @ unit(self._sum(g))) for i, g in enumerate(gid_of)]
-        self._member_rows(new, gid_of, sims)
-        live = np.array(sorted(gids.values()), dtype=np.int64)
-        if len(live):
-            self.index.add(live.astype(np.uint64), np.stack([unit(self._sums[g]) for g in live]))
-        return len(gids), rest
+        new, emb, raw, labels = new[keep].reset_index(drop=True), emb[keep], raw[keep], labels[keep]
+        _, first, labels = np.unique(labels, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)  # numbered in order of first appearance
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        labels = rank[labels]
+        count = len(first)
+        sums = np.zeros((count, raw.shape[1]), dtype=np.float64)
+        np.add.at(sums, labels, raw)
+        sizes = np.bincount(labels, minlength=count)
+        gids = self._create_many(sums, sizes)
+        centroids = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        sims = np.einsum("ij,ij->i", emb, centroids[labels])
+        self._member_rows(new, gids[labels].tolist(), sims.tolist())
+        if count:
+            self.index.add(gids.astype(np.uint64), centroids)
+        return count, rest
+
+    def _create_many(self, sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """New persons in bulk (an empty registry's seed): their ids, in order."""
+        start = max(self.next_id[0], int(self.persons.index.max()) + 1 if len(self.persons) else 0)
+        gids = np.arange(start, start + len(sizes), dtype=np.int64)
+        self.next_id[0] = start + len(sizes)
+        now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).floor("ms")
+        block = pd.DataFrame({
+            "global_person_id": gids, "name": pd.Series([None] * len(gids), dtype=object),
+            "merged_into": pd.array([pd.NA] * len(gids), dtype="Int64"), "members": sizes.astype(np.int64),
+            "embedding_sum": list(sums.astype(np.float32)), "created_at": now,
+            "schema_version": schema.SCHEMA_VERSION}).set_index("global_person_id", drop=False)
+        self.flush()
+        self.persons = pd.concat([self.persons, block]) if len(self.persons) else block
+        return gids
 
     def _attach_one(self, row: pd.Series, max_distance: float) -> tuple[int | None, float]:
         seen = set(row["seen_s"]) if "seen_s" in row and row["seen_s"] is not None else set()

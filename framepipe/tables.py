@@ -83,15 +83,20 @@ def exists(d: Destination, kind: str) -> bool:
     return bool(d.list(f"{path(kind)}/_delta_log"))
 
 
-def _open(d: Destination, kind: str, version: int | None = None):
+def _open(d: Destination, kind: str, version: int | None = None, attempts: int = 5):
+    """The table (None: no table yet). A log caught being created (its first commit not yet in place: "no files
+    in log segment") is read again a moment later."""
     from deltalake import DeltaTable
 
-    try:
-        return DeltaTable(_uri(d, kind), version=version, storage_options=storage_options(d))
-    except Exception as e:  # TableNotFoundError and storage errors
-        if not exists(d, kind):
-            return None
-        raise DestinationError(f"cannot read the table {_uri(d, kind)}: {e}") from None
+    for attempt in range(attempts):
+        try:
+            return DeltaTable(_uri(d, kind), version=version, storage_options=storage_options(d))
+        except Exception as e:  # TableNotFoundError and storage errors
+            if not exists(d, kind):
+                return None
+            if attempt == attempts - 1:
+                raise DestinationError(f"cannot read the table {_uri(d, kind)}: {e}") from None
+            time.sleep(0.1 * (attempt + 1))
 
 
 def legacy_files(d: Destination, kind: str) -> list[str]:
@@ -130,8 +135,6 @@ def append(d: Destination, kind: str, rows: pa.Table) -> int:
                             commit_properties=CommitProperties(max_commit_retries=100))
             version = table.version()
             break
-        except DestinationError:
-            raise
         except Exception as e:  # a lost race creating the table, a commit that ran out of retries
             last = e
             time.sleep(min(0.05 * (attempt + 1), 1.0))
