@@ -99,11 +99,13 @@ def build_legacy(dest: str, template: str, n_videos: int) -> None:
         list(pool.map(one, range(n_videos)))
 
 
+# peak RSS from /proc (VmHWM): getrusage's ru_maxrss survives exec and would report this process's own size
 STEP = """
-import resource, sys, time, json
+import re, sys, time, json
 t = time.perf_counter()
 {body}
-print(json.dumps({{"s": time.perf_counter() - t, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+peak = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+print(json.dumps({{"s": time.perf_counter() - t, "rss_mb": peak}}))
 """
 CLI = "from framepipe.cli import main\nrc = main({args!r})\nassert rc == 0, rc"
 

@@ -214,10 +214,11 @@ class Settings(BaseSettings):
     )
     people_max_count: int = setting(
         "registry and search",
-        default=30_000,
+        default=8_000,
         ge=1,
-        description="framepipe people: most people (per embedding model) clustered in memory; "
-        "memory grows with the square (16,000 took 1.6 GB).",
+        description="framepipe people, a registry's first build: most people of one part of the graph of "
+        "look-alikes clustered in memory at once (memory grows with its square: 8,000 take about 0.5 GB); a larger "
+        "part's people are attached one by one through the index.",
     )
 
     representative_count: int = setting(

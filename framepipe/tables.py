@@ -303,14 +303,15 @@ def new_people(d: Destination, since: int | None) -> tuple[pa.Table, int | None]
 
 
 def optimize(d: Destination, kind: str, vacuum: bool = True) -> dict:
-    """Compact the table's small files (Delta's OPTIMIZE), write a checkpoint and, with ``vacuum``, remove the
-    files no version of the last ``VACUUM_AFTER_H`` hours names."""
+    """Compact the table's small files (Delta's OPTIMIZE), write a checkpoint, drop expired log entries and, with
+    ``vacuum``, remove the files no version of the last ``VACUUM_AFTER_H`` hours names."""
     table = _open(d, kind)
     if table is None:
         return {"files_removed": 0, "files_added": 0, "vacuumed": 0}
     metrics = table.optimize.compact(target_size=TARGET_FILE_BYTES)
     table = _open(d, kind)
     table.create_checkpoint()
+    table.cleanup_metadata()  # log entries older than the table's log retention (30 days) and a checkpoint
     gone = table.vacuum(retention_hours=VACUUM_AFTER_H, enforce_retention_duration=False, dry_run=False) \
         if vacuum else []
     return {"files_removed": int(metrics.get("numFilesRemoved", 0)), "files_added": int(metrics.get("numFilesAdded", 0)),
