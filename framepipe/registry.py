@@ -48,7 +48,7 @@ from framepipe.storage import Destination
 from framepipe.registry_model import CANDIDATES, CorrectionError, Registry, Update, unit
 
 __all__ = ["CANDIDATES", "CorrectionError", "Corrections", "Registry", "Update", "in_memory_index", "index_table",
-           "models_of", "publish_index", "unit", "update_destination"]
+           "model_groups", "models_of", "people_since", "publish_index", "registered", "unit", "update_destination"]
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,7 @@ def update_destination(
 
     def change(version: commits.Version):
         rows, partial, seen = (given, False, None) if given is not None else people_since(d, version)
-        groups = models_of(rows)
-        if partial:  # every model of the registry stays, with or without new people
-            names = {name for name, _, _ in groups}
-            groups += [(name, dim, rows.iloc[0:0]) for name, dim in registered(version) if name not in names]
+        groups = model_groups(rows, version, partial)
         registries = [Registry.load(d, name, dim, version) for name, dim, _ in groups]
         next_id = [max([int(version.meta.get("next_id", 0))]
                        + [int(r.persons.index.max()) + 1 for r in registries if len(r.persons)])]
@@ -162,6 +159,16 @@ def people_since(d: Destination, version: commits.Version) -> tuple[pd.DataFrame
 
 def registered(version: commits.Version) -> list[tuple[str, int]]:
     return [(name, int(dim)) for name, dim in version.meta.get("dims", {}).items()]
+
+
+def model_groups(rows: pd.DataFrame, version: commits.Version, partial: bool) -> list[tuple[str, int, pd.DataFrame]]:
+    """:func:`models_of` the rows; with ``partial`` rows (what changed since ``version``), every model the
+    registry at ``version`` holds too, with or without new people."""
+    groups = models_of(rows)
+    if partial:
+        names = {name for name, _, _ in groups}
+        groups += [(name, dim, rows.iloc[0:0]) for name, dim in registered(version) if name not in names]
+    return groups
 
 
 def _correct(registries: list[Registry], corrections: Corrections, model: str | None) -> None:

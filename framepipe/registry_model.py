@@ -399,6 +399,7 @@ class Registry:
 
     def _create_many(self, sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """New persons in bulk (an empty registry's seed): their ids, in order."""
+        self.flush()
         start = max(self.next_id[0], int(self.persons.index.max()) + 1 if len(self.persons) else 0)
         gids = np.arange(start, start + len(sizes), dtype=np.int64)
         self.next_id[0] = start + len(sizes)
@@ -408,7 +409,6 @@ class Registry:
             "merged_into": pd.array([pd.NA] * len(gids), dtype="Int64"), "members": sizes.astype(np.int64),
             "embedding_sum": list(sums.astype(np.float32)), "created_at": now,
             "schema_version": schema.SCHEMA_VERSION}).set_index("global_person_id", drop=False)
-        self.flush()
         self.persons = pd.concat([self.persons, block]) if len(self.persons) else block
         return gids
 

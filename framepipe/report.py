@@ -217,15 +217,12 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
         "index_rows": 0 if index is None else len(index), "not_indexed": not_indexed,
         "hours": f"{total_s / 3600:.2f} h" if total_s >= 3600 else fmt_time(total_s),
     }
-    lists = [("videos", n, shown, None) for n, shown in enumerate(video_pages, 1)]
+    # index.html: the stats and the first page of both lists (always redone); then each list's further pages
+    lists = [(INDEX, 1, video_pages[0], people_pages[0] if index is not None else None)]
+    lists += [(_page("videos", n), n, shown, None) for n, shown in enumerate(video_pages[1:], 2)]
     if index is not None:
-        lists += [("people", n, None, persons) for n, persons in enumerate(people_pages, 1)]
-    for kind, n, shown, persons in lists:
-        page = _page(kind, n)
-        if page == INDEX:  # the first page of both lists, with the stats: always redone
-            if kind == "people":
-                continue
-            shown, persons = video_pages[0], people_pages[0] if index is not None else None
+        lists += [(_page("people", n), n, None, persons) for n, persons in enumerate(people_pages[1:], 2)]
+    for page, n, shown, persons in lists:
         content = (shown, persons, len(video_pages), len(people_pages))
         state[page] = _fingerprint(content)
         if page != INDEX and old_pages.get(page) == state[page]:

@@ -5,6 +5,7 @@ local S3 server."""
 from __future__ import annotations
 
 import functools
+import os
 from urllib.parse import urlparse
 
 import boto3
@@ -19,22 +20,32 @@ def split_s3_url(url: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-@functools.lru_cache(maxsize=1)
+def aws_settings() -> dict:
+    """The endpoint, region and current credentials boto3 resolves (environment, profiles, roles), for the clients
+    that are not boto3 (delta-rs, pyarrow): ``region``, ``endpoint`` (or None) and, when there are credentials,
+    ``access_key``, ``secret_key`` and ``token`` (or None). Read afresh at each call: temporary credentials
+    expire."""
+    session = boto3.session.Session()
+    out = {"region": session.region_name or os.environ.get("AWS_REGION") or "us-east-1",
+           "endpoint": os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")}
+    creds = session.get_credentials()
+    if creds is not None:
+        frozen = creds.get_frozen_credentials()
+        out.update(access_key=frozen.access_key, secret_key=frozen.secret_key, token=frozen.token)
+    return out
+
+
 def arrow_filesystem():
     """pyarrow's S3 filesystem with boto3's endpoint, region and credentials."""
-    import os
-
     from pyarrow import fs
 
-    session = boto3.session.Session()
-    creds = session.get_credentials()
-    frozen = creds.get_frozen_credentials() if creds is not None else None
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    opts = {"region": session.region_name or "us-east-1"}
-    if frozen is not None:
-        opts.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
-    if endpoint:
-        opts.update(endpoint_override=endpoint, scheme="http" if endpoint.startswith("http://") else "https")
+    aws = aws_settings()
+    opts = {"region": aws["region"]}
+    if "access_key" in aws:
+        opts.update(access_key=aws["access_key"], secret_key=aws["secret_key"], session_token=aws["token"])
+    if aws["endpoint"]:
+        opts.update(endpoint_override=aws["endpoint"],
+                    scheme="http" if aws["endpoint"].startswith("http://") else "https")
     return fs.S3FileSystem(**opts)
 
 

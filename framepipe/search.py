@@ -136,15 +136,16 @@ def rank(reg: registry.Registry, embedding: np.ndarray, top: int, min_similarity
     members = reg.members_of(list(persons))
     if pending is not None and len(pending.rows):  # a video processed again: its registered people are stale
         members = members[~members["video_id"].isin(set(pending.rows["video_id"]))]
-    hits = [_hit(reg, q, row, persons.get(int(row.global_person_id))) for row in members.itertuples()]
+    hits = [_hit(reg, q, row, int(row.global_person_id), persons.get(int(row.global_person_id)))
+            for row in members.itertuples()]
     if pending is not None:
         hits += pending.hits(reg, q, min_similarity)
     hits = [h for h in hits if h.similarity >= min_similarity]
     return sorted(hits, key=lambda h: -h.similarity)[:top]
 
 
-def _hit(reg: registry.Registry, q: np.ndarray, row, person_similarity: float | None, gid: int | None = -1) -> Hit:
-    gid = int(row.global_person_id) if gid == -1 else gid
+def _hit(reg: registry.Registry, q: np.ndarray, row, gid: int | None, person_similarity: float | None) -> Hit:
+    """A people row as a result under global person ``gid`` (None: none yet)."""
     sim = float(q @ registry.unit(np.asarray(row.embedding, dtype=np.float32)))
     seen = [float(t) for t in row.seen_s] if row.seen_s is not None else []
     name = reg.persons.at[gid, "name"] if gid is not None and gid in reg.persons.index else None
@@ -172,7 +173,7 @@ class Pending:
                 continue
             near = reg.nearest(e, 1)
             gid = near[0][0] if near and near[0][1] >= 1.0 - self.max_distance else None
-            out.append(_hit(reg, q, row, None, gid))
+            out.append(_hit(reg, q, row, gid, None))
         return out
 
 
@@ -184,18 +185,17 @@ def _registry(d: Destination, model: str, dim: int, settings: Settings) -> tuple
     do)."""
     version = commits.latest(d, schema.REGISTRY)
     people, partial, _ = registry.people_since(d, version)
-    registered = dict(registry.registered(version)) if partial else {}
-    ours = lambda name, size: size == dim and name in (model, f"{model}-{dim}d")  # noqa: E731  (as models_of names)
-    mine = [(name, rows) for name, size, rows in registry.models_of(people) if ours(name, size)]
-    mine += [(name, people.iloc[0:0]) for name, size in registered.items()
-             if ours(name, size) and name not in {n for n, _ in mine}]
+    groups = registry.model_groups(people, version, partial)
+    # registries are named as models_of names them
+    mine = [(name, rows) for name, size, rows in groups if size == dim and name in (model, f"{model}-{dim}d")]
     if not mine:
-        models = sorted(set(people["embedding_model"].fillna("?")) | set(registered))
+        models = sorted(set(people["embedding_model"].fillna("?"))
+                        | ({name for name, _ in registry.registered(version)} if partial else set()))
         raise NoPeopleOfModel(f"no people embedded with {model} ({dim}-d) in {d.url('')}"
                               + (f"; it holds people of {', '.join(models)}" if models else ""))
     [(name, rows)] = mine
     max_distance = calibration.people_max_distance(settings.people_max_distance, name, dim, settings.models)
-    if name in registered:
+    if partial and name in dict(registry.registered(version)):
         return registry.Registry.load_light(d, name, dim, version), Pending(rows, max_distance)
     reg = registry.Registry.load(d, name, dim, version)  # none yet (or an older layout): built in memory
     if len(rows):

@@ -23,15 +23,17 @@ Rules the readers apply (:func:`read`):
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
-import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from framepipe import schema
+from framepipe import s3, schema
 from framepipe.errors import DestinationError
 from framepipe.storage import Destination
 
@@ -57,21 +59,16 @@ def storage_options(d: Destination) -> dict[str, str] | None:
     """delta-rs's S3 settings, from the same AWS settings boto3 uses (endpoint, region, credentials)."""
     if not d.is_s3:
         return None
-    import boto3
-
-    session = boto3.session.Session()
-    opts = {"AWS_REGION": session.region_name or os.environ.get("AWS_REGION") or "us-east-1"}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        opts["AWS_ENDPOINT_URL"] = endpoint
-        if endpoint.startswith("http://"):
+    aws = s3.aws_settings()
+    opts = {"AWS_REGION": aws["region"]}
+    if aws["endpoint"]:
+        opts["AWS_ENDPOINT_URL"] = aws["endpoint"]
+        if aws["endpoint"].startswith("http://"):
             opts["AWS_ALLOW_HTTP"] = "true"
-    creds = session.get_credentials()
-    if creds is not None:
-        frozen = creds.get_frozen_credentials()
-        opts["AWS_ACCESS_KEY_ID"], opts["AWS_SECRET_ACCESS_KEY"] = frozen.access_key, frozen.secret_key
-        if frozen.token:
-            opts["AWS_SESSION_TOKEN"] = frozen.token
+    if "access_key" in aws:
+        opts["AWS_ACCESS_KEY_ID"], opts["AWS_SECRET_ACCESS_KEY"] = aws["access_key"], aws["secret_key"]
+        if aws["token"]:
+            opts["AWS_SESSION_TOKEN"] = aws["token"]
     return opts
 
 
@@ -169,8 +166,8 @@ def _raw(d: Destination, kind: str, table, columns=None, filter=None) -> pa.Tabl
     target = KINDS[kind] if columns is None else pa.schema([KINDS[kind].field(c) for c in columns])
     parts = []
     if table is not None:
-        present = set(table.schema().to_arrow().names) if hasattr(table.schema(), "to_arrow") else None
-        asked = columns if columns is None or present is None else [c for c in columns if c in present]
+        present = {f.name for f in table.schema().fields}  # a column newer than the table is read as nulls
+        asked = None if columns is None else [c for c in columns if c in present]
         parts.append(conform(table.to_pyarrow_dataset().to_table(columns=asked, filter=filter), target))
     if _has_legacy(d, kind, table):
         parts += _read_legacy(d, kind, columns, filter)
@@ -179,23 +176,21 @@ def _raw(d: Destination, kind: str, table, columns=None, filter=None) -> pa.Tabl
     return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
 
 
-def _read_legacy(d: Destination, kind: str, columns=None, filter=None) -> list[pa.Table]:
-    import io
-    from concurrent.futures import ThreadPoolExecutor
-
-    import pyarrow.parquet as pq
-
-    target = KINDS[kind]
-
+def read_files(d: Destination, relpaths: list[str], target: pa.Schema, columns=None, filter=None) -> list[pa.Table]:
+    """Whole Parquet files of a destination, read in parallel, each in ``target``'s schema (``filter``, then
+    ``columns``, applied to each)."""
     def one(rel: str) -> pa.Table:
         t = conform(pq.read_table(io.BytesIO(d.read(rel))), target)
         if filter is not None:
             t = t.filter(filter)
         return t.select(columns) if columns is not None else t
 
-    files = legacy_files(d, kind)
     with ThreadPoolExecutor(max_workers=16 if d.is_s3 else 4) as pool:
-        return list(pool.map(one, files))
+        return list(pool.map(one, relpaths))
+
+
+def _read_legacy(d: Destination, kind: str, columns=None, filter=None) -> list[pa.Table]:
+    return read_files(d, legacy_files(d, kind), KINDS[kind], columns, filter)
 
 
 def current_runs(d: Destination, filter=None) -> pa.Table:
@@ -247,9 +242,10 @@ def current_of(d: Destination, people: pa.Table, runs: pa.Table | None = None) -
 
 
 def changes(d: Destination, kind: str, since: int) -> tuple[pa.Table, int] | None:
-    """Rows appended after version ``since`` (with Delta's ``_commit_version`` and ``_commit_timestamp``) (Delta's change feed: the data files those commits added, never the
-    whole table) and the version read up to; None when the table cannot say (no table, a 0.2.x folder, a version
-    already cleaned from the log): read the whole table instead."""
+    """Rows appended after version ``since``, with Delta's ``_commit_version`` and ``_commit_timestamp`` (the
+    change feed: the data files those commits added, never the whole table), and the version read up to; None when
+    the table cannot say (no table, a 0.2.x folder, a version already cleaned from the log): read the whole table
+    instead."""
     table = _open(d, kind)
     if table is None or _has_legacy(d, kind, table):
         return None
@@ -320,8 +316,8 @@ def optimize(d: Destination, kind: str, vacuum: bool = True) -> dict:
 
 def upgrade(d: Destination, kind: str, batch: int = 5000) -> int:
     """Move a 0.2.x folder's per-video files into the table (in commits of ``batch`` files), then mark the table
-    as holding them all and remove them. Idempotent: a file already moved by a killed run is not appended twice
-    (its video's rows are compared by ``video_id`` and ``processed_at``/``person_id``). Returns files moved."""
+    as holding them all and remove them. Idempotent: the file of a video already in the table (moved by a killed
+    run, or the video processed again since) is not appended. Returns files moved."""
     files = legacy_files(d, kind)
     if not files:
         if exists(d, kind):
@@ -332,15 +328,11 @@ def upgrade(d: Destination, kind: str, batch: int = 5000) -> int:
     if table is not None:
         have = table.to_pyarrow_dataset().to_table(columns=["video_id"])
         present = set(have["video_id"].to_pylist())
-    import io
-
-    import pyarrow.parquet as pq
-
     moved = 0
     for start in range(0, len(files), batch):
         chunk = files[start : start + batch]
-        tables = [conform(pq.read_table(io.BytesIO(d.read(rel))), KINDS[kind]) for rel in chunk]
-        tables = [t for t in tables if t.num_rows and t["video_id"][0].as_py() not in present]
+        tables = [t for t in read_files(d, chunk, KINDS[kind])
+                  if t.num_rows and t["video_id"][0].as_py() not in present]
         if tables:
             append(d, kind, pa.concat_tables(tables))
         moved += len(chunk)
