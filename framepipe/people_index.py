@@ -128,10 +128,10 @@ def within_video_joins(index: pd.DataFrame) -> list[Join]:
     cross-video pass put back together (or the cross-video pass merged two people). Needs no ground truth."""
     if index.empty:
         return []
+    many = index.duplicated(["video_id", "global_person_id"], keep=False)  # vectorised: few rows are looked at
     joins = []
-    for (vid, gid), group in index.groupby(["video_id", "global_person_id"], sort=True):
-        if len(group) > 1:
-            joins.append(Join(str(vid), str(group["source"].iloc[0]), int(gid), sorted(map(int, group["person_id"]))))
+    for (vid, gid), group in index[many].groupby(["video_id", "global_person_id"], sort=True):
+        joins.append(Join(str(vid), str(group["source"].iloc[0]), int(gid), sorted(map(int, group["person_id"]))))
     return joins
 
 
@@ -140,10 +140,9 @@ def summary(index: pd.DataFrame) -> pd.DataFrame:
     if index.empty:
         return pd.DataFrame(columns=["global_person_id", "videos", "people", "sources"])
     g = index.groupby("global_person_id")
-    return pd.DataFrame(
-        {
-            "videos": g["video_id"].nunique(),
-            "people": g.size(),
-            "sources": g["source"].agg(lambda s: sorted(set(s))),
-        }
-    ).reset_index()
+    pairs = index[["global_person_id", "source"]].drop_duplicates().sort_values(["global_person_id", "source"])
+    gids, starts = np.unique(pairs["global_person_id"].to_numpy(), return_index=True)
+    sources = pd.Series([list(part) for part in np.split(pairs["source"].to_numpy(dtype=object), starts[1:])],
+                        index=gids)
+    return pd.DataFrame({"videos": g["video_id"].nunique(), "people": g.size(), "sources": sources}).reset_index(
+        names="global_person_id")

@@ -117,7 +117,7 @@ def update_destination(
     def change(version: commits.Version):
         rows, partial, seen = (given, False, None) if given is not None else people_since(d, version)
         groups = model_groups(rows, version, partial)
-        registries = [Registry.load(d, name, dim, version) for name, dim, _ in groups]
+        registries = [Registry.load(d, name, dim, version, light=partial) for name, dim, _ in groups]
         next_id = [max([int(version.meta.get("next_id", 0))]
                        + [int(r.persons.index.max()) + 1 for r in registries if len(r.persons)])]
         updates = {}
@@ -127,13 +127,17 @@ def update_destination(
             updates[reg.model] = reg.update(rows, threshold, seed_max_count, partial=partial)
         if corrections:
             _correct(registries, corrections, model)
-        parts = {k: v for reg in registries for k, v in reg.parts().items()}
+        parts, dropped = {}, set()
+        for reg in registries:
+            written, gone = reg.parts()
+            parts.update(written)
+            dropped |= gone
         table = index_table(registries)
         parts[schema.PEOPLE_INDEX_PART] = schema.parquet_bytes(table)
         done.update(registries=registries, updates=updates, table=table)
-        keep = {k: v for k, v in version.files.items() if k not in parts}
+        keep = {k: v for k, v in version.files.items() if k not in parts and k not in dropped}
         meta = {"next_id": next_id[0], "models": sorted({r.model for r in registries}),
-                "dims": {r.model: r.dim for r in registries}, "sorted_members": True}
+                "dims": {r.model: r.dim for r in registries}, "layers": 1}
         if seen is not None:
             meta["people_version"] = seen
         return parts, meta, keep

@@ -29,7 +29,12 @@ INDEX_FILE = "index.usearch"
 # HNSW: M, ef at build, ef at search (bench/people_scale.py)
 CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 64, 448
 CANDIDATES = 10  # nearest global persons looked at when attaching
-MEMBERS_ROW_GROUP = 2048  # members.parquet's rows per row group (sorted by global id)
+ROW_GROUP = 2048  # rows per row group of the persons and members files (sorted by global id)
+# an update writes the persons it changed and the members it added as a segment of its own; the registry's base
+# files (and the index) are rewritten whole only past these, or for a change that is not an addition (a merge, a
+# split, a video's people detached)
+COMPACT_SEGMENTS, COMPACT_ROWS = 32, 20_000
+SEGMENT = re.compile(r"^(persons|members)\+(\d+)\.parquet$")
 # the index's vectors in bfloat16 (bench/people_scale.py --people 50000 --dim 512 --dtype bf16/f32): 84 against
 # 152 MB, built 1.6x faster, recall@10 against exact search 0.980 against f32's 0.987 at ef 448
 INDEX_DTYPE = "bf16"
@@ -49,8 +54,8 @@ def unit(v: np.ndarray) -> np.ndarray:
 
 
 def _view_index(d: Destination, relpath: str):
-    """A stored index memory-mapped (usearch ``view``): a search touches the pages it visits only. None when it
-    cannot be read."""
+    """(a stored index memory-mapped (usearch ``view``: a search touches the pages it visits only), the local
+    file mapped); (None, None) when it cannot be read."""
     import tempfile
 
     from usearch.index import Index
@@ -67,10 +72,47 @@ def _view_index(d: Destination, relpath: str):
         index = Index.restore(path, view=True)
         if index is not None:
             index.expansion_search = EXPANSION_SEARCH
-        return index
+        return index, path
     except Exception as e:
         log.warning("cannot map the index %s: %s", d.url(relpath), e)
+        return None, None
+
+
+def _restore_index(stored: bytes | None):
+    """A stored index read into memory (None when it cannot be read)."""
+    from usearch.index import Index
+
+    try:
+        index = Index.restore(bytearray(stored)) if stored else None
+    except Exception as e:  # a damaged or foreign file: rebuilt from the Parquet truth
+        log.warning("cannot read a registry index: %s", e)
         return None
+    if index is not None:
+        index.expansion_search = EXPANSION_SEARCH  # a search setting: not kept in the file
+    return index
+
+
+def _units(sums) -> np.ndarray:
+    v = np.asarray(sums, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def _missing(value) -> bool:
+    """A centroid sum or embedding a light read left out."""
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+_SCHEMAS = {"persons": schema.PERSONS_SCHEMA, "members": schema.MEMBERS_SCHEMA}
+
+
+def _table_bytes(df: pd.DataFrame, kind: str) -> bytes:
+    """Persons or members rows as a Parquet file of the registry (small row groups: readers filter on the
+    global id the rows are sorted by)."""
+    df = df.assign(schema_version=schema.SCHEMA_VERSION).reset_index(drop=True)
+    if kind == "persons":
+        df["merged_into"] = df["merged_into"].astype("Int64")
+    return schema.parquet_bytes(pa.Table.from_pandas(df[_SCHEMAS[kind].names], schema=_SCHEMAS[kind],
+                                                     preserve_index=False), row_group_size=ROW_GROUP)
 
 
 _TEMPORARY: list[str] = []  # S3 indexes copied to map them, removed when the process ends
@@ -100,11 +142,16 @@ class Update:
 
 @dataclass
 class Registry:
+    """One model's registry in memory. Read ``light`` (an update after new videos, a search), the persons come
+    without their centroid sums and the members without their embeddings (``None`` in those columns): those are
+    read from the base files when needed, by row group (the files are sorted by global id). The index of the base
+    files' centroids is memory-mapped; persons changed since the base (in the segments, or by this process) shadow
+    their base entries and are searched in a small in-memory index of their own."""
     model: str
     dim: int
     persons: pd.DataFrame  # PERSONS_SCHEMA columns, indexed by global_person_id
     members: pd.DataFrame  # MEMBERS_SCHEMA columns
-    index: object = field(default=None, repr=False)  # usearch Index of live centroids, keyed by global id
+    index: object = field(default=None, repr=False)  # usearch Index of the base files' live centroids
     next_id: list[int] = field(default_factory=lambda: [0])  # shared by a destination's registries: ids unique
     # changes not yet folded into the DataFrames (one concat per update, not one per person)
     _sums: dict = field(default_factory=dict, repr=False)  # gid -> embedding sum (float64)
@@ -112,7 +159,15 @@ class Registry:
     _new_persons: list = field(default_factory=list, repr=False)
     _new_members: list = field(default_factory=list, repr=False)
     _together: dict = field(default_factory=dict, repr=False)  # video -> [(gid, seen_s)] during an update
-    _members_file: tuple | None = field(default=None, repr=False)  # (path, filesystem) of a registry read light
+    # the layers: where the base files are (for what a light read left out), this model's files as committed,
+    # the persons changed since the base (their base index entries are stale) and their own index
+    _base: dict = field(default_factory=dict, repr=False)  # "persons"/"members" -> (path, filesystem); "index" -> path
+    _files: dict = field(default_factory=dict, repr=False)  # part name -> data file, as committed
+    _shadow: set = field(default_factory=set, repr=False)
+    _delta: object = field(default=None, repr=False)  # usearch Index of the live shadowing persons' centroids
+    _dirty: set = field(default_factory=set, repr=False)  # persons changed since loading
+    _members_loaded: int = 0  # members rows read; the rows after them are this process's additions
+    _rewrite: bool = False  # the next save writes the base files anew (a change that is not an addition)
 
     # ---- loading and saving ------------------------------------------------------------------------
 
@@ -120,83 +175,119 @@ class Registry:
     def empty(cls, model: str, dim: int) -> "Registry":
         persons = schema.PERSONS_SCHEMA.empty_table().to_pandas().set_index("global_person_id", drop=False)
         members = schema.MEMBERS_SCHEMA.empty_table().to_pandas()
-        return cls(model, dim, persons, members, _new_index(dim))
+        return cls(model, dim, persons, members, _new_index(dim), _delta=_new_index(dim), _rewrite=True)
 
     @classmethod
-    def load(cls, dest: str | Destination, model: str, dim: int, version: commits.Version | None = None) -> "Registry":
+    def load(cls, dest: str | Destination, model: str, dim: int, version: commits.Version | None = None,
+             light: bool = False) -> "Registry":
         """This model's registry as of ``version`` (default: the latest committed one; a destination written
-        before versions read from its plain files)."""
+        before versions read from its plain files): its base files and the segments written since. ``light``:
+        without the base files' centroid sums and member embeddings (Parquet column projection: only the other
+        column chunks are read, ranged GETs on S3) and with the base index memory-mapped (usearch ``view``; an S3
+        index is first copied to a temporary file), for a search or an update after a few new videos. A registry
+        written before this layout is read whole (and saved in it next)."""
         d = manifests.destination(dest)
         version = commits.latest(d, schema.REGISTRY) if version is None else version
         name = model_dir(model).split("/", 1)[1]
-        if f"{name}/persons.parquet" in version.files:
-            part = lambda p: commits.read(d, schema.REGISTRY, version, f"{name}/{p}")  # noqa: E731
-        elif version.number == 0 and d.exists(f"{model_dir(model)}/persons.parquet"):
-            part = lambda p: d.read(f"{model_dir(model)}/{p}")  # noqa: E731  (schema 1.2, before versions)
-        else:
+        mine = {k: v for k, v in version.files.items() if k.startswith(f"{name}/")}
+        if f"{name}/persons.parquet" not in mine:
+            if version.number == 0 and d.exists(f"{model_dir(model)}/persons.parquet"):  # schema 1.2, before versions
+                return cls._whole(model, dim, lambda p: d.read(f"{model_dir(model)}/{p}"), {})
             return cls.empty(model, dim)
+        rel = lambda p: f"{schema.REGISTRY}/{mine[f'{name}/{p}']}"  # noqa: E731
+        if not version.meta.get("layers"):
+            return cls._whole(model, dim, lambda p: d.read(rel(p)), mine)
+        base = {p: d.arrow_source(rel(f"{p}.parquet")) for p in ("persons", "members")}
+        skip = {"persons": "embedding_sum", "members": "embedding"} if light else {}
+        tables = {p: pq.read_table(path, filesystem=fs, columns=[
+            c for c in _SCHEMAS[p].names if c != skip.get(p)]).to_pandas() for p, (path, fs) in base.items()}
+        for p, column in skip.items():
+            tables[p][column] = None
+        base_live = int((tables["persons"]["merged_into"].isna() & (tables["persons"]["members"] > 0)).sum())
+        shadow: set[int] = set()
+        for _, kind, part in sorted((int(m[2]), m[1], k) for k in mine if (m := SEGMENT.match(k.split("/", 1)[1]))):
+            rows = pq.read_table(io.BytesIO(commits.read(d, schema.REGISTRY, version, part))).to_pandas()
+            tables[kind] = pd.concat([tables[kind], rows], ignore_index=True)
+            if kind == "persons":
+                shadow |= set(rows["global_person_id"].astype(int))
+        persons = tables["persons"].drop_duplicates("global_person_id", keep="last").set_index(
+            "global_person_id", drop=False)
+        reg = cls(model, dim, persons, tables["members"], _base=base, _files=mine, _shadow=shadow,
+                  _delta=_new_index(dim), _members_loaded=len(tables["members"]))
+        reg.index, reg._base["index"] = (_view_index(d, rel(INDEX_FILE)) if light else
+                                         (_restore_index(d.read(rel(INDEX_FILE))), None))
+        if reg.index is None or len(reg.index) != base_live:
+            log.warning("the index of %s does not match its persons: read whole, rebuilt", model)
+            return cls._whole(model, dim, lambda p: d.read(rel(p)) if p != INDEX_FILE else None, mine)
+        live = [g for g in sorted(shadow) if pd.isna(persons.at[g, "merged_into"]) and persons.at[g, "members"] > 0]
+        if live:
+            reg._delta.add(np.asarray(live, dtype=np.uint64),
+                           _units(np.stack(persons.loc[live, "embedding_sum"].to_numpy())))
+        return reg
+
+    @classmethod
+    def _whole(cls, model: str, dim: int, part, files: dict) -> "Registry":
+        """A registry read whole from its files (``part(name)`` -> bytes) as one base, without segments: an older
+        layout, or one whose index must be rebuilt; its next save writes the base files anew."""
         persons = pq.read_table(io.BytesIO(part("persons.parquet"))).to_pandas()
         members = pq.read_table(io.BytesIO(part("members.parquet"))).to_pandas()
-        reg = cls(model, dim, persons.set_index("global_person_id", drop=False), members)
+        reg = cls(model, dim, persons.set_index("global_person_id", drop=False), members, _files=files,
+                  _delta=_new_index(dim), _rewrite=True)
         try:
             stored = part(INDEX_FILE)
         except (FileNotFoundError, KeyError, OSError):
             stored = None
-        reg.index = reg._read_index(stored)
+        reg.index = _restore_index(stored) if stored else None
+        live = reg.live_ids()
+        if reg.index is None or len(reg.index) != len(live) or not all(int(g) in reg.index for g in live[:100]):
+            reg.index = _new_index(dim)
+            if len(live):
+                reg.index.add(live.astype(np.uint64), _units(np.stack(persons.set_index(
+                    "global_person_id").loc[live, "embedding_sum"].to_numpy())))
+        reg._members_loaded = len(members)
         return reg
 
-    @classmethod
-    def load_light(cls, dest: str | Destination, model: str, dim: int, version: commits.Version) -> "Registry":
-        """This model's registry as of ``version`` for reading only (search): the persons without their centroids
-        and the members without their embeddings (Parquet column projection: only those column chunks are read,
-        ranged GETs on S3), the index memory-mapped (``view``; an S3 index is first copied to a temporary file);
-        :meth:`members_of` reads the embeddings of the members asked for only (row groups by global id).
-        Falls back to :meth:`load` for a registry written before its files were sorted that way."""
-        d = manifests.destination(dest)
-        name = model_dir(model).split("/", 1)[1]
-        if f"{name}/persons.parquet" not in version.files or not version.meta.get("sorted_members"):
-            return cls.load(d, model, dim, version)
-        rel = lambda p: f"{schema.REGISTRY}/{version.files[f'{name}/{p}']}"  # noqa: E731
-        persons_at, fs = d.arrow_source(rel("persons.parquet"))
-        persons = pq.read_table(persons_at, filesystem=fs, columns=[
-            c for c in schema.PERSONS_SCHEMA.names if c != "embedding_sum"]).to_pandas()
-        members_at, _ = d.arrow_source(rel("members.parquet"))
-        members = pq.read_table(members_at, filesystem=fs, columns=[
-            c for c in schema.MEMBERS_SCHEMA.names if c != "embedding"]).to_pandas()
-        reg = cls(model, dim, persons.set_index("global_person_id", drop=False), members)
-        reg._members_file = (members_at, fs)
-        reg.index = _view_index(d, rel(INDEX_FILE))
-        if reg.index is None or len(reg.index) != len(reg.live_ids()):
-            return cls.load(d, model, dim, version)
-        return reg
+    def _load_sums(self, gids) -> None:
+        """Read the centroid sums a light read left out, of these persons (by row group), into ``persons``."""
+        column = self.persons["embedding_sum"].to_numpy(dtype=object).copy()
+        at = self.persons.index.get_indexer(pd.Index(list(gids), dtype="int64"))
+        want = sorted({int(self.persons.index[p]) for p in at if p >= 0 and _missing(column[p])})
+        if not want:
+            return
+        path, fs = self._base["persons"]
+        got = pq.read_table(path, filesystem=fs, columns=["global_person_id", "embedding_sum"],
+                            filters=[("global_person_id", "in", want)] if len(want) < 4 * ROW_GROUP else None)
+        for p, e in zip(self.persons.index.get_indexer(got.column(0).to_numpy()),
+                        got.column(1).to_numpy(zero_copy_only=False)):
+            if p >= 0 and _missing(column[p]):
+                column[p] = np.asarray(e, np.float32)
+        self.persons["embedding_sum"] = column
+
+    def _load_embeddings(self, rows) -> None:
+        """Read the embeddings a light read left out, of these members rows (positions; found through their
+        global ids' row groups, which is why a change of a member's global id saves the base files anew)."""
+        column = self.members["embedding"].to_numpy(dtype=object).copy()
+        rows = [i for i in rows if _missing(column[i])]
+        if not rows:
+            return
+        path, fs = self._base["members"]
+        gids = sorted({int(g) for g in self.members["global_person_id"].to_numpy()[rows]})
+        got = pq.read_table(path, filesystem=fs, columns=["video_id", "person_id", "embedding"],
+                            filters=[("global_person_id", "in", gids)] if len(gids) < 4 * ROW_GROUP else None)
+        found = {(v, int(p)): e for v, p, e in zip(
+            got.column(0).to_pylist(), got.column(1).to_pylist(), got.column(2).to_numpy(zero_copy_only=False))}
+        videos, persons = self.members["video_id"].to_numpy(), self.members["person_id"].to_numpy()
+        for i in rows:
+            e = found.get((videos[i], int(persons[i])))
+            column[i] = None if e is None else np.asarray(e, np.float32)
+        self.members["embedding"] = column
 
     def members_of(self, gids: list[int]) -> pd.DataFrame:
         """The members (with their embeddings) of these global persons."""
-        if self._members_file is None:
-            self.flush()
-            return self.members[self.members["global_person_id"].isin(gids)]
-        path, fs = self._members_file
-        table = pq.read_table(path, filesystem=fs, filters=[("global_person_id", "in", [int(g) for g in gids])])
-        return table.to_pandas()
-
-    def _read_index(self, stored: bytes | None):
-        from usearch.index import Index
-
-        live = self.live_ids()
-        if stored:
-            try:
-                index = Index.restore(bytearray(stored))
-                if index is not None and len(index) == len(live) and all(int(g) in index for g in live[:100]):
-                    index.expansion_search = EXPANSION_SEARCH  # a search setting: not kept in the file
-                    return index
-            except Exception as e:  # a damaged or foreign file: rebuilt below from the Parquet truth
-                log.warning("rebuilding the index of %s: %s", self.model, e)
-        index = _new_index(self.dim)
-        if len(live):
-            sums = np.stack(self.persons.loc[live, "embedding_sum"].to_numpy()).astype(np.float32)
-            sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-            index.add(live.astype(np.uint64), sums)
-        return index
+        self.flush()
+        rows = self.members.index[self.members["global_person_id"].isin(gids)]
+        self._load_embeddings(rows)
+        return self.members.loc[rows]
 
     def flush(self) -> None:
         """Fold the pending changes into ``persons`` and ``members``."""
@@ -214,23 +305,49 @@ class Registry:
             self.members = pd.concat([self.members, new], ignore_index=True) if len(self.members) else new
             self._new_members = []
 
-    def parts(self) -> dict[str, bytes]:
-        """The registry's files, named ``<model>/persons.parquet``, ``<model>/members.parquet`` and
-        ``<model>/index.usearch``, for one commit (:mod:`framepipe.commits`)."""
+    def parts(self) -> tuple[dict[str, bytes], set[str]]:
+        """(the files to commit, named ``<model>/...``; the names of this model's committed files the new version
+        drops). An update that only added people writes a segment: the persons it changed and the members it
+        added; otherwise (a merge, a split, people detached, or past ``COMPACT_SEGMENTS`` / ``COMPACT_ROWS``) the
+        base files are written anew, sorted by global id in small row groups (a light read reads the row groups
+        of the persons it asks for), with the index of every live centroid, and the segments dropped."""
         self.flush()
         name = model_dir(self.model).split("/", 1)[1]
-        persons = self.persons.assign(schema_version=schema.SCHEMA_VERSION).sort_index().reset_index(drop=True)
-        # members by global id, in small row groups: a search reads the row groups of the persons it found only
-        members = self.members.assign(schema_version=schema.SCHEMA_VERSION).sort_values(
-            ["global_person_id", "video_id", "person_id"], kind="stable").reset_index(drop=True)
-        return {
-            f"{name}/persons.parquet": schema.parquet_bytes(pa.Table.from_pandas(
-                persons[schema.PERSONS_SCHEMA.names], schema=schema.PERSONS_SCHEMA, preserve_index=False)),
-            f"{name}/members.parquet": schema.parquet_bytes(pa.Table.from_pandas(
-                members[schema.MEMBERS_SCHEMA.names], schema=schema.MEMBERS_SCHEMA, preserve_index=False),
-                row_group_size=MEMBERS_ROW_GROUP),
-            f"{name}/{INDEX_FILE}": bytes(self.index.save()),
-        }
+        segments = sorted(int(m[2]) for k in self._files if (m := SEGMENT.match(k.split("/", 1)[1])))
+        dirty = sorted(g for g in self._dirty if g in self.persons.index)
+        shadow_rows = len(self._shadow | set(dirty))
+        if not (self._rewrite or len(set(segments)) >= COMPACT_SEGMENTS
+                or shadow_rows > max(COMPACT_ROWS, len(self.persons) // 4)):
+            if not dirty and len(self.members) == self._members_loaded:
+                return {}, set()
+            self._load_sums(dirty)
+            seg = (segments[-1] + 1) if segments else 1
+            out = {f"{name}/persons+{seg:06d}.parquet": _table_bytes(self.persons.loc[dirty], "persons")}
+            if len(self.members) > self._members_loaded:
+                out[f"{name}/members+{seg:06d}.parquet"] = _table_bytes(
+                    self.members.iloc[self._members_loaded:], "members")
+            return out, set()
+        self._load_sums(self.persons.index)
+        self._load_embeddings(self.members.index)
+        index = self._full_index()
+        out = {f"{name}/persons.parquet": _table_bytes(self.persons.sort_index(), "persons"),
+               f"{name}/members.parquet": _table_bytes(self.members.sort_values(
+                   ["global_person_id", "video_id", "person_id"], kind="stable"), "members"),
+               f"{name}/{INDEX_FILE}": bytes(index.save())}
+        return out, set(self._files) - set(out)
+
+    def _full_index(self):
+        """The base index with the shadowing persons' entries put right: every live centroid."""
+        index = self.index
+        if self._base.get("index"):  # memory-mapped: read for writing
+            index = _restore_index(open(self._base["index"], "rb").read())
+        for gid in self._shadow:
+            if gid in index:
+                index.remove(gid)
+        keys = np.asarray(self._delta.keys, dtype=np.uint64) if len(self._delta) else np.zeros(0, np.uint64)
+        if len(keys):
+            index.add(keys, np.asarray(self._delta.get(keys), dtype=np.float32))
+        return index
 
     # ---- reading -----------------------------------------------------------------------------------
 
@@ -243,6 +360,7 @@ class Registry:
 
     def _sum(self, gid: int) -> np.ndarray:
         if gid not in self._sums:
+            self._load_sums([gid])
             self._sums[gid] = np.asarray(self.persons.at[gid, "embedding_sum"], dtype=np.float64)
             self._counts[gid] = int(self.persons.at[gid, "members"])
         return self._sums[gid]
@@ -256,22 +374,44 @@ class Registry:
         return gid
 
     def nearest(self, embedding: np.ndarray, count: int) -> list[tuple[int, float]]:
-        """(global id, cosine similarity) of the ``count`` nearest live persons."""
-        if len(self.index) == 0:
-            return []
-        found = self.index.search(unit(np.asarray(embedding, dtype=np.float32)), min(count, len(self.index)))
-        return [(int(k), float(1.0 - d)) for k, d in zip(found.keys, found.distances)]
+        """(global id, cosine similarity) of the ``count`` nearest live persons: the base index's, less those
+        changed since, and the changed ones'."""
+        q = unit(np.asarray(embedding, dtype=np.float32))
+        out = []
+        if self._delta is not None and len(self._delta):
+            found = self._delta.search(q, min(count, len(self._delta)))
+            out += [(int(k), float(1.0 - d)) for k, d in zip(found.keys, found.distances)]
+        if self.index is not None and len(self.index):
+            k = count
+            while True:  # more than count when changed persons shadow some of the nearest
+                found = self.index.search(q, min(k, len(self.index)))
+                base = [(int(k_), float(1.0 - d)) for k_, d in zip(found.keys, found.distances)
+                        if int(k_) not in self._shadow]
+                if len(base) >= count or k >= len(self.index):
+                    break
+                k *= 4
+            out += base
+        return sorted(out, key=lambda x: -x[1])[:count]
+
+    def centroid(self, gid: int) -> np.ndarray | None:
+        """A live person's unit centroid as indexed (None when not live)."""
+        for index, here in ((self._delta, gid in self._shadow), (self.index, gid not in self._shadow)):
+            if here and index is not None and gid in index:
+                return unit(np.asarray(index.get(gid), dtype=np.float32))
+        return None
 
     # ---- changing ----------------------------------------------------------------------------------
 
     def _touch(self, gid: int) -> None:
-        """Put a person's current centroid in the index (or take it out when it has no member)."""
-        if gid in self.index:
-            self.index.remove(gid)
+        """Put a person's current centroid in the index of changed persons (or take it out when it has none)."""
+        self._shadow.add(gid)
+        self._dirty.add(gid)
+        if gid in self._delta:
+            self._delta.remove(gid)
         self._sum(gid)
         merged = gid in self.persons.index and pd.notna(self.persons.at[gid, "merged_into"])
         if self._counts[gid] > 0 and not merged:
-            self.index.add(gid, unit(self._sums[gid]))
+            self._delta.add(gid, unit(self._sums[gid]))
 
     def _create(self, embedding_sum: np.ndarray, members: int) -> int:
         gid = max(self.next_id[0], int(self.persons.index.max()) + 1 if len(self.persons) else 0)
@@ -313,21 +453,28 @@ class Registry:
         current = {k: np.asarray(e, np.float32) for k, e in zip(key(people), people["embedding"])}
         # members whose video was processed again with other people (or is gone): detached
         changed = set(people["video_id"]) if partial else None
-        stale = [i for i, (k, e) in enumerate(zip(key(self.members), self.members["embedding"]))
-                 if (changed is None or k[0] in changed)
-                 and (k not in current or not np.allclose(current[k], e, atol=1e-6))]
-        for i in stale:
-            self._add_to(int(self.members.at[i, "global_person_id"]), self.members.at[i, "embedding"], -1)
-        touched = set(self.members.loc[stale, "global_person_id"].astype(int))
-        self.members = self.members.drop(index=stale).reset_index(drop=True)
+        rows = self.members.index if changed is None else self.members.index[self.members["video_id"].isin(changed)]
+        self._load_embeddings(rows)
+        mine = self.members.loc[rows]
+        stale = [i for i, k, e in zip(rows, key(mine), mine["embedding"])
+                 if k not in current or _missing(e) or not np.allclose(current[k], e, atol=1e-6)]
+        gone = self.members.loc[stale, "global_person_id"].astype(int)
+        self._load_sums(set(gone))
+        for i, gid in zip(stale, gone):
+            self._add_to(gid, self.members.at[i, "embedding"], -1)
+        touched = set(gone)
+        if stale:
+            self.members = self.members.drop(index=stale).reset_index(drop=True)
+            self._rewrite = True  # the base files hold them
         report.detached = len(stale)
-        attached = set(key(self.members))
+        attached = set(key(self.members if changed is None else
+                           self.members[self.members["video_id"].isin(set(people["video_id"]))]))
         new = people[np.array([k not in attached for k in key(people)], dtype=bool)].reset_index(drop=True)
         # who is already attached for the videos being added (same-time people are never one person)
         kept = self.members[self.members["video_id"].isin(set(new["video_id"]))]
         self._together = {v: list(zip(g["global_person_id"].astype(int), g["seen_s"])) for v, g in
                           kept.groupby("video_id")}
-        rest = new.iloc[0:0]
+        rest, joined = new.iloc[0:0], []
         if len(new) and not len(self.live_ids()) and len(self.persons) == 0:
             report.seeded = True
             report.created, rest = self._seed(new, max_distance, seed_max_count)
@@ -343,12 +490,15 @@ class Registry:
                     report.created += 1
                     sim = 1.0
                 else:  # a known person: its centroid moves, re-indexed once at the end
-                    self._add_to(gid, new.at[i, "embedding"], +1)
-                    touched.add(gid)
+                    joined.append((gid, new.at[i, "embedding"]))
                     report.attached += 1
                 self._member_rows(new.iloc[[i]], [gid], [sim])
                 self._together.setdefault(new.at[i, "video_id"], []).append((gid, new.at[i, "seen_s"]
                                                                             if "seen_s" in new else None))
+        self._load_sums({gid for gid, _ in joined})  # one read of the base's row groups, not one per person
+        for gid, embedding in joined:
+            self._add_to(gid, embedding, +1)
+            touched.add(gid)
         for gid in touched:
             self._touch(gid)
         self.flush()
@@ -432,7 +582,9 @@ class Registry:
         return self.resolve(gid)
 
     def name(self, gid: int, name: str) -> None:
-        self.persons.at[self._live(gid), "name"] = name.strip() or None
+        gid = self._live(gid)
+        self.persons.at[gid, "name"] = name.strip() or None
+        self._dirty.add(gid)
 
     def merge(self, keep: int, other: int) -> int:
         """Merge ``other`` into ``keep`` (the id ``other`` stays an alias of ``keep``); returns the survivor."""
@@ -445,7 +597,10 @@ class Registry:
         if pd.isna(self.persons.at[keep, "name"]):
             self.persons.at[keep, "name"] = self.persons.at[other, "name"]
         self.persons.at[other, "merged_into"] = keep
-        self.members.loc[self.members["global_person_id"] == other, "global_person_id"] = keep
+        self._rewrite = True  # members change their global id: the base files are written anew
+        moved = self.members["global_person_id"] == other
+        self._load_embeddings(self.members.index[moved])  # found by their old id only
+        self.members.loc[moved, "global_person_id"] = keep
         self._touch(other)
         self._touch(keep)
         self.flush()
@@ -461,8 +616,10 @@ class Registry:
         old = int(self.members.at[i, "global_person_id"])
         if bool(self.members.at[i, "pinned"]) and (self.members["global_person_id"] == old).sum() == 1:
             return old  # split off already (the same correction applied again after a concurrent commit)
+        self._load_embeddings([i])
         emb = np.asarray(self.members.at[i, "embedding"], np.float32)
         self._add_to(old, emb, -1)
+        self._rewrite = True  # a member changes its global id: the base files are written anew
         gid = self._create(emb, 1)
         self.members.at[i, "global_person_id"] = gid
         self.members.at[i, "pinned"] = True
@@ -481,7 +638,7 @@ class Registry:
         names = self.persons["name"]
         return pd.DataFrame({
             "global_person_id": m["global_person_id"].astype(int),
-            "name": [names.get(g) for g in m["global_person_id"]],
+            "name": m["global_person_id"].map(names),
             "video_id": m["video_id"], "person_id": m["person_id"].astype(int), "similarity": m["similarity"],
             "source": m["source"], "face_url": m["face_url"], "frame_url": m["frame_url"],
             "timestamp_s": m["timestamp_s"], "quality": m["quality"], "embedding_model": self.model or None,

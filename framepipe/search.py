@@ -149,8 +149,9 @@ def _hit(reg: registry.Registry, q: np.ndarray, row, gid: int | None, person_sim
     sim = float(q @ registry.unit(np.asarray(row.embedding, dtype=np.float32)))
     seen = [float(t) for t in row.seen_s] if row.seen_s is not None else []
     name = reg.persons.at[gid, "name"] if gid is not None and gid in reg.persons.index else None
-    if person_similarity is None and gid is not None and gid in reg.index:
-        person_similarity = float(q @ registry.unit(np.asarray(reg.index.get(gid), dtype=np.float32)))
+    centroid = reg.centroid(gid) if person_similarity is None and gid is not None else None
+    if centroid is not None:
+        person_similarity = float(q @ centroid)
     return Hit(round(sim, 4), row.source, row.video_id, int(row.person_id), gid,
                str(name) if isinstance(name, str) else None,
                round(person_similarity, 4) if person_similarity is not None else None,
@@ -178,7 +179,7 @@ class Pending:
 
 
 def _registry(d: Destination, model: str, dim: int, settings: Settings) -> tuple[registry.Registry, Pending | None]:
-    """This model's committed registry, read light (:meth:`~framepipe.registry.Registry.load_light`: the index
+    """This model's committed registry, read light (:meth:`~framepipe.registry.Registry.load` ``light``: the index
     memory-mapped, no embeddings but those of the persons found), and the people appended since its version
     (the tables' change feed): never the whole destination once a registry exists. A destination without one is
     registered in memory for the answer. Search never writes the registry (``framepipe people`` and the backfill
@@ -196,7 +197,7 @@ def _registry(d: Destination, model: str, dim: int, settings: Settings) -> tuple
     [(name, rows)] = mine
     max_distance = calibration.people_max_distance(settings.people_max_distance, name, dim, settings.models)
     if partial and name in dict(registry.registered(version)):
-        return registry.Registry.load_light(d, name, dim, version), Pending(rows, max_distance)
+        return registry.Registry.load(d, name, dim, version, light=True), Pending(rows, max_distance)
     reg = registry.Registry.load(d, name, dim, version)  # none yet (or an older layout): built in memory
     if len(rows):
         reg.update(rows, max_distance, settings.people_max_count, partial=partial)

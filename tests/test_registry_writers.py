@@ -169,3 +169,64 @@ def test_sigkill_at_any_point_leaves_the_registry_whole_and_the_next_run_right(d
     assert reg.live_ids().size == IDENTITIES
     name = reg.persons.at[reg.resolve(g0), "name"]
     assert not isinstance(name, str) or name.startswith("K")  # a name of a run that committed, or none
+
+
+def _groups(index) -> set[frozenset]:
+    """The people index as a partition of (video, person) keys: what a registry decided, whatever its ids."""
+    return {frozenset(zip(g.video_id, g.person_id)) for _, g in index.groupby("global_person_id")}
+
+
+@pytest.mark.timeout(300)
+def test_an_update_after_new_videos_writes_a_segment_not_the_registry_again(tmp_path, monkeypatch):
+    """After a few new videos, a version keeps the base files (centroid sums, member embeddings, the index) by
+    reference and adds a segment of the persons changed and the members added; read light or whole, and searched,
+    it is the registry one update of everything would have made. A merge, or too many segments, writes the base
+    files anew."""
+    import numpy as np
+
+    from framepipe import commits, manifests, registry, registry_model, schema, search
+
+    whole, layered = str(tmp_path / "whole"), str(tmp_path / "layered")
+    add_videos(whole, range(0, 44))
+    expected, _, _ = registry.update_destination(whole, max_distance=0.3)
+    add_videos(layered, range(0, 40))
+    registry.update_destination(layered, max_distance=0.3)
+    d = manifests.destination(layered)
+    first = commits.latest(d, schema.REGISTRY)
+    base = {k: v for k, v in first.files.items() if not k.startswith(schema.PEOPLE_INDEX_PART)}
+    add_videos(layered, range(40, 44))
+    index, updates, _ = registry.update_destination(layered, max_distance=0.3)
+    assert updates[MODEL].attached == 8 and updates[MODEL].created == 0
+    second = commits.latest(d, schema.REGISTRY)
+    assert all(second.files[k] == v for k, v in base.items()), "a base file was written again for 4 videos"
+    added = sorted(k for k in second.files if k not in base and k != schema.PEOPLE_INDEX_PART)
+    assert added == [f"{MODEL}/members+000001.parquet", f"{MODEL}/persons+000001.parquet"]
+    assert _groups(index) == _groups(expected)
+    reg, _ = state(layered)  # read whole: checked member by member
+    light = registry.Registry.load(d, MODEL, DIM, second, light=True)
+    assert light.persons["members"].to_dict() == reg.persons["members"].to_dict()
+    for identity in range(IDENTITIES):  # a search finds the people of the new videos, and by their centroid
+        q = np.asarray(_embedding(identity, np.random.default_rng(99)), np.float32)
+        hits = search.rank(light, q, top=50, min_similarity=0.5)
+        assert {h.video_id for h in hits} >= {f"v{v:03d}" for v in range(40, 44) if identity in (v % 10, (v + 5) % 10)}
+        assert all(h.person_similarity is not None and h.person_similarity > h.similarity for h in hits)
+
+    def merge_and_add(dest: str) -> "pd.DataFrame":
+        reg, _ = state(dest)
+        registry.update_destination(dest, corrections=registry.Corrections(merges=[(gid_of(reg, 0), gid_of(reg, 1))]))
+        if dest == layered:
+            merged = commits.latest(d, schema.REGISTRY)
+            assert not any(registry_model.SEGMENT.match(k.rsplit("/", 1)[-1]) for k in merged.files)
+            assert merged.files[f"{MODEL}/persons.parquet"] != base[f"{MODEL}/persons.parquet"]
+            monkeypatch.setattr(registry_model, "COMPACT_SEGMENTS", 2)  # the third segment: the base anew
+        for n in range(3):
+            add_videos(dest, range(44 + n, 45 + n))
+            index, _, _ = registry.update_destination(dest, max_distance=0.3)
+            if dest == layered:
+                files = commits.latest(d, schema.REGISTRY).files
+                segments = [k for k in files if registry_model.SEGMENT.match(k.rsplit("/", 1)[-1])]
+                assert len(segments) == (2 * (n + 1) if n < 2 else 0)
+        state(dest)  # checked whole after a compaction too
+        return index
+
+    assert _groups(merge_and_add(whole)) == _groups(merge_and_add(layered))
