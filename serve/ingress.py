@@ -90,11 +90,15 @@ class VideoIngress:
 
     def _sweep_forever(self) -> None:
         """Jobs whose worker died (their lease lapsed) go back on the broker, or fail ``worker_lost`` with their
-        webhook once they have lost ``max_attempts`` workers. Also what a restart of ``serve run`` finds running."""
+        webhook once they have lost ``max_attempts`` workers. Also what a restart of ``serve run`` finds running, and
+        (the embedded broker) queued jobs whose message a killed worker had read (:func:`jobs.requeue_forgotten`)."""
+        suspects: set[str] = set()
         while True:
             time.sleep(QUEUE.sweep_s)
             try:
                 jobs.sweep(self.store, QUEUE.max_attempts, self._enqueue, self._lost)
+                if not QUEUE.broker_url:  # the embedded broker: jobs read by a worker killed before its claim
+                    suspects = jobs.requeue_forgotten(self.store, jobs.embedded_holds(QUEUE), self._enqueue, suspects)
             except Exception:
                 log.exception("sweeping lapsed leases")
 

@@ -118,6 +118,9 @@ class JobStore(Protocol):
 
     def position(self, job_id: str) -> int | None: ...
 
+    def queued_ids(self) -> list[str]:
+        """The jobs waiting in line, first first."""
+
     def claim(self, job_id: str, owner: str, lease_s: float) -> JobStatus | None:
         """Take the job for ``owner``: running, one more attempt, a lease of ``lease_s``; atomically, and only if no
         other owner holds a live lease on it. A finished job comes back as it is (its webhook may be due); None:
@@ -165,3 +168,31 @@ def sweep(store: JobStore, max_attempts: int, enqueue, lost, now: float | None =
         else:
             lost(job)
     return done
+
+
+def embedded_holds(q: QueueSettings):
+    """A test of whether the embedded broker's queue folder holds a message for a job (Celery writes each task's
+    arguments in plain text in its headers)."""
+    folder = os.path.join(q.state, "broker", "queue")
+    blob = b""
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        try:
+            with open(os.path.join(folder, name), "rb") as f:
+                blob += f.read()
+        except OSError:  # taken by a worker meanwhile
+            continue
+    return lambda job_id: job_id.encode() in blob
+
+
+def requeue_forgotten(store: JobStore, holds, enqueue, suspects: set[str]) -> set[str]:
+    """The embedded broker forgets a message as soon as a worker reads it (files: no acknowledgement), so a worker
+    killed between reading a job's task and claiming its lease would lose the job: it stays queued, with no lease to
+    lapse. A queued job that no message names on two sweeps in a row (``suspects``: those of the last sweep) goes on
+    the broker again; a second delivery of a job that was taken meanwhile finds it claimed or done, and skips it.
+    Returns the suspects of this sweep."""
+    missing = {job_id for job_id in store.queued_ids() if not holds(job_id)}
+    for job_id in missing & suspects:
+        job = store.get(job_id)
+        if job is not None and job.status == "queued":
+            enqueue(job_id)
+    return missing - suspects

@@ -62,6 +62,9 @@ class RedisStore:
     def queued(self) -> int:
         return int(self.r.zcard(f"{self.p}queued"))
 
+    def queued_ids(self) -> list[str]:
+        return [k.decode() if isinstance(k, bytes) else k for k in self.r.zrange(f"{self.p}queued", 0, -1)]
+
     def position(self, job_id: str) -> int | None:
         rank = self.r.zrank(f"{self.p}queued", job_id)
         return None if rank is None else int(rank) + 1
@@ -251,6 +254,9 @@ class SqliteStore:
 
     def queued(self) -> int:
         return self._db().execute("SELECT COUNT(*) FROM queued").fetchone()[0]
+
+    def queued_ids(self) -> list[str]:
+        return [r[0] for r in self._db().execute("SELECT id FROM queued ORDER BY seq").fetchall()]
 
     def position(self, job_id: str) -> int | None:
         row = self._db().execute(

@@ -88,3 +88,24 @@ def test_concurrent_sweepers_take_each_lapsed_job_back_once(store):
         t.join()
     assert sorted(enqueued) == sorted(ids) and not lost  # each once, whichever sweeper got it
     assert store.queued() == 6
+
+
+def test_a_queued_job_no_message_names_goes_on_the_broker_again(store, tmp_path):
+    """The embedded broker forgets a task once a worker reads it: a job read by a worker killed before its claim
+    is queued with no lease. The sweep puts it on the broker again after two sweeps without a message naming it,
+    never a job whose message is there or that a worker took meanwhile; the real queue folder is read."""
+    import json
+
+    from serve import jobs
+
+    held, lost, taken = _job(store, 1), _job(store, 2), _job(store, 3)
+    q = jobs.QueueSettings(state_dir=str(tmp_path / "state"))
+    folder = tmp_path / "state" / "broker" / "queue"
+    folder.mkdir(parents=True)
+    (folder / "1.msg").write_text(json.dumps({"headers": {"argsrepr": f"['{held}']"}, "body": "e30="}))
+    enqueued: list[str] = []
+    suspects = jobs.requeue_forgotten(store, jobs.embedded_holds(q), enqueued.append, set())
+    assert enqueued == [] and suspects == {lost, taken}  # once missing may be a worker about to claim
+    store.claim(taken, "worker-a", lease_s=30)
+    suspects = jobs.requeue_forgotten(store, jobs.embedded_holds(q), enqueued.append, suspects)
+    assert enqueued == [lost]
