@@ -18,6 +18,8 @@ import os
 import posixpath
 
 import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from framepipe import __version__, manifests, schema
@@ -119,124 +121,200 @@ def _offsets(keys: np.ndarray, wanted) -> dict:
     return {k: (int(a), int(b)) for k, a, b in zip(wanted, starts, ends)}
 
 
+def _row_hashes(df: pd.DataFrame) -> np.ndarray:
+    """A 64-bit hash of each row (vectorised: no Python per row)."""
+    if not len(df):
+        return np.zeros(0, dtype=np.uint64)
+    return pd.util.hash_pandas_object(df.astype(str), index=False).to_numpy(dtype=np.uint64)
+
+
+def _summed(keys: pd.Series, hashes: np.ndarray) -> dict:
+    """The hashes of rows summed per key (order-free, wrapping): one hash per key."""
+    if not len(keys):
+        return {}
+    return pd.Series(hashes, index=keys.to_numpy()).groupby(level=0).sum().to_dict()
+
+
+VIDEO_COLUMNS = ["video_id", "source", "run_id", "processed_at", "status", "duration_s"]
+
+
 def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str, str], dict]:
     """The pages of the report whose content changed since ``previous`` (the state the last report saved), by
-    path relative to the destination's root, and the new state. Reads the people without their embeddings;
-    renders only the video pages, index pages and people pages whose fingerprint changed."""
+    path relative to the destination's root, and the new state. What each page shows is hashed from a few columns
+    (a video's run and status; the people index's rows: who is whom, names, counts), without rendering anything;
+    only the pages whose hash changed are rendered, from the rows of their videos and persons only. Videos keep
+    their place in the list (new ones go to the end; the first report sorts them by source), so a few new videos
+    change the last list page, their own pages and the pages of the persons they joined."""
     previous = previous or {}
     old_pages: dict = previous.get("pages", {})
-    videos = manifests.load_videos(d)
-    people = manifests.load_people(d, columns=PEOPLE_COLUMNS).sort_values(["video_id", "person_id"],
-                                                                           ignore_index=True)
+    videos = manifests.load_table(d, "videos", columns=VIDEO_COLUMNS).to_pandas()
+    by_source = videos.sort_values(["source", "video_id"])["video_id"].tolist()
+    order = [v for v in previous.get("order", []) if v in set(by_source)]
+    placed = set(order)
+    order += [v for v in by_source if v not in placed]
+    videos = videos.set_index("video_id", drop=False).loc[order].reset_index(drop=True)
+    keys = manifests.load_table(d, "people", columns=["video_id", "person_id"]).to_pandas()
     index = manifests.load_people_index(d)
     env = _env()
 
     def link(page_dir: str, url: str) -> str:  # from a page in page_dir to an output named by its URL
         return posixpath.relpath(manifests.relative(d, url), page_dir)
 
-    global_of: dict[tuple[str, int], int] = {}
-    global_videos: dict[int, int] = {}
-    given: dict[int, str] = {}  # names given with framepipe people --name
-    people_page_of: dict[int, str] = {}
+    # the people index: who is whom (live persons by id, PEOPLE_PER_PAGE a page)
     live: list[int] = []
+    targets = pd.DataFrame(columns=["video_id", "person_id", "gid", "name", "count", "page"])
     if index is not None:
-        global_of = dict(zip(zip(index["video_id"], index["person_id"].astype(int)),
-                             index["global_person_id"].astype(int)))
-        global_videos = index.groupby("global_person_id")["video_id"].nunique().to_dict()
-        given = {int(g): str(n) for g, n in zip(index["global_person_id"], index["name"]) if _present(n)}
-        live = sorted(int(g) for g in global_videos)
-        people_page_of = {g: _page("people", i // PEOPLE_PER_PAGE + 1) for i, g in enumerate(live)}
+        index = index.assign(global_person_id=index["global_person_id"].astype(np.int64),
+                             person_id=index["person_id"].astype(np.int64))
+        counts = index.groupby("global_person_id")["video_id"].nunique()
+        names = index.dropna(subset=["name"]).drop_duplicates("global_person_id").set_index("global_person_id")["name"]
+        live = counts.index.sort_values().tolist()
+        page_of = pd.Series([_page("people", i // PEOPLE_PER_PAGE + 1) for i in range(len(live))], index=live)
+        g = index["global_person_id"]
+        targets = pd.DataFrame({"video_id": index["video_id"], "person_id": index["person_id"], "gid": g,
+                                "name": g.map(names), "count": g.map(counts), "page": g.map(page_of)})
 
-    pages: dict[str, str] = {}
+    # what each page shows, hashed: a card (the video's run), a video page (the card and its people's targets)
+    card = dict(zip(videos["video_id"], _row_hashes(videos[VIDEO_COLUMNS])))
+    target_of = _summed(targets["video_id"], _row_hashes(targets))
     state: dict[str, str] = {}
-    cards = []
-    keys = people["video_id"].to_numpy(dtype=object).astype(str)
-    where = _offsets(keys, videos["video_id"].astype(str).to_numpy())
+    redo: list[str] = []
+    for vid, h in card.items():
+        page = f"{VIDEO_DIR}/{vid}.html"
+        state[page] = f"{(int(h) + int(target_of.get(vid, 0))) % 2**64:016x}"
+        if old_pages.get(page) != state[page]:
+            redo.append(vid)
+    video_lists = [order[i : i + VIDEOS_PER_PAGE] for i in range(0, len(order), VIDEOS_PER_PAGE)] or [[]]
+    lists = []  # (page, number, video ids, global ids): the list pages whose content changed (index.html always)
+    for n, shown in enumerate(video_lists, 1):
+        page = INDEX if n == 1 else _page("videos", n)
+        state[page if n > 1 else "index/videos"] = _fingerprint([f"{card[v]:016x}" for v in shown], n,
+                                                                n < len(video_lists))
+    people_lists = [live[i : i + PEOPLE_PER_PAGE] for i in range(0, len(live), PEOPLE_PER_PAGE)] or [[]]
+    person = _summed(index["global_person_id"], _row_hashes(index[[
+        "global_person_id", "video_id", "person_id", "source", "face_url", "similarity", "quality", "name"]])) \
+        if index is not None else {}
+    for n, shown in enumerate(people_lists, 1):
+        if index is not None and n > 1:
+            state[_page("people", n)] = _fingerprint([f"{person[g]:016x}" for g in shown], n, n < len(people_lists))
+    for n in range(1, max(len(video_lists), len(people_lists)) + 1):
+        vpage, ppage = _page("videos", n), _page("people", n)
+        vs = video_lists[n - 1] if n <= len(video_lists) and (n == 1 or old_pages.get(vpage) != state[vpage]) \
+            else None
+        ps = people_lists[n - 1] if index is not None and n <= len(people_lists) and (
+            n == 1 or old_pages.get(ppage) != state[ppage]) else None
+        if n == 1:
+            lists.append((INDEX, 1, vs, ps))
+        else:
+            lists += [(vpage, n, vs, None)] if vs is not None else []
+            lists += [(ppage, n, None, ps)] if ps is not None else []
+
+    # the rows of what is redone only
+    need = set(redo) | {v for _, _, shown, _ in lists if shown for v in shown}
+    full = manifests.load_table(d, "videos", filter=pc.field("video_id").isin(list(need))).to_pandas() \
+        if need else videos.iloc[0:0]
+    full = full.set_index("video_id", drop=False).loc[sorted(need)] if need else full
+    mine = targets[targets["video_id"].isin(need)]
+    target = dict(zip(zip(mine["video_id"], mine["person_id"].astype(int)), zip(
+        mine["gid"].astype(int), mine["name"], mine["count"].astype(int), mine["page"])))
+    redone = set(redo)
+    people = manifests.load_people(d, filter=pc.field("video_id").isin(list(need)), columns=PEOPLE_COLUMNS) \
+        if need else pd.DataFrame(columns=PEOPLE_COLUMNS)
+    people = people.sort_values(["video_id", "person_id"], ignore_index=True)
+    rows_of = _offsets(people["video_id"].to_numpy(dtype=object).astype(str), np.array(sorted(need), dtype=object))
     cols = {c: people[c].to_list() for c in people.columns}
-    for v in videos.itertuples(index=False):
-        page = f"{VIDEO_DIR}/{v.video_id}.html"
-        a, b = where[str(v.video_id)]
+    pages: dict[str, str] = {}
+    cards: dict[str, dict] = {}
+    for v in full.itertuples(index=False):
+        vid = v.video_id
+        a, b = rows_of[vid]
         rows = range(a, b)
         is_video = getattr(v, "media_type", None) != "image"
         reps = list(zip(v.representative_urls if v.representative_urls is not None else [],
                         v.representative_timestamps_s if v.representative_timestamps_s is not None else []))
-        gids = [global_of.get((v.video_id, int(cols["person_id"][i]))) for i in rows]
-        targets = [(g, given.get(g), global_videos.get(g, 0), people_page_of.get(g)) for g in gids]
-        state[page] = _fingerprint(v.run_id, str(v.processed_at), v.status, targets)
-        if old_pages.get(page) != state[page]:
-            pages[page] = _video_page(env, v, cols, rows, targets, reps, is_video, link)
-        cards.append(
-            {
-                "video_id": v.video_id,
-                "name": _name(v.source),
-                "page": posixpath.relpath(page, schema.REPORT),
-                "status": v.status,
-                "error": f"{v.error_type}: {v.error_message}" if _present(v.error_type) else "",
-                "kind": ("photo" if not is_video else fmt_time(float(v.duration_s) if _present(v.duration_s)
-                                                               else 0.0)),
-                "people": len(rows),
-                "thumb": link(schema.REPORT, reps[len(reps) // 2][0]) if reps else None,
-                "faces": [link(schema.REPORT, cols["face_url"][i]) for i in rows],
-            }
-        )
+        page = f"{VIDEO_DIR}/{vid}.html"
+        if vid in redone:
+            found = [target.get((vid, int(cols["person_id"][i])), (None, None, 0, None)) for i in rows]
+            pages[page] = _video_page(env, v, cols, rows, [(g, n if _present(n) else None, c, p)
+                                                           for g, n, c, p in found], reps, is_video, link)
+        cards[vid] = {
+            "video_id": v.video_id,
+            "name": _name(v.source),
+            "page": posixpath.relpath(page, schema.REPORT),
+            "status": v.status,
+            "error": f"{v.error_type}: {v.error_message}" if _present(v.error_type) else "",
+            "kind": ("photo" if not is_video else fmt_time(float(v.duration_s) if _present(v.duration_s) else 0.0)),
+            "people": len(rows),
+            "thumb": link(schema.REPORT, reps[len(reps) // 2][0]) if reps else None,
+            "faces": [link(schema.REPORT, cols["face_url"][i]) for i in rows],
+        }
 
-    people_pages = []
-    not_indexed = 0
-    if index is not None:
-        not_indexed = len(set(zip(people["video_id"], people["person_id"].astype(int))) - set(global_of))
-        by_gid = index.sort_values(["global_person_id", "source", "person_id"], kind="stable", ignore_index=True)
+    by_gid = index.sort_values(["global_person_id", "source", "person_id"], kind="stable", ignore_index=True) \
+        if index is not None else None
+
+    def docs(gids: list[int]) -> list[dict]:
+        if not gids:
+            return []
         gkeys = by_gid["global_person_id"].to_numpy(dtype=np.int64)
-        spans = _offsets(gkeys, np.array(live, dtype=np.int64))
-        names = {c["video_id"]: c["name"] for c in cards}
+        spans = _offsets(gkeys, np.array(gids, dtype=np.int64))
         g_cols = {c: by_gid[c].to_list() for c in ("video_id", "person_id", "source", "face_url", "similarity",
-                                                     "quality")}
-        docs = []
-        for gid in live:
+                                                     "quality", "name")}
+        out = []
+        for gid in gids:
             a, b = spans[gid]
             quality = [q if _present(q) else -1.0 for q in g_cols["quality"][a:b]]
             best = a + int(np.argmax(quality))
-            docs.append({
-                "id": gid, "name": given.get(gid), "videos": global_videos.get(gid, 0),
+            given = next((str(n) for n in g_cols["name"][a:b] if _present(n)), None)
+            out.append({
+                "id": gid, "name": given, "videos": len(set(g_cols["video_id"][a:b])),
                 "face": link(schema.REPORT, g_cols["face_url"][best]),
                 "appearances": [{
                     "video_id": g_cols["video_id"][i], "person_id": int(g_cols["person_id"][i]),
-                    "name": names.get(g_cols["video_id"][i], _name(g_cols["source"][i])),
-                    "page": f"videos/{g_cols['video_id'][i]}.html",
+                    "name": _name(g_cols["source"][i]), "page": f"videos/{g_cols['video_id'][i]}.html",
                     "face": link(schema.REPORT, g_cols["face_url"][i]),
                     "similarity": float(g_cols["similarity"][i])} for i in range(a, b)]})
-        people_pages = [docs[i : i + PEOPLE_PER_PAGE] for i in range(0, len(docs), PEOPLE_PER_PAGE)] or [[]]
+        return out
 
-    video_pages = [cards[i : i + VIDEOS_PER_PAGE] for i in range(0, len(cards), VIDEOS_PER_PAGE)] or [[]]
+    indexed = 0
+    if index is not None and len(keys):
+        key_hash = _row_hashes(keys[["video_id", "person_id"]].astype({"person_id": np.int64}))
+        indexed = int(np.isin(key_hash, _row_hashes(index[["video_id", "person_id"]])).sum())
     total_s = float(videos.loc[videos["status"] == "succeeded", "duration_s"].fillna(0).sum()) if len(videos) else 0.0
     stats = {
         "dest": d.url(""), "dest_name": _name(d.url("")),
         "inputs": len(videos),
         "succeeded": int((videos["status"] == "succeeded").sum()) if len(videos) else 0,
         "failed": int((videos["status"] != "succeeded").sum()) if len(videos) else 0,
-        "people_total": len(people), "global_total": len(live) if index is not None else None,
-        "index_rows": 0 if index is None else len(index), "not_indexed": not_indexed,
-        "hours": f"{total_s / 3600:.2f} h" if total_s >= 3600 else fmt_time(total_s),
+        "people_total": len(keys), "global_total": len(live) if index is not None else None,
+        "index_rows": 0 if index is None else len(index), "not_indexed": len(keys) - indexed if index is not None
+        else 0, "hours": f"{total_s / 3600:.2f} h" if total_s >= 3600 else fmt_time(total_s),
     }
-    # index.html: the stats and the first page of both lists (always redone); then each list's further pages
-    lists = [(INDEX, 1, video_pages[0], people_pages[0] if index is not None else None)]
-    lists += [(_page("videos", n), n, shown, None) for n, shown in enumerate(video_pages[1:], 2)]
-    if index is not None:
-        lists += [(_page("people", n), n, None, persons) for n, persons in enumerate(people_pages[1:], 2)]
+    # index.html: the stats, every page of both lists and the first of each; then the other list pages that changed
     for page, n, shown, persons in lists:
-        content = (shown, persons, len(video_pages), len(people_pages))
-        state[page] = _fingerprint(content)
-        if page != INDEX and old_pages.get(page) == state[page]:
-            continue
         here = posixpath.dirname(page)
         root = posixpath.relpath(schema.REPORT, here)
         pages[page] = env.get_template("index.html").render(
-            **stats, videos=shown, global_people=persons, number=n, version=__version__,
+            **stats, videos=[cards[v] for v in shown] if shown is not None else None,
+            global_people=docs(persons) if persons is not None else None, number=n, version=__version__,
             generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             root="" if root == "." else root + "/",
-            video_pages=[posixpath.relpath(_page("videos", k), here) for k in range(1, len(video_pages) + 1)],
-            people_pages=[posixpath.relpath(_page("people", k), here) for k in range(1, len(people_pages) + 1)]
+            video_pages=[posixpath.relpath(_page("videos", k), here) for k in range(1, len(video_lists) + 1)]
+            if page == INDEX else _neighbours("videos", n, len(video_lists), here),
+            people_pages=([posixpath.relpath(_page("people", k), here) for k in range(1, len(people_lists) + 1)]
+                          if page == INDEX else _neighbours("people", n, len(people_lists), here))
             if index is not None else [])
-    return pages, {"pages": state}
+    return pages, {"pages": state, "order": order}
+
+
+def _neighbours(prefix: str, n: int, count: int, here: str) -> list[tuple[str, str]]:
+    """A list page's links: the first page, the previous and the next (a page's links do not change when pages
+    are added after it, so it is not redone)."""
+    out = [("first", posixpath.relpath(_page(prefix, 1), here))]
+    if n > 2:
+        out.append(("previous", posixpath.relpath(_page(prefix, n - 1), here)))
+    if n < count:
+        out.append(("next", posixpath.relpath(_page(prefix, n + 1), here)))
+    return out
 
 
 def _video_page(env, v, cols: dict, rows: range, targets: list, reps: list, is_video: bool, link) -> str:
@@ -295,4 +373,4 @@ def write(dest: str | Destination) -> str:
     return d.url(INDEX)
 
 
-REPORT_VERSION = f"{__version__}-2"  # a report of another framepipe (templates) is redone whole
+REPORT_VERSION = f"{__version__}-3"  # a report of another framepipe (templates) is redone whole
