@@ -149,7 +149,8 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
     old_pages: dict = previous.get("pages", {})
     videos = manifests.load_table(d, "videos", columns=VIDEO_COLUMNS).to_pandas()
     by_source = videos.sort_values(["source", "video_id"])["video_id"].tolist()
-    order = [v for v in previous.get("order", []) if v in set(by_source)]
+    known = set(by_source)
+    order = [v for v in previous.get("order", []) if v in known]
     placed = set(order)
     order += [v for v in by_source if v not in placed]
     videos = videos.set_index("video_id", drop=False).loc[order].reset_index(drop=True)
@@ -157,8 +158,12 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
     index = manifests.load_people_index(d)
     env = _env()
 
+    root_url = d.url("").rstrip("/") + "/"
+
     def link(page_dir: str, url: str) -> str:  # from a page in page_dir to an output named by its URL
-        return posixpath.relpath(manifests.relative(d, url), page_dir)
+        if not url.startswith(root_url):
+            raise ValueError(f"{url} is not under {root_url}")
+        return _relative(url[len(root_url):], page_dir)
 
     # the people index: who is whom (live persons by id, PEOPLE_PER_PAGE a page)
     live: list[int] = []
@@ -252,13 +257,16 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
     by_gid = index.sort_values(["global_person_id", "source", "person_id"], kind="stable", ignore_index=True) \
         if index is not None else None
 
+    g_cols: dict = {}
+
     def docs(gids: list[int]) -> list[dict]:
         if not gids:
             return []
-        gkeys = by_gid["global_person_id"].to_numpy(dtype=np.int64)
-        spans = _offsets(gkeys, np.array(gids, dtype=np.int64))
-        g_cols = {c: by_gid[c].to_list() for c in ("video_id", "person_id", "source", "face_url", "similarity",
-                                                     "quality", "name")}
+        if not g_cols:  # once, for every page redone
+            g_cols.update({c: by_gid[c].to_list() for c in ("video_id", "person_id", "source", "face_url",
+                                                              "similarity", "quality", "name")})
+            g_cols["keys"] = by_gid["global_person_id"].to_numpy(dtype=np.int64)
+        spans = _offsets(g_cols["keys"], np.array(gids, dtype=np.int64))
         out = []
         for gid in gids:
             a, b = spans[gid]
@@ -304,6 +312,16 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
                           if page == INDEX else _neighbours("people", n, len(people_lists), here))
             if index is not None else [])
     return pages, {"pages": state, "order": order}
+
+
+def _relative(path: str, start: str) -> str:
+    """``posixpath.relpath`` for two clean relative paths (no ``.`` or ``..`` parts), without its ``abspath``
+    calls: the report links millions of images."""
+    a, b = path.split("/"), start.split("/")
+    common = 0
+    while common < min(len(a) - 1, len(b)) and a[common] == b[common]:
+        common += 1
+    return "/".join([".."] * (len(b) - common) + a[common:])
 
 
 def _neighbours(prefix: str, n: int, count: int, here: str) -> list[tuple[str, str]]:
