@@ -60,7 +60,7 @@ def load_videos(dest: str | Destination) -> pd.DataFrame:
 def load_people(dest: str | Destination, filter=None, columns: list[str] | None = None) -> pd.DataFrame:
     """One row per person per video (of the video's last run), with the mean ``embedding`` (a NumPy array per
     row; ``columns``: those only, e.g. without the embeddings)."""
-    df = load_table(dest, "people", filter, columns).to_pandas()
+    df = load_table(dest, "people", filter, columns).to_pandas(self_destruct=True, split_blocks=True)  # Arrow freed
     return df.sort_values([c for c in ("source", "person_id") if c in df], ignore_index=True)
 
 

@@ -301,7 +301,8 @@ class Registry:
         self._sums, self._counts = {}, {}
         self.persons["merged_into"] = self.persons["merged_into"].astype("Int64")
         if self._new_members:
-            new = pd.DataFrame(self._new_members)
+            new = pd.concat(self._new_members, ignore_index=True) if len(self._new_members) > 1 \
+                else self._new_members[0]
             self.members = pd.concat([self.members, new], ignore_index=True) if len(self.members) else new
             self._new_members = []
 
@@ -431,15 +432,13 @@ class Registry:
 
     def _member_rows(self, rows: pd.DataFrame, gids: list[int], similarity: list[float], pinned=False):
         n = len(rows)
-        col = lambda name: rows[name].to_list() if name in rows else [None] * n  # noqa: E731
-        self._new_members += [
-            {"video_id": v, "person_id": int(p), "global_person_id": int(g), "similarity": float(s),
-             "pinned": pinned, "source": src, "embedding": np.asarray(e, np.float32), "seen_s": seen,
-             "face_url": face, "frame_url": frame, "timestamp_s": ts, "quality": q,
-             "schema_version": schema.SCHEMA_VERSION}
-            for v, p, g, s, src, e, seen, face, frame, ts, q in zip(
-                col("video_id"), col("person_id"), gids, similarity, col("source"), col("embedding"), col("seen_s"),
-                col("face_url"), col("frame_url"), col("timestamp_s"), col("quality"))]
+        col = lambda name: rows[name].to_numpy(dtype=object) if name in rows else [None] * n  # noqa: E731
+        self._new_members.append(pd.DataFrame({
+            "video_id": col("video_id"), "person_id": np.asarray(rows["person_id"], dtype=np.int64),
+            "global_person_id": np.asarray(gids, dtype=np.int64), "similarity": np.asarray(similarity, np.float64),
+            "pinned": np.full(n, pinned), "source": col("source"), "embedding": col("embedding"),
+            "seen_s": col("seen_s"), "face_url": col("face_url"), "frame_url": col("frame_url"),
+            "timestamp_s": col("timestamp_s"), "quality": col("quality"), "schema_version": schema.SCHEMA_VERSION}))
 
     def update(self, people: pd.DataFrame, max_distance: float, seed_max_count: int | None = None,
                partial: bool = False) -> Update:
@@ -480,7 +479,8 @@ class Registry:
             report.created, rest = self._seed(new, max_distance, seed_max_count)
             new = rest.reset_index(drop=True)
             for m in self._new_members:  # the seeded people of a video, for the rows attached one by one
-                self._together.setdefault(m["video_id"], []).append((m["global_person_id"], m["seen_s"]))
+                for v, g, seen in zip(m["video_id"], m["global_person_id"], m["seen_s"]):
+                    self._together.setdefault(v, []).append((int(g), seen))
         if not report.seeded or len(rest):
             for i in range(len(new)):
                 gid, sim = self._attach_one(new.iloc[i], max_distance)
@@ -510,8 +510,10 @@ class Registry:
         with the cannot-links of people seen together (:mod:`framepipe.people_index`): the same groups as average
         linkage over everyone, without its n x n matrix. Parts over ``max_group`` people are returned, to be
         attached one by one through the index. Returns (persons created, rows left)."""
-        raw = np.stack([np.asarray(e, np.float32) for e in new["embedding"]])
-        emb = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+        # one matrix of the unit embeddings and their norms (the sums are of the raw ones): memory of one copy
+        emb = np.stack([np.asarray(e, np.float32) for e in new["embedding"]])
+        norms = np.maximum(np.linalg.norm(emb, axis=1), 1e-12).astype(np.float32)
+        emb /= norms[:, None]
         parts = people_index.neighbour_parts(emb, max_distance)
         labels = np.full(len(new), -1, dtype=np.int64)
         left = []
@@ -528,21 +530,27 @@ class Registry:
                     emb[members], people_index.cluster_embeddings(emb[members], max_distance), part, max_distance)
             labels[members] = sub + next_label
             next_label += int(sub.max()) + 1
+        del parts
         rest = new.iloc[np.sort(np.concatenate(left))] if left else new.iloc[0:0]
         keep = labels >= 0
-        new, emb, raw, labels = new[keep].reset_index(drop=True), emb[keep], raw[keep], labels[keep]
+        if not keep.all():
+            new, emb, norms, labels = new[keep].reset_index(drop=True), emb[keep], norms[keep], labels[keep]
         _, first, labels = np.unique(labels, return_index=True, return_inverse=True)
         rank = np.empty(len(first), dtype=np.int64)  # numbered in order of first appearance
         rank[np.argsort(first, kind="stable")] = np.arange(len(first))
         labels = rank[labels]
         count = len(first)
-        sums = np.zeros((count, raw.shape[1]), dtype=np.float64)
-        np.add.at(sums, labels, raw)
+        sums = np.zeros((count, emb.shape[1]), dtype=np.float32)
+        chunks = [slice(i, i + 65_536) for i in range(0, len(emb), 65_536)]  # temporaries of a chunk only
+        for c in chunks:
+            np.add.at(sums, labels[c], emb[c] * norms[c, None])
         sizes = np.bincount(labels, minlength=count)
         gids = self._create_many(sums, sizes)
-        centroids = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-        sims = np.einsum("ij,ij->i", emb, centroids[labels])
-        self._member_rows(new, gids[labels].tolist(), sims.tolist())
+        centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        sims = np.concatenate([np.einsum("ij,ij->i", emb[c], centroids[labels[c]]) for c in chunks]) \
+            if chunks else np.zeros(0, np.float32)
+        del emb
+        self._member_rows(new, gids[labels], sims)
         if count:
             self.index.add(gids.astype(np.uint64), centroids)
         return count, rest
@@ -557,7 +565,7 @@ class Registry:
         block = pd.DataFrame({
             "global_person_id": gids, "name": pd.Series([None] * len(gids), dtype=object),
             "merged_into": pd.array([pd.NA] * len(gids), dtype="Int64"), "members": sizes.astype(np.int64),
-            "embedding_sum": list(sums.astype(np.float32)), "created_at": now,
+            "embedding_sum": list(np.asarray(sums, dtype=np.float32)), "created_at": now,  # row views
             "schema_version": schema.SCHEMA_VERSION}).set_index("global_person_id", drop=False)
         self.persons = pd.concat([self.persons, block]) if len(self.persons) else block
         return gids

@@ -162,15 +162,27 @@ def version(d: Destination, kind: str) -> int | None:
     return None if table is None else table.version()
 
 
-def _raw(d: Destination, kind: str, table, columns=None, filter=None) -> pa.Table:
+BATCH_ROWS = 16_384  # rows a reader holds at once before ``keep`` drops what it does not keep
+
+
+def _raw(d: Destination, kind: str, table, columns=None, filter=None, keep=None) -> pa.Table:
+    """The table's rows (``keep``: a function of a part of them that returns the rows to keep, applied batch by
+    batch as they are read, so that rows dropped are never all in memory at once)."""
     target = KINDS[kind] if columns is None else pa.schema([KINDS[kind].field(c) for c in columns])
     parts = []
     if table is not None:
         present = {f.name for f in table.schema().fields}  # a column newer than the table is read as nulls
         asked = None if columns is None else [c for c in columns if c in present]
-        parts.append(conform(table.to_pyarrow_dataset().to_table(columns=asked, filter=filter), target))
+        dataset = table.to_pyarrow_dataset()
+        if keep is None:
+            parts.append(conform(dataset.to_table(columns=asked, filter=filter), target))
+        else:
+            kept = [keep(conform(pa.Table.from_batches([b]), target))
+                    for b in dataset.to_batches(columns=asked, filter=filter, batch_size=BATCH_ROWS, batch_readahead=2,
+                                                fragment_readahead=1) if b.num_rows]
+            parts.append(pa.concat_tables(kept) if kept else conform(target.empty_table(), target))
     if _has_legacy(d, kind, table):
-        parts += _read_legacy(d, kind, columns, filter)
+        parts += [keep(t) if keep else t for t in _read_legacy(d, kind, columns, filter)]
     if not parts:
         return conform(target.empty_table(), target)
     return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
@@ -221,8 +233,10 @@ def read(d: Destination, kind: str, filter=None, columns: list[str] | None = Non
         columns = list(dict.fromkeys([*columns, *need]))
     if kind == "videos":
         return _latest(_raw(d, "videos", _open(d, "videos"), columns, filter))
-    rows = _raw(d, "people", _open(d, "people"), columns, filter)
-    return current_of(d, rows, current_runs(d) if filter is None else None)
+    if filter is not None:  # a part: the current runs of its videos only
+        return current_of(d, _raw(d, "people", _open(d, "people"), columns, filter))
+    runs = current_runs(d)
+    return _raw(d, "people", _open(d, "people"), columns, keep=lambda rows: current_of(d, rows, runs))
 
 
 def _key(t: pa.Table):
