@@ -82,6 +82,15 @@ def load_registry(dest: str | Destination) -> pd.DataFrame | None:
     column added; the centroid left out), or None before ``framepipe people`` has run."""
     d = destination(dest)
     version = commits.latest(d, schema.REGISTRY)
+    if version.meta.get("layers"):  # base files and the segments written since: the registry reads them
+        from framepipe.registry_model import Registry
+
+        regs = [Registry.load(d, model, int(dim), version, light=True) for model, dim in sorted(
+            version.meta.get("dims", {}).items())]
+        if not regs:
+            return None
+        return pd.concat([r.persons.reset_index(drop=True).drop(columns=["embedding_sum"]).assign(model=r.model)
+                          for r in regs], ignore_index=True)
     if version.number:
         found = {name.split("/")[0]: (lambda n=name: commits.read(d, schema.REGISTRY, version, n))
                  for name in version.files if name.endswith("/persons.parquet")}

@@ -204,6 +204,9 @@ def test_an_update_after_new_videos_writes_a_segment_not_the_registry_again(tmp_
     assert _groups(index) == _groups(expected)
     reg, _ = state(layered)  # read whole: checked member by member
     light = registry.Registry.load(d, MODEL, DIM, second, light=True)
+    listed = manifests.load_registry(layered)  # a notebook's view: the base and the segment
+    assert listed.set_index("global_person_id")["members"].to_dict() == reg.persons["members"].to_dict()
+    assert "embedding_sum" not in listed
     assert light.persons["members"].to_dict() == reg.persons["members"].to_dict()
     for identity in range(IDENTITIES):  # a search finds the people of the new videos, and by their centroid
         q = np.asarray(_embedding(identity, np.random.default_rng(99)), np.float32)
