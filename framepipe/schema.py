@@ -31,7 +31,7 @@ SCHEMA_VERSION = "1.4"
 MANIFESTS = "manifests"  # DEST/manifests/{videos,people}: Delta tables (0.2.x: one <video_id>.parquet each)
 PEOPLE_INDEX = f"{MANIFESTS}/people_index.parquet"
 PEOPLE_INDEX_PART = "people_index.parquet"  # the same table inside each committed version of the registry
-REGISTRY = "registry"  # DEST/registry/<embedding model>/{persons,members}.parquet + index.usearch
+REGISTRY = "registry"  # DEST/registry: committed versions of each model's persons, members, index (registry.py)
 REPORT = "report"  # DEST/report/index.html
 
 
