@@ -85,6 +85,11 @@ def commit(d: Destination, root: str, base: Version, parts: dict[str, bytes], me
         d.create(f"{root}/{_entry(number)}", json.dumps(doc, indent=1).encode())
     except AlreadyExists:
         raise Conflict(f"version {number}") from None
+    newer = [n for n in versions(d, root) if n > number]
+    if newer:  # a writer that slept past KEEP_VERSIONS commits: its number was free again once pruned; readers
+        # take the highest version, so this one would never be read. Withdrawn, and applied again on the newest.
+        d.delete(f"{root}/{_entry(number)}")
+        raise Conflict(f"version {number} was pruned; {newer[-1]} is the newest")
     try:
         _prune(d, root, number)
     except Exception as e:  # housekeeping only: the commit stands

@@ -233,3 +233,44 @@ def test_an_update_after_new_videos_writes_a_segment_not_the_registry_again(tmp_
         return index
 
     assert _groups(merge_and_add(whole)) == _groups(merge_and_add(layered))
+
+
+@pytest.mark.timeout(600)
+def test_a_writer_that_sleeps_past_the_pruned_log_loses_nothing(dest):
+    """A writer stalled between reading a version and committing its change while more than KEEP_VERSIONS
+    versions are committed (real ``framepipe people --name`` processes) and the log is pruned behind them: the
+    number it commits is free again, but its commit is withdrawn and its change applied again on the newest
+    version, so its correction is in the latest version and nothing of the others is lost."""
+    from framepipe import commits, manifests, registry, schema
+
+    url, env = dest
+    add_videos(url, range(0, 4))
+    finish([people_cli(url, env=env)])
+    reg, _ = state(url)
+    g0, g1 = gid_of(reg, 0), gid_of(reg, 1)
+    d = manifests.destination(url)
+    calls = []
+
+    def change(version):
+        calls.append(version.number)
+        if len(calls) == 1:  # the stall: others commit meanwhile
+            for n in range(commits.KEEP_VERSIONS + 2):
+                finish([people_cli(url, "--name", f"{g1}=Other{n}", env=env)])
+            assert commits.versions(d, schema.REGISTRY)[0] > version.number + 1  # its next number was pruned
+        mine = registry.Registry.load(d, MODEL, DIM, version)
+        mine.name(g0, "Kept")
+        parts, dropped = mine.parts()
+        keep = {k: v for k, v in version.files.items() if k not in parts and k not in dropped}
+        return parts, dict(version.meta), keep
+
+    old = os.environ.copy()
+    os.environ.update(env or {})
+    try:
+        commits.transact(d, schema.REGISTRY, change)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert len(calls) == 2 and calls[1] == calls[0] + commits.KEEP_VERSIONS + 2
+    reg = registry.Registry.load(d, MODEL, DIM)
+    assert reg.persons.at[g0, "name"] == "Kept"
+    assert reg.persons.at[g1, "name"] == f"Other{commits.KEEP_VERSIONS + 1}"
