@@ -45,6 +45,7 @@ The registry's tables stay plain Parquet, so a notebook reads them with pandas.
 from __future__ import annotations
 
 import logging
+import posixpath
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -118,6 +119,8 @@ def update_destination(
     committed version only (never reused). Then ``manifests/people_index.parquet`` is refreshed. Returns the index
     rows, each model's :class:`Update` and the registries."""
     d = manifests.destination(dest)
+    d.remove_partials(schema.REGISTRY)  # what a killed run left half-written (never a live writer's)
+    d.remove_partials(posixpath.dirname(schema.PEOPLE_INDEX), prefix=posixpath.basename(schema.PEOPLE_INDEX))
     given = people
     done: dict = {}
 
