@@ -74,12 +74,12 @@ def test_concurrent_sweepers_take_each_lapsed_job_back_once(store):
     for job_id in ids:
         store.claim(job_id, "dead-worker", lease_s=0.01)
     time.sleep(0.05)
-    enqueued, lost = [], []
+    enqueued, lost, counts = [], [], []
     lock = threading.Lock()
 
     def sweeper():
-        n = jobs.sweep(store, 3, lambda j: (lock.acquire(), enqueued.append(j), lock.release()), lost.append)
-        assert n >= 0
+        counts.append(jobs.sweep(store, 3, lambda j: (lock.acquire(), enqueued.append(j), lock.release()),
+                                 lost.append))
 
     threads = [threading.Thread(target=sweeper) for _ in range(4)]
     for t in threads:
@@ -87,6 +87,7 @@ def test_concurrent_sweepers_take_each_lapsed_job_back_once(store):
     for t in threads:
         t.join()
     assert sorted(enqueued) == sorted(ids) and not lost  # each once, whichever sweeper got it
+    assert sum(counts) == len(ids)  # what the sweepers say they took back: each job once
     assert store.queued() == 6
 
 

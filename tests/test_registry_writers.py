@@ -153,6 +153,7 @@ def test_sigkill_at_any_point_leaves_the_registry_whole_and_the_next_run_right(d
     reg, _ = state(url)
     g0 = gid_of(reg, 0)
     rng = random.Random(7)
+    named = None
     for trial in range(6):
         add_videos(url, range(12 + 2 * trial, 14 + 2 * trial))
         proc = people_cli(url, "--name", f"{g0}=K{trial}", env=env)
@@ -165,13 +166,17 @@ def test_sigkill_at_any_point_leaves_the_registry_whole_and_the_next_run_right(d
         version = commits.latest(d, schema.REGISTRY)
         reg = registry.Registry.load(d, MODEL, DIM, version)  # whole: every part of the version readable
         assert set(reg.members.global_person_id) <= set(reg.persons.index)
+        now = reg.persons.at[reg.resolve(g0), "name"]
+        now = now if isinstance(now, str) else None
+        assert now in (named, f"K{trial}")  # the last committed name, or this run's if it committed
+        named = now
     finish([people_cli(url, env=env)])
     reg, _ = state(url)  # the next run: every video attached, nothing orphaned
     if not url.startswith("s3://"):  # and nothing half-written left behind (S3 writes are whole)
         assert not [p for p in Path(url).rglob("*.part") if "manifests/people/" not in str(p)]
     assert reg.live_ids().size == IDENTITIES
     name = reg.persons.at[reg.resolve(g0), "name"]
-    assert not isinstance(name, str) or name.startswith("K")  # a name of a run that committed, or none
+    assert (name if isinstance(name, str) else None) == named  # the last committed name stays
 
 
 def _groups(index) -> set[frozenset]:
