@@ -4,7 +4,7 @@ An :class:`Analyzer` turns a batch of frames into the faces of each (:class:`~fr
 embedding and quality). The per-video pipeline (:mod:`framepipe.pipeline`) only talks to this interface:
 
 * :class:`LocalAnalyzer`: the models in this process (``framepipe extract``, the Ray backfill's actors);
-* ``serve.app.HandleAnalyzer``: the Serve model deployment, through its handle (batched across callers).
+* ``serve.model.HandleAnalyzer``: the Serve model deployment, through its handle (batched across callers).
 """
 
 from __future__ import annotations
