@@ -125,7 +125,7 @@ def _row_hashes(df: pd.DataFrame) -> np.ndarray:
     """A 64-bit hash of each row (vectorised: no Python per row)."""
     if not len(df):
         return np.zeros(0, dtype=np.uint64)
-    return pd.util.hash_pandas_object(df.astype(str), index=False).to_numpy(dtype=np.uint64)
+    return pd.util.hash_pandas_object(df, index=False).to_numpy(dtype=np.uint64)
 
 
 def _summed(keys: pd.Series, hashes: np.ndarray) -> dict:

@@ -236,6 +236,9 @@ def read(d: Destination, kind: str, filter=None, columns: list[str] | None = Non
     if filter is not None:  # a part: the current runs of its videos only
         return current_of(d, _raw(d, "people", _open(d, "people"), columns, filter))
     runs = current_runs(d)
+    if columns is not None and "embedding" not in columns:  # small rows: cut once
+        return current_of(d, _raw(d, "people", _open(d, "people"), columns), runs)
+    # with the embeddings: cut batch by batch, so that rows of earlier runs are never all in memory
     return _raw(d, "people", _open(d, "people"), columns, keep=lambda rows: current_of(d, rows, runs))
 
 
