@@ -82,7 +82,7 @@ def load_registry(dest: str | Destination) -> pd.DataFrame | None:
     column added; the centroid left out), or None before ``framepipe people`` has run."""
     d = destination(dest)
     version = commits.latest(d, schema.REGISTRY)
-    if version.meta.get("layers"):  # base files and the segments written since: the registry reads them
+    if version.meta.get("layers"):  # base files and segments written since: the registry reads them
         from framepipe.registry_model import Registry
 
         regs = [Registry.load(d, model, int(dim), version, light=True) for model, dim in sorted(

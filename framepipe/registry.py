@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 
-from framepipe import calibration, commits, manifests, schema, tables
+from framepipe import calibration, commits, manifests, registry_model, schema, tables
 from framepipe.storage import Destination
 from framepipe.registry_model import CANDIDATES, CorrectionError, Registry, Update, unit
 
@@ -147,7 +147,7 @@ def update_destination(
         done.update(registries=registries, updates=updates, table=table)
         keep = {k: v for k, v in version.files.items() if k not in parts and k not in dropped}
         meta = {"next_id": next_id[0], "models": sorted({r.model for r in registries}),
-                "dims": {r.model: r.dim for r in registries}, "layers": 1}
+                "dims": {r.model: r.dim for r in registries}, "layers": registry_model.LAYOUT}
         if seen is not None:
             meta["people_version"] = seen
         return parts, meta, keep

@@ -102,17 +102,37 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
-_SCHEMAS = {"persons": schema.PERSONS_SCHEMA, "members": schema.MEMBERS_SCHEMA}
+def _project(source: pa.Schema, names: list[str]) -> pa.Schema:
+    return pa.schema([source.field(n) for n in names], source.metadata)
+
+
+_LIGHT_PERSONS = [n for n in schema.PERSONS_SCHEMA.names if n != "embedding_sum"]
+_LIGHT_MEMBERS = [n for n in schema.MEMBERS_SCHEMA.names if n != "embedding"]
+# the files of a base: the small columns apart from the heavy ones, so that a light read (a search, an update) reads
+# two small files whole, in a few requests whatever the registry's size, and the heavy ones by row group
+FILES = {
+    "persons": (_project(schema.PERSONS_SCHEMA, _LIGHT_PERSONS), None),
+    "sums": (_project(schema.PERSONS_SCHEMA, ["global_person_id", "embedding_sum"]), ROW_GROUP),
+    "members": (_project(schema.MEMBERS_SCHEMA, _LIGHT_MEMBERS), None),
+    "embeddings": (_project(schema.MEMBERS_SCHEMA, ["global_person_id", "video_id", "person_id", "embedding"]),
+                   ROW_GROUP),
+    "persons+": (schema.PERSONS_SCHEMA, None),  # segments: whole rows
+    "members+": (schema.MEMBERS_SCHEMA, None),
+}
+LAYOUT = 2  # a version's meta "layers": the files above (1: whole persons and members files, sorted)
 
 
 def _table_bytes(df: pd.DataFrame, kind: str) -> bytes:
-    """Persons or members rows as a Parquet file of the registry (small row groups: readers filter on the
-    global id the rows are sorted by)."""
-    df = df.assign(schema_version=schema.SCHEMA_VERSION).reset_index(drop=True)
-    if kind == "persons":
+    """Rows as one of a registry's Parquet files (``FILES``: its columns; the heavy files in small row groups,
+    sorted by the global id readers filter on)."""
+    target, row_group = FILES[kind]
+    df = df.reset_index(drop=True)
+    if "schema_version" in target.names:
+        df = df.assign(schema_version=schema.SCHEMA_VERSION)
+    if "merged_into" in target.names:
         df["merged_into"] = df["merged_into"].astype("Int64")
-    return schema.parquet_bytes(pa.Table.from_pandas(df[_SCHEMAS[kind].names], schema=_SCHEMAS[kind],
-                                                     preserve_index=False), row_group_size=ROW_GROUP)
+    return schema.parquet_bytes(pa.Table.from_pandas(df[target.names], schema=target, preserve_index=False),
+                                row_group_size=row_group)
 
 
 _TEMPORARY: list[str] = []  # S3 indexes copied to map them, removed when the process ends
@@ -195,14 +215,12 @@ class Registry:
                 return cls._whole(model, dim, lambda p: d.read(f"{model_dir(model)}/{p}"), {})
             return cls.empty(model, dim)
         rel = lambda p: f"{schema.REGISTRY}/{mine[f'{name}/{p}']}"  # noqa: E731
-        if not version.meta.get("layers"):
+        if version.meta.get("layers") != LAYOUT:
             return cls._whole(model, dim, lambda p: d.read(rel(p)), mine)
-        base = {p: d.arrow_source(rel(f"{p}.parquet")) for p in ("persons", "members")}
-        skip = {"persons": "embedding_sum", "members": "embedding"} if light else {}
-        tables = {p: pq.read_table(path, filesystem=fs, columns=[
-            c for c in _SCHEMAS[p].names if c != skip.get(p)]).to_pandas() for p, (path, fs) in base.items()}
-        for p, column in skip.items():
-            tables[p][column] = None
+        base = {p: d.arrow_source(rel(f"{p}.parquet")) for p in ("persons", "sums", "members", "embeddings")}
+        tables = {p: pq.read_table(base[p][0], filesystem=base[p][1]).to_pandas() for p in ("persons", "members")}
+        tables["persons"]["embedding_sum"] = None  # read by row group when needed (_load_sums)
+        tables["members"]["embedding"] = None  # (_load_embeddings)
         base_live = int((tables["persons"]["merged_into"].isna() & (tables["persons"]["members"] > 0)).sum())
         shadow: set[int] = set()
         for _, kind, part in sorted((int(m[2]), m[1], k) for k in mine if (m := SEGMENT.match(k.split("/", 1)[1]))):
@@ -214,11 +232,17 @@ class Registry:
             "global_person_id", drop=False)
         reg = cls(model, dim, persons, tables["members"], _base=base, _files=mine, _shadow=shadow,
                   _delta=_new_index(dim), _members_loaded=len(tables["members"]))
+        if not light:
+            reg._load_sums(reg.persons.index)
+            reg._load_embeddings(reg.members.index)
         reg.index, reg._base["index"] = (_view_index(d, rel(INDEX_FILE)) if light else
                                          (_restore_index(d.read(rel(INDEX_FILE))), None))
         if reg.index is None or len(reg.index) != base_live:
-            log.warning("the index of %s does not match its persons: read whole, rebuilt", model)
-            return cls._whole(model, dim, lambda p: d.read(rel(p)) if p != INDEX_FILE else None, mine)
+            log.warning("the index of %s does not match its persons: rebuilt", model)
+            if light:
+                return cls.load(d, model, dim, version, light=False)
+            reg._rebuild_index()
+            return reg
         live = [g for g in sorted(shadow) if pd.isna(persons.at[g, "merged_into"]) and persons.at[g, "members"] > 0]
         if live:
             reg._delta.add(np.asarray(live, dtype=np.uint64),
@@ -240,12 +264,17 @@ class Registry:
         reg.index = _restore_index(stored) if stored else None
         live = reg.live_ids()
         if reg.index is None or len(reg.index) != len(live) or not all(int(g) in reg.index for g in live[:100]):
-            reg.index = _new_index(dim)
-            if len(live):
-                reg.index.add(live.astype(np.uint64), _units(np.stack(persons.set_index(
-                    "global_person_id").loc[live, "embedding_sum"].to_numpy())))
+            reg._rebuild_index()
         reg._members_loaded = len(members)
         return reg
+
+    def _rebuild_index(self) -> None:
+        """The base index built anew from every live centroid (every sum read); saved with the next version."""
+        live = self.live_ids()
+        self.index, self._shadow, self._delta, self._rewrite = _new_index(self.dim), set(), _new_index(self.dim), True
+        self._base.pop("index", None)
+        if len(live):
+            self.index.add(live.astype(np.uint64), _units(np.stack(self.persons.loc[live, "embedding_sum"].to_numpy())))
 
     def _load_sums(self, gids) -> None:
         """Read the centroid sums a light read left out, of these persons (by row group), into ``persons``."""
@@ -254,7 +283,7 @@ class Registry:
         want = sorted({int(self.persons.index[p]) for p in at if p >= 0 and _missing(column[p])})
         if not want:
             return
-        path, fs = self._base["persons"]
+        path, fs = self._base["sums"]
         got = pq.read_table(path, filesystem=fs, columns=["global_person_id", "embedding_sum"],
                             filters=[("global_person_id", "in", want)] if len(want) < 4 * ROW_GROUP else None)
         for p, e in zip(self.persons.index.get_indexer(got.column(0).to_numpy()),
@@ -270,7 +299,7 @@ class Registry:
         rows = [i for i in rows if _missing(column[i])]
         if not rows:
             return
-        path, fs = self._base["members"]
+        path, fs = self._base["embeddings"]
         gids = sorted({int(g) for g in self.members["global_person_id"].to_numpy()[rows]})
         got = pq.read_table(path, filesystem=fs, columns=["video_id", "person_id", "embedding"],
                             filters=[("global_person_id", "in", gids)] if len(gids) < 4 * ROW_GROUP else None)
@@ -323,18 +352,19 @@ class Registry:
                 return {}, set()
             self._load_sums(dirty)
             seg = (segments[-1] + 1) if segments else 1
-            out = {f"{name}/persons+{seg:06d}.parquet": _table_bytes(self.persons.loc[dirty], "persons")}
+            out = {f"{name}/persons+{seg:06d}.parquet": _table_bytes(self.persons.loc[dirty], "persons+")}
             if len(self.members) > self._members_loaded:
                 out[f"{name}/members+{seg:06d}.parquet"] = _table_bytes(
-                    self.members.iloc[self._members_loaded:], "members")
+                    self.members.iloc[self._members_loaded:], "members+")
             return out, set()
         self._load_sums(self.persons.index)
         self._load_embeddings(self.members.index)
         index = self._full_index()
-        out = {f"{name}/persons.parquet": _table_bytes(self.persons.sort_index(), "persons"),
-               f"{name}/members.parquet": _table_bytes(self.members.sort_values(
-                   ["global_person_id", "video_id", "person_id"], kind="stable"), "members"),
-               f"{name}/{INDEX_FILE}": bytes(index.save())}
+        persons = self.persons.sort_index()
+        members = self.members.sort_values(["global_person_id", "video_id", "person_id"], kind="stable")
+        out = {f"{name}/{kind}.parquet": _table_bytes(rows, kind) for kind, rows in (
+            ("persons", persons), ("sums", persons), ("members", members), ("embeddings", members))}
+        out[f"{name}/{INDEX_FILE}"] = bytes(index.save())
         return out, set(self._files) - set(out)
 
     def _full_index(self):
