@@ -4,19 +4,23 @@
 files of version n; a writer commits version n+1 only if nobody did first, else applies its change again on the
 newer version). Each version holds, per model (``<model>/...``), and the people index of all models:
 
-* ``persons.parquet`` (:data:`~framepipe.schema.PERSONS_SCHEMA`): one row per global person, with its name, the
-  running sum of its members' embeddings (the centroid) and ``merged_into`` for ids merged away (kept as aliases);
-* ``members.parquet`` (:data:`~framepipe.schema.MEMBERS_SCHEMA`): one row per (video, local person) attached, with
-  its embedding, its similarity to the global person when attached, and ``pinned`` when a correction placed it;
-* ``index.usearch``: an HNSW index (usearch) of the live persons' centroids, rebuilt from ``persons.parquet``
-  whenever it is missing or does not match it;
-* ``persons+<n>.parquet`` and ``members+<n>.parquet``: **segments**. These three base files (both Parquet files
-  sorted by global id in row groups of 2,048) are written by the first build and whenever the base is rewritten;
-  an update that only adds people (new videos) writes one segment, the rows of the persons it changed and of the
-  members it added, and keeps the base files by reference. A reader takes the last row of each person. Persons
-  changed since the base are searched in a small index of their own that shadows their base entries. A change
-  that is not an addition (a merge, a split, the people of a video processed again) or the 32nd segment rewrites
-  the base and drops the segments, so an update after a few videos writes kilobytes, not the registry.
+* ``persons.parquet`` (:data:`~framepipe.schema.PERSONS_SCHEMA` but the centroid): one row per global person,
+  with its name, its count of members and ``merged_into`` for ids merged away (kept as aliases); ``sums.parquet``:
+  the running sum of each person's members' embeddings (the centroid);
+* ``members.parquet`` (:data:`~framepipe.schema.MEMBERS_SCHEMA` but the embedding): one row per (video, local
+  person) attached, with its similarity to the global person when attached, and ``pinned`` when a correction placed
+  it; ``embeddings.parquet``: each member's embedding;
+* ``index.usearch``: an HNSW index (usearch) of the live persons' centroids, rebuilt from the sums whenever it is
+  missing or does not match them;
+* ``persons+<n>.parquet`` and ``members+<n>.parquet``: **segments**. The five base files (the heavy ones sorted
+  by global id in row groups of 2,048, so that the rows of a few persons are a few ranged reads) are written by the
+  first build and whenever the base is rewritten; an update that only adds people (new videos) writes one segment,
+  the whole rows of the persons it changed and of the members it added, and keeps the base by reference. A reader
+  reads the two small base files whole, the heavy ones only for the persons it needs, and takes the last row of
+  each person. Persons changed since the base are searched in a small index of their own that shadows their base
+  entries. A change that is not an addition (a merge, a split, the people of a video processed again) or the 32nd
+  segment rewrites the base and drops the segments, so an update after a few videos writes kilobytes, not the
+  registry.
 
 :meth:`Registry.update` attaches what is new in the manifests (a video processed since the last update, or
 processed again with other people) and never touches what is already attached:
