@@ -13,6 +13,7 @@ import re
 from urllib.parse import urlparse
 
 DONE = "_done"  # DEST/_done/<video_id>.<key>: written last for a finished video
+MADE_WITH = "_made_with"  # DEST/<video_id>/_made_with: the marker of the run whose outputs are in the folder
 
 def location(source: str) -> str:
     """Where an input lives: the absolute path of a local file (``file://`` URLs too), else the URL as given."""

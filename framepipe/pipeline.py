@@ -146,8 +146,10 @@ def process_unless_done(
     run = VideoRun(source, destination, settings, identity=identity, run_id=run_id)
     if not force:
         by = run.done_by()
-        if by is not None:
-            return run.written_result() if run_id and by == run_id else None
+        if by is not None and run_id and by == run_id:
+            return run.written_result()
+        if run.is_done():
+            return None
     result = process_video(source, destination, settings, analyzer, run=run)
     run.mark_done(result)
     return result

@@ -101,8 +101,15 @@ class VideoRun:
 
     # --- the end: written once --------------------------------------------------------------------
 
+    def _replacing(self) -> None:
+        """Before any output is written: the folder no longer holds what a marker names (a run killed from here on
+        leaves a video no marker calls done)."""
+        if self.identity:
+            self.destination.delete(f"{self.video_id}/{ids.MADE_WITH}")
+
     def succeed(self, reduction: "VideoReduction", warnings: list[str]) -> schema.Result:
         """Write every output of the video (its people and frames chosen); raises what writing raises."""
+        self._replacing()
         return outputs.write_success(
             self.destination, self.video_id, self.meta or schema.VideoMeta(source=self.source), reduction, warnings,
             self.settings, lambda: self.processing(reduction.frames_sampled, reduction.faces_detected), self.pack)
@@ -110,6 +117,7 @@ class VideoRun:
     def fail(self, e: Exception) -> schema.Result:
         """The video's failed record, written (result.json, its manifest row): ``e`` typed by :func:`typed_error`."""
         error = typed_error(e, f"processing {self.video_id}", self.source, self.settings.http_timeout_s)
+        self._replacing()
         return outputs.record_failure(self.destination, self.video_id,
                                       self.meta or schema.VideoMeta(source=self.source), error, self.processing(),
                                       self.pack, self.settings)
@@ -134,14 +142,21 @@ class VideoRun:
         return self.destination.read(path).decode("utf-8", "replace")
 
     def is_done(self) -> bool:
-        """Done by an earlier run (same object, settings and versions). A video this very run marked done (a task
-        re-run after its output was lost with a node) is not: its work is repeated, or its result read back."""
+        """Done by an earlier run (same object, settings and versions) whose outputs are still the ones in the
+        video's folder (settings A, then B, then A again: A's marker is there, B's outputs are, so A is redone).
+        A video this very run marked done (a task re-run after its output was lost with a node) is not: its work
+        is repeated, or its result read back."""
         by = self.done_by()
-        return by is not None and not (self.run_id and by == self.run_id)
+        if by is None or (self.run_id and by == self.run_id):
+            return False
+        made_with = f"{self.video_id}/{ids.MADE_WITH}"
+        return self.destination.exists(made_with) and self.destination.read(made_with).decode() == self.marker
 
     def mark_done(self, result: schema.Result) -> None:
-        """The done marker, written last and only when the result is final (a transient failure is retried)."""
+        """The done marker, written last and only when the result is final (a transient failure is retried): which
+        marker the folder's outputs are of, then the marker."""
         if self.identity and is_final(result):
+            self.destination.write(f"{self.video_id}/{ids.MADE_WITH}", self.marker.encode())
             self.destination.write(f"{ids.DONE}/{self.marker}", self.run_id.encode())
 
     def written_result(self) -> schema.Result:

@@ -131,3 +131,24 @@ def test_the_report_pages_and_redoes_only_what_changed(clip, tmp_path, monkeypat
     assert set(after) - set(before) == {dest / "report" / "videos" / f"{vid}.html"}
     assert all(after[p] == t for p, t in before.items())  # nothing of the other videos redone
     assert "clip4.mp4" in (dest / "report" / "pages" / "videos-3.html").read_text()
+
+
+def test_settings_a_then_b_then_a_redoes_a(clip, tmp_path):
+    """A done marker stands only while the video's folder holds that run's outputs: after a run with other settings
+    (B), a run with the first ones (A) redoes the video, and a fourth run with A skips it."""
+    import shutil
+
+    from framepipe import pipeline, schema
+    from framepipe.config import Settings
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    shutil.copy(clip, src / "clip.mp4")
+    a, b = Settings(models="fake", sample_fps=1.0), Settings(models="fake", sample_fps=2.0)
+    sampled, runs = [], []
+    for settings in (a, b, a, a):
+        runs.append(pipeline.process_many(str(src), str(dest), settings, FakeAnalyzer()))
+        [result] = [schema.Result.model_validate_json(p.read_text()) for p in dest.glob("*/result.json")]
+        sampled.append(result.processing.frames_sampled)
+    assert [(r.succeeded, r.skipped) for r in runs] == [(1, 0), (1, 0), (1, 0), (0, 1)]
+    assert sampled[0] == sampled[2] == sampled[3] < sampled[1]  # the folder holds A's outputs again
