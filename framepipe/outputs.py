@@ -152,7 +152,19 @@ def write_outputs(
             if people_rows.num_rows:
                 tables.append(dest, "people", people_rows)
             tables.append(dest, "videos", video_rows)
+        _remove_unnamed(out, result)
         return result
+
+
+def _remove_unnamed(out: Destination, result: schema.Result) -> None:
+    """The JPEGs of an earlier run that this result does not name (a redo that found fewer people, a failed redo):
+    removed once the new result and its rows are written, so the folder holds what ``result.json`` names."""
+    named = {f.url for f in result.representative_frames}
+    named |= {u for t in result.talent_frames for u in (t.url, t.face_url)}
+    for folder in ("talent", "representative"):
+        for name in out.list(folder):
+            if out.url(f"{folder}/{name}") not in named:
+                out.delete(f"{folder}/{name}")
 
 
 def video_meta(source: str, fs: "FrameSource | None") -> schema.VideoMeta:

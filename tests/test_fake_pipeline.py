@@ -6,6 +6,7 @@ person B in the blue shot only."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -152,3 +153,27 @@ def test_settings_a_then_b_then_a_redoes_a(clip, tmp_path):
         sampled.append(result.processing.frames_sampled)
     assert [(r.succeeded, r.skipped) for r in runs] == [(1, 0), (1, 0), (1, 0), (0, 1)]
     assert sampled[0] == sampled[2] == sampled[3] < sampled[1]  # the folder holds A's outputs again
+
+
+class OneFaceAnalyzer(FakeAnalyzer):
+    def analyze(self, images):
+        return [faces[:1] for faces in super().analyze(images)]
+
+
+def test_a_redo_leaves_only_what_its_result_names(clip, tmp_path):
+    """A redo that finds fewer people removes the JPEGs of the people it no longer has; a failed redo leaves no
+    JPEG its failed result.json does not name."""
+    from framepipe import pipeline
+    from framepipe.config import Settings
+
+    def files(vid):
+        return sorted(str(p.relative_to(tmp_path / vid)) for p in (tmp_path / vid).rglob("*.jpg"))
+
+    first = pipeline.process_video(str(clip), str(tmp_path), Settings(models="fake"), FakeAnalyzer())
+    assert len(first.talent_frames) == 2 and "talent/person_001.jpg" in files(first.video_id)
+    fewer = pipeline.process_video(str(clip), str(tmp_path), Settings(models="fake"), OneFaceAnalyzer())
+    named = {os.path.relpath(u, tmp_path / fewer.video_id) for t in fewer.talent_frames for u in (t.url, t.face_url)}
+    named |= {os.path.relpath(f.url, tmp_path / fewer.video_id) for f in fewer.representative_frames}
+    assert len(fewer.talent_frames) == 1 and files(fewer.video_id) == sorted(named)
+    failed = pipeline.process_video(str(clip), str(tmp_path), Settings(models="fake"), FakeAnalyzer(fail_after=0))
+    assert failed.status == "failed" and files(failed.video_id) == []
