@@ -45,6 +45,15 @@ FILE = "calibration.json"
 SHIPPED = Path(__file__).resolve().parent / "calibrations"
 FAR_STRICT = 1e-3
 FAR_LOOSE = 1e-2
+# a threshold that 1 in 1/FAR_STRICT different-person pairs reach is placed by the pairs above it: with fewer than
+# 3/FAR_STRICT pairs it is set by one or two pairs (4 photos of 2 people: 4 pairs, and "1 in 1,000" is the highest
+# of them). Below these counts, calibrate refuses (unless forced)
+MIN_IMPOSTOR_PAIRS = round(3 / FAR_STRICT)
+MIN_GENUINE_PAIRS = 30
+
+
+class TooFewPairs(ValueError):
+    """A sample too small to place the thresholds it would claim."""
 BY_DIMENSION = {512: "buffalo_s_dq", 128: "scrfd_mobilefacenet"}  # families a pack of that size most likely is
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -190,8 +199,10 @@ def set_threshold(emb: np.ndarray, lab: np.ndarray, draws: int = 10, seed: int =
     return worst
 
 
-def from_embeddings(embeddings: np.ndarray, labels: Iterable[str], pack: str) -> Calibration:
-    """A calibration from L2-normalised embeddings (n x d) and their person labels."""
+def from_embeddings(embeddings: np.ndarray, labels: Iterable[str], pack: str, force: bool = False) -> Calibration:
+    """A calibration from L2-normalised embeddings (n x d) and their person labels; :class:`TooFewPairs` for a
+    sample under ``MIN_IMPOSTOR_PAIRS`` different-person or ``MIN_GENUINE_PAIRS`` same-person pairs, unless
+    ``force``."""
     emb = np.asarray(embeddings, dtype=np.float64)
     lab = np.asarray(list(labels))
     sim = emb @ emb.T
@@ -201,6 +212,12 @@ def from_embeddings(embeddings: np.ndarray, labels: Iterable[str], pack: str) ->
     genuine, impostor = s[same], s[~same]
     if not len(genuine):
         raise ValueError("no same-person pair: give each person at least two photos")
+    if not force and (len(impostor) < MIN_IMPOSTOR_PAIRS or len(genuine) < MIN_GENUINE_PAIRS):
+        raise TooFewPairs(
+            f"{len(impostor)} different-person and {len(genuine)} same-person pairs; a threshold that 1 in "
+            f"{round(1 / FAR_STRICT)} different-person pairs reach needs at least {MIN_IMPOSTOR_PAIRS} of them (its "
+            f"highest {len(impostor) * FAR_STRICT:.2g} pairs would set it) and {MIN_GENUINE_PAIRS} same-person pairs: "
+            "photos of more people (about 80 photos of 8 people), or --force to write it anyway")
     match = threshold_at(impostor, FAR_STRICT)
     link = min(threshold_at(impostor, FAR_LOOSE), match)
     sets = max(match, set_threshold(emb, lab))
@@ -234,10 +251,10 @@ def embed_photos(photos: dict[str, list[Path]], analyzer) -> tuple[np.ndarray, l
     return np.stack(embs), labels, missed
 
 
-def measure(folder: str | os.PathLike, analyzer, pack: str) -> tuple[Calibration, list[str]]:
+def measure(folder: str | os.PathLike, analyzer, pack: str, force: bool = False) -> tuple[Calibration, list[str]]:
     """Calibrate the analyzer's recognizer on ``folder/<person>/*.jpg``; also returns the photos without a face."""
     emb, labels, missed = embed_photos(photos_by_person(folder), analyzer)
-    return from_embeddings(emb, labels, pack), missed
+    return from_embeddings(emb, labels, pack, force), missed
 
 
 def people_max_distance(explicit: float | None, model: str | None, dim: int | None, models: str | None) -> float:

@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     ca.add_argument("photos", help="folder of <person>/<photo> (two or more photos of each person)")
     ca.add_argument("--models", help="InsightFace pack name or folder (env FRAMEPIPE_MODELS)")
     ca.add_argument("--out", help="where to write the calibration (default: calibration.json in the pack's folder)")
+    ca.add_argument("--force", action="store_true", help="write it even from fewer pairs than the thresholds need")
     rp = sub.add_parser("report", help="write a static HTML contact sheet of a destination")
     rp.add_argument("dest", help="local directory or s3://bucket/prefix")
     co = sub.add_parser("compact", help="merge the manifest tables' small files; upgrade a 0.2.x destination")
@@ -253,7 +254,7 @@ def _calibrate(args) -> int:
         folder = resolve_pack(settings.models, settings.model_root)
         out = Path(args.out) if args.out else Path(os.path.join(folder[1], "models", folder[0])
                                                    if not os.path.isdir(folder[0]) else folder[0]) / calibration.FILE
-        cal, missed = calibration.measure(args.photos, analyzer, analyzer.pack)
+        cal, missed = calibration.measure(args.photos, analyzer, analyzer.pack, force=args.force)
     except FramepipeError as e:
         print(f"framepipe: failed: {e.line}", file=sys.stderr)
         return EXIT_FAILED

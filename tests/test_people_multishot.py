@@ -134,3 +134,11 @@ def test_calibrate_writes_the_thresholds_every_front_door_reads(tmp_path):
     (empty / "one_person").mkdir(parents=True)
     proc = run_cli("calibrate", str(empty), "--models", str(pack), "--out", str(tmp_path / "x.json"), timeout=120)
     assert proc.returncode == 1 and "cannot calibrate" in proc.stderr and not (tmp_path / "x.json").exists()
+
+    tiny = tmp_path / "tiny"  # 4 photos of 2 people: refused, nothing written (issue 29 row 4)
+    for person in sorted(LFW.iterdir())[:2]:
+        (tiny / person.name).mkdir(parents=True)
+        for photo in sorted(person.iterdir())[:2]:
+            (tiny / person.name / photo.name).symlink_to(photo)
+    proc = run_cli("calibrate", str(tiny), "--models", str(pack), "--out", str(tmp_path / "y.json"), timeout=120)
+    assert proc.returncode == 1 and "4 different-person" in proc.stderr and not (tmp_path / "y.json").exists()

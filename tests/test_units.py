@@ -262,7 +262,7 @@ def test_calibration_from_known_similarities():
     from framepipe import calibration
 
     rng = np.random.default_rng(1)
-    centres = rng.normal(size=(12, 64))
+    centres = rng.normal(size=(16, 64))
     emb, lab = [], []
     for i, c in enumerate(centres):
         for _ in range(6):
@@ -270,10 +270,15 @@ def test_calibration_from_known_similarities():
             emb.append(v / np.linalg.norm(v))
             lab.append(f"p{i}")
     cal = calibration.from_embeddings(np.array(emb), lab, "synthetic")
-    assert cal.genuine_pairs == 12 * 15 and cal.impostor_pairs == 72 * 71 // 2 - 12 * 15
+    assert cal.genuine_pairs == 16 * 15 and cal.impostor_pairs == 96 * 95 // 2 - 16 * 15
     assert cal.link_similarity <= cal.match_similarity <= cal.set_match_similarity
     assert cal.genuine_median > 0.6 > cal.match_similarity > 0.2  # random 64-d people: about 0 +- 0.12
     assert cal.true_accept_at_match == 1.0
+    # 4 photos of 2 people: 4 different-person pairs cannot place a 1-in-1,000 threshold (issue 29 row 4)
+    tiny, tiny_lab = np.array(emb[:2] + emb[6:8]), lab[:2] + lab[6:8]
+    with pytest.raises(calibration.TooFewPairs, match="4 different-person and 2 same-person pairs"):
+        calibration.from_embeddings(tiny, tiny_lab, "synthetic")
+    assert calibration.from_embeddings(tiny, tiny_lab, "synthetic", force=True).impostor_pairs == 4
 
 
 def test_calibration_lookup_prefers_the_pack_folder(tmp_path):
