@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("dest", help="local directory or s3://bucket/prefix")
     co = sub.add_parser("compact", help="merge the manifest tables' small files; upgrade a 0.2.x destination")
     co.add_argument("dest", help="local directory or s3://bucket/prefix")
+    for command in sub.choices.values():  # --debug before or after the command (set only where given)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="log details and show tracebacks")
     return parser
 
 
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             result = pipeline.extract(args.source, args.out, settings, progress=update)
         finally:
             bar.close()
+        pipeline.mark_extracted(args.source, args.out, settings, result)
         if args.json:
             print(outputs.result_json(result))
         if result.status != "succeeded":

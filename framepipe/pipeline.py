@@ -129,6 +129,19 @@ def extract(
 # --------------------------------------------------------------------------------------------------
 
 
+def mark_extracted(source: str, dest: str, settings: Settings, result: schema.Result) -> None:
+    """The done marker of a single input ``framepipe extract`` just processed (always processed: the user asked
+    for it), so that a later run over its folder skips it. Nothing when the source cannot be resolved (its
+    failure is the result)."""
+    from framepipe.errors import FramepipeError
+
+    try:
+        identity = sources.resolve(source, timeout_s=settings.http_timeout_s).identity
+    except FramepipeError:
+        return
+    VideoRun(source, Destination(dest, timeout_s=settings.http_timeout_s), settings, identity=identity).mark_done(result)
+
+
 def process_unless_done(
     source: str,
     identity: str,

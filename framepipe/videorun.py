@@ -103,9 +103,8 @@ class VideoRun:
 
     def _replacing(self) -> None:
         """Before any output is written: the folder no longer holds what a marker names (a run killed from here on
-        leaves a video no marker calls done)."""
-        if self.identity:
-            self.destination.delete(f"{self.video_id}/{ids.MADE_WITH}")
+        leaves a video no marker calls done), whatever the run (a single-file extract, Serve)."""
+        self.destination.delete(f"{self.video_id}/{ids.MADE_WITH}")
 
     def succeed(self, reduction: "VideoReduction", warnings: list[str]) -> schema.Result:
         """Write every output of the video (its people and frames chosen); raises what writing raises."""

@@ -177,3 +177,20 @@ def test_a_redo_leaves_only_what_its_result_names(clip, tmp_path):
     assert len(fewer.talent_frames) == 1 and files(fewer.video_id) == sorted(named)
     failed = pipeline.process_video(str(clip), str(tmp_path), Settings(models="fake"), FakeAnalyzer(fail_after=0))
     assert failed.status == "failed" and files(failed.video_id) == []
+
+
+def test_a_single_file_extract_is_marked_done_for_a_folder_run(clip, tmp_path):
+    """``framepipe extract FILE`` (always processed) writes the done marker a later run over its folder honours."""
+    import shutil
+
+    from framepipe import pipeline
+    from framepipe.config import Settings
+
+    src, dest = tmp_path / "src", str(tmp_path / "dest")
+    src.mkdir()
+    shutil.copy(clip, src / "clip.mp4")
+    settings = Settings(models="fake")
+    one = pipeline.process_video(str(src / "clip.mp4"), dest, settings, FakeAnalyzer())
+    pipeline.mark_extracted(str(src / "clip.mp4"), dest, settings, one)
+    summary = pipeline.process_many(str(src), dest, settings, FakeAnalyzer())
+    assert (summary.skipped, summary.succeeded) == (1, 0)

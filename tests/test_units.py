@@ -554,3 +554,11 @@ def test_a_dead_writers_temporary_files_go_and_a_live_writers_stay(tmp_path):
         p.write_bytes(b"x")
     assert d.remove_partials() == 2
     assert mine.exists() and not theirs.exists() and not old_style.exists()
+
+
+def test_debug_is_taken_before_or_after_the_command():
+    from framepipe import cli
+
+    parse = cli._parser().parse_args
+    assert parse(["--debug", "report", "d"]).debug and parse(["report", "d", "--debug"]).debug
+    assert not parse(["report", "d"]).debug
