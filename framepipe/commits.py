@@ -70,14 +70,16 @@ def read(d: Destination, root: str, version: Version, name: str) -> bytes:
     return d.read(f"{root}/{version.files[name]}")
 
 
-def commit(d: Destination, root: str, base: Version, parts: dict[str, bytes], meta: dict,
+def commit(d: Destination, root: str, base: Version, parts: dict[str, bytes | Callable[[], bytes]], meta: dict,
            keep: dict[str, str] | None = None) -> Version:
-    """Commit version ``base.number + 1``: ``parts`` written as new data files, ``keep`` (part name -> data file)
-    carried over unchanged. Raises :class:`Conflict` if that version was committed by someone else meanwhile."""
+    """Commit version ``base.number + 1``: ``parts`` written as new data files (a part may be a function giving
+    its bytes: made when written, so that large parts are not all in memory at once), ``keep`` (part name -> data
+    file) carried over unchanged. Raises :class:`Conflict` if that version was committed by someone else
+    meanwhile."""
     files = dict(keep or {})
     for name, data in parts.items():
         rel = f"{DATA}/{uuid.uuid4().hex[:16]}-{name.replace('/', '__')}"
-        d.write(f"{root}/{rel}", data)
+        d.write(f"{root}/{rel}", data() if callable(data) else data)
         files[name] = rel
     number = base.number + 1
     doc = {"version": number, "files": files, "meta": meta, "committed_at": time.time()}

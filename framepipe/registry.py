@@ -172,7 +172,12 @@ def people_since(d: Destination, version: commits.Version) -> tuple[pd.DataFrame
         rows, upto = found
         return rows.to_pandas(), True, upto
     seen = tables.version(d, "people")  # before reading: rows appended meanwhile are read again next time
-    return manifests.load_people(d), False, seen
+    return manifests.load_people(d, columns=PEOPLE_COLUMNS), False, seen
+
+
+# the people columns a registry reads (a whole destination's rows: not the boxes, time ranges and the like)
+PEOPLE_COLUMNS = ["video_id", "source", "person_id", "embedding", "embedding_model", "seen_s", "face_url",
+                  "frame_url", "timestamp_s", "quality"]
 
 
 def registered(version: commits.Version) -> list[tuple[str, int]]:

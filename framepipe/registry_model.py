@@ -8,11 +8,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
+import functools
 import io
 import logging
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -335,7 +337,7 @@ class Registry:
             self.members = pd.concat([self.members, new], ignore_index=True) if len(self.members) else new
             self._new_members = []
 
-    def parts(self) -> tuple[dict[str, bytes], set[str]]:
+    def parts(self) -> tuple[dict[str, bytes | Callable[[], bytes]], set[str]]:
         """(the files to commit, named ``<model>/...``; the names of this model's committed files the new version
         drops). An update that only added people writes a segment: the persons it changed and the members it
         added; otherwise (a merge, a split, people detached, or past ``COMPACT_SEGMENTS`` / ``COMPACT_ROWS``) the
@@ -362,9 +364,10 @@ class Registry:
         index = self._full_index()
         persons = self.persons.sort_index()
         members = self.members.sort_values(["global_person_id", "video_id", "person_id"], kind="stable")
-        out = {f"{name}/{kind}.parquet": _table_bytes(rows, kind) for kind, rows in (
+        # each file made as it is written (commits.commit calls these): one file's bytes in memory at a time
+        out = {f"{name}/{kind}.parquet": functools.partial(_table_bytes, rows, kind) for kind, rows in (
             ("persons", persons), ("sums", persons), ("members", members), ("embeddings", members))}
-        out[f"{name}/{INDEX_FILE}"] = bytes(index.save())
+        out[f"{name}/{INDEX_FILE}"] = lambda: bytes(index.save())
         return out, set(self._files) - set(out)
 
     def _full_index(self):
@@ -576,13 +579,13 @@ class Registry:
             np.add.at(sums, labels[c], emb[c] * norms[c, None])
         sizes = np.bincount(labels, minlength=count)
         gids = self._create_many(sums, sizes)
-        centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        sims = np.concatenate([np.einsum("ij,ij->i", emb[c], centroids[labels[c]]) for c in chunks]) \
-            if chunks else np.zeros(0, np.float32)
+        lengths = np.maximum(np.linalg.norm(sums, axis=1), 1e-12).astype(np.float32)
+        sims = np.concatenate([np.einsum("ij,ij->i", emb[c], sums[labels[c]] / lengths[labels[c], None])
+                               for c in chunks]) if chunks else np.zeros(0, np.float32)
         del emb
         self._member_rows(new, gids[labels], sims)
-        if count:
-            self.index.add(gids.astype(np.uint64), centroids)
+        for c in (slice(i, i + 65_536) for i in range(0, count, 65_536)):  # unit centroids a chunk at a time
+            self.index.add(gids[c].astype(np.uint64), sums[c] / lengths[c, None])
         return count, rest
 
     def _create_many(self, sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
