@@ -330,8 +330,10 @@ def _destination_command(args) -> int:
                 print(f"registry {model}: {how}: {u.created} new global people, {u.attached} attached to known ones, "
                       f"{u.detached} detached (inputs processed again)")
             named = index.dropna(subset=["name"]).drop_duplicates("global_person_id")
-            for row in multi.head(LISTED).itertuples():
-                names = ", ".join(os.path.basename(s) for s in row.sources[:LISTED])
+            listed = multi.head(LISTED)
+            sources = people_index.sources_of(index, listed["global_person_id"])
+            for row in listed.itertuples():
+                names = ", ".join(os.path.basename(s) for s in sources[int(row.global_person_id)][:LISTED])
                 print(f"  person {row.global_person_id}: {row.videos} inputs ({names})")
             _more(len(multi))
             for row in named.head(LISTED).itertuples():

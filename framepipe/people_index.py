@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy.cluster.hierarchy import fcluster, linkage
 
 from framepipe import clustering
 
@@ -35,6 +34,8 @@ def cluster_embeddings(embeddings: np.ndarray, max_distance: float) -> np.ndarra
     """Cluster labels (0..k-1, in order of first appearance) of embeddings (n x d), by cosine distance."""
     if len(embeddings) < 2:
         return np.zeros(len(embeddings), dtype=int)
+    from scipy.cluster.hierarchy import fcluster, linkage  # here: scipy's import is 0.4 s of a small update
+
     tree = linkage(embeddings.astype(np.float64), method="average", metric="cosine")
     raw = fcluster(tree, t=max_distance, criterion="distance")
     order: dict[int, int] = {}
@@ -136,13 +137,14 @@ def within_video_joins(index: pd.DataFrame) -> list[Join]:
 
 
 def summary(index: pd.DataFrame) -> pd.DataFrame:
-    """One row per global person: how many videos and local people it joins, and which videos."""
+    """One row per global person: how many videos and local people it joins (:func:`sources_of` says which)."""
     if index.empty:
-        return pd.DataFrame(columns=["global_person_id", "videos", "people", "sources"])
+        return pd.DataFrame(columns=["global_person_id", "videos", "people"])
     g = index.groupby("global_person_id")
-    pairs = index[["global_person_id", "source"]].drop_duplicates().sort_values(["global_person_id", "source"])
-    gids, starts = np.unique(pairs["global_person_id"].to_numpy(), return_index=True)
-    sources = pd.Series([list(part) for part in np.split(pairs["source"].to_numpy(dtype=object), starts[1:])],
-                        index=gids)
-    return pd.DataFrame({"videos": g["video_id"].nunique(), "people": g.size(), "sources": sources}).reset_index(
-        names="global_person_id")
+    return pd.DataFrame({"videos": g["video_id"].nunique(), "people": g.size()}).reset_index(names="global_person_id")
+
+
+def sources_of(index: pd.DataFrame, gids) -> dict[int, list[str]]:
+    """The inputs (sorted) of these global persons."""
+    rows = index[index["global_person_id"].isin(list(gids))]
+    return {int(g): sorted(set(part["source"])) for g, part in rows.groupby("global_person_id")}

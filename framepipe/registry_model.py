@@ -324,7 +324,11 @@ class Registry:
         """Fold the pending changes into ``persons`` and ``members``."""
         if self._new_persons:
             new = pd.DataFrame(self._new_persons).set_index("global_person_id", drop=False)
-            self.persons = pd.concat([self.persons, new]) if len(self.persons) else new
+            if len(self.persons):  # the same types: a concat that converts 300,000 timestamps costs seconds
+                new = new.astype({c: t for c, t in self.persons.dtypes.items() if c in new and c != "merged_into"})
+                self.persons = pd.concat([self.persons, new])
+            else:
+                self.persons = new
             self._new_persons = []
         for gid, total in self._sums.items():
             self.persons.at[gid, "embedding_sum"] = np.asarray(total, dtype=np.float32)
