@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import math
 import os
@@ -19,7 +20,9 @@ import posixpath
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from framepipe import __version__, manifests, schema
@@ -100,7 +103,8 @@ def _meta_rows(v) -> list[tuple[str, str]]:
 
 VIDEOS_PER_PAGE = 500  # video cards per index page
 PEOPLE_PER_PAGE = 200  # global persons per people page
-STATE = f"{schema.REPORT}/_state.json"  # each page's fingerprint at the last report: unchanged pages are not redone
+STATE = f"{schema.REPORT}/_state.json"  # each list page's fingerprint at the last report: unchanged ones not redone
+VIDEO_STATE = f"{schema.REPORT}/_videos.parquet"  # the videos in list order, each with its page's hash
 PEOPLE_COLUMNS = ["video_id", "source", "person_id", "face_url", "frame_url", "quality", "appearances",
                   "timestamp_s", "first_seen_s", "last_seen_s", "seen_s"]
 
@@ -147,12 +151,14 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
     change the last list page, their own pages and the pages of the persons they joined."""
     previous = previous or {}
     old_pages: dict = previous.get("pages", {})
+    old_videos: pd.DataFrame | None = previous.get("videos")  # video_id (in list order), hash of its page
     videos = manifests.load_table(d, "videos", columns=VIDEO_COLUMNS).to_pandas()
-    by_source = videos.sort_values(["source", "video_id"])["video_id"].tolist()
-    known = set(by_source)
-    order = [v for v in previous.get("order", []) if v in known]
-    placed = set(order)
-    order += [v for v in by_source if v not in placed]
+    by_source = videos.sort_values(["source", "video_id"])["video_id"]
+    if old_videos is not None and len(old_videos):  # every step vectorised: no Python per video
+        kept = old_videos["video_id"][old_videos["video_id"].isin(videos["video_id"])]
+        order = pd.concat([kept, by_source[~by_source.isin(kept)]]).to_numpy(dtype=object)
+    else:
+        order = by_source.to_numpy(dtype=object)
     videos = videos.set_index("video_id", drop=False).loc[order].reset_index(drop=True)
     keys = manifests.load_table(d, "people", columns=["video_id", "person_id"]).to_pandas()
     index = manifests.load_people_index(d)
@@ -166,42 +172,46 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
         return _relative(url[len(root_url):], page_dir)
 
     # the people index: who is whom (live persons by id, PEOPLE_PER_PAGE a page)
-    live: list[int] = []
-    targets = pd.DataFrame(columns=["video_id", "person_id", "gid", "name", "count", "page"])
+    live = np.zeros(0, dtype=np.int64)
+    targets = pd.DataFrame({c: pd.Series(dtype=object) for c in ("video_id", "person_id", "gid", "name", "count",
+                                                                 "page")})
     if index is not None:
         index = index.assign(global_person_id=index["global_person_id"].astype(np.int64),
                              person_id=index["person_id"].astype(np.int64))
         counts = index.groupby("global_person_id")["video_id"].nunique()
         names = index.dropna(subset=["name"]).drop_duplicates("global_person_id").set_index("global_person_id")["name"]
-        live = counts.index.sort_values().tolist()
-        page_of = pd.Series([_page("people", i // PEOPLE_PER_PAGE + 1) for i in range(len(live))], index=live)
+        live = counts.index.to_numpy(dtype=np.int64)  # sorted
+        page_of = pd.Series(np.arange(len(live)) // PEOPLE_PER_PAGE + 1, index=live)
         g = index["global_person_id"]
         targets = pd.DataFrame({"video_id": index["video_id"], "person_id": index["person_id"], "gid": g,
                                 "name": g.map(names), "count": g.map(counts), "page": g.map(page_of)})
 
     # what each page shows, hashed: a card (the video's run), a video page (the card and its people's targets)
-    card = dict(zip(videos["video_id"], _row_hashes(videos[VIDEO_COLUMNS])))
-    target_of = _summed(targets["video_id"], _row_hashes(targets))
+    card = _row_hashes(videos[VIDEO_COLUMNS])
+    per_video = pd.Series(_row_hashes(targets), index=targets["video_id"].to_numpy(), dtype=np.uint64) \
+        .groupby(level=0).sum() if len(targets) else pd.Series(dtype=np.uint64)
+    page_hash = (card + per_video.reindex(order, fill_value=0).to_numpy(dtype=np.uint64)).view(np.int64)
+    old_hash = (pd.Series(old_videos["hash"].to_numpy(dtype=np.int64), index=old_videos["video_id"].to_numpy())
+                .reindex(order, fill_value=0).to_numpy() if old_videos is not None and len(old_videos)
+                else np.zeros(len(order), dtype=np.int64))
+    redo = order[page_hash != old_hash].tolist()
     state: dict[str, str] = {}
-    redo: list[str] = []
-    for vid, h in card.items():
-        page = f"{VIDEO_DIR}/{vid}.html"
-        state[page] = f"{(int(h) + int(target_of.get(vid, 0))) % 2**64:016x}"
-        if old_pages.get(page) != state[page]:
-            redo.append(vid)
-    video_lists = [order[i : i + VIDEOS_PER_PAGE] for i in range(0, len(order), VIDEOS_PER_PAGE)] or [[]]
+    bounds = range(0, len(order), VIDEOS_PER_PAGE)
+    video_lists = [order[i : i + VIDEOS_PER_PAGE].tolist() for i in bounds] or [[]]
+    for n, i in enumerate(bounds, 1):
+        state[_page("videos", n) if n > 1 else "index/videos"] = _fingerprint(
+            hashlib.sha1(card[i : i + VIDEOS_PER_PAGE].tobytes()).hexdigest(), n, n < len(video_lists))
+    people_lists = [live[i : i + PEOPLE_PER_PAGE].tolist() for i in range(0, len(live), PEOPLE_PER_PAGE)] or [[]]
+    if index is not None and len(live):
+        person = pd.Series(_row_hashes(index[["global_person_id", "video_id", "person_id", "source", "face_url",
+                                               "similarity", "quality", "name"]]),
+                           index=index["global_person_id"].to_numpy(), dtype=np.uint64).groupby(level=0).sum() \
+            .reindex(live, fill_value=0).to_numpy(dtype=np.uint64)
+        for n, i in enumerate(range(0, len(live), PEOPLE_PER_PAGE), 1):
+            if n > 1:
+                state[_page("people", n)] = _fingerprint(
+                    hashlib.sha1(person[i : i + PEOPLE_PER_PAGE].tobytes()).hexdigest(), n, n < len(people_lists))
     lists = []  # (page, number, video ids, global ids): the list pages whose content changed (index.html always)
-    for n, shown in enumerate(video_lists, 1):
-        page = INDEX if n == 1 else _page("videos", n)
-        state[page if n > 1 else "index/videos"] = _fingerprint([f"{card[v]:016x}" for v in shown], n,
-                                                                n < len(video_lists))
-    people_lists = [live[i : i + PEOPLE_PER_PAGE] for i in range(0, len(live), PEOPLE_PER_PAGE)] or [[]]
-    person = _summed(index["global_person_id"], _row_hashes(index[[
-        "global_person_id", "video_id", "person_id", "source", "face_url", "similarity", "quality", "name"]])) \
-        if index is not None else {}
-    for n, shown in enumerate(people_lists, 1):
-        if index is not None and n > 1:
-            state[_page("people", n)] = _fingerprint([f"{person[g]:016x}" for g in shown], n, n < len(people_lists))
     for n in range(1, max(len(video_lists), len(people_lists)) + 1):
         vpage, ppage = _page("videos", n), _page("people", n)
         vs = video_lists[n - 1] if n <= len(video_lists) and (n == 1 or old_pages.get(vpage) != state[vpage]) \
@@ -221,7 +231,8 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
     full = full.set_index("video_id", drop=False).loc[sorted(need)] if need else full
     mine = targets[targets["video_id"].isin(need)]
     target = dict(zip(zip(mine["video_id"], mine["person_id"].astype(int)), zip(
-        mine["gid"].astype(int), mine["name"], mine["count"].astype(int), mine["page"])))
+        mine["gid"].astype(int), mine["name"], mine["count"].astype(int),
+        [_page("people", int(n)) for n in mine["page"]])))
     redone = set(redo)
     people = manifests.load_people(d, filter=pc.field("video_id").isin(list(need)), columns=PEOPLE_COLUMNS) \
         if need else pd.DataFrame(columns=PEOPLE_COLUMNS)
@@ -311,7 +322,7 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
             people_pages=([posixpath.relpath(_page("people", k), here) for k in range(1, len(people_lists) + 1)]
                           if page == INDEX else _neighbours("people", n, len(people_lists), here))
             if index is not None else [])
-    return pages, {"pages": state, "order": order}
+    return pages, {"pages": state, "videos": pd.DataFrame({"video_id": order, "hash": page_hash})}
 
 
 def _relative(path: str, start: str) -> str:
@@ -380,15 +391,19 @@ def write(dest: str | Destination) -> str:
     d.remove_partials(schema.REPORT)
     try:
         previous = json.loads(d.read(STATE)) if d.exists(STATE) else None
-    except (ValueError, OSError):
-        previous = None
-    if previous is not None and previous.get("version") != REPORT_VERSION:
+        if previous is not None and previous.get("version") == REPORT_VERSION and d.exists(VIDEO_STATE):
+            previous["videos"] = pq.read_table(io.BytesIO(d.read(VIDEO_STATE))).to_pandas()
+        else:
+            previous = None
+    except (ValueError, OSError, pa.ArrowException):
         previous = None
     pages, state = build_pages(d, previous)
     for rel in sorted(pages, key=lambda r: r == INDEX):  # index.html last
         d.write(rel, pages[rel].encode("utf-8"))
-    d.write(STATE, json.dumps({**state, "version": REPORT_VERSION}).encode())
+    # the state last (the videos' hashes, then the pages'): a run killed before redoes what it had not recorded
+    d.write(VIDEO_STATE, schema.parquet_bytes(pa.Table.from_pandas(state["videos"], preserve_index=False)))
+    d.write(STATE, json.dumps({"pages": state["pages"], "version": REPORT_VERSION}).encode())
     return d.url(INDEX)
 
 
-REPORT_VERSION = f"{__version__}-3"  # a report of another framepipe (templates) is redone whole
+REPORT_VERSION = f"{__version__}-4"  # a report of another framepipe (templates) is redone whole
