@@ -139,7 +139,7 @@ def _summed(keys: pd.Series, hashes: np.ndarray) -> dict:
     return pd.Series(hashes, index=keys.to_numpy()).groupby(level=0).sum().to_dict()
 
 
-VIDEO_COLUMNS = ["video_id", "source", "run_id", "processed_at", "status", "duration_s"]
+VIDEO_COLUMNS = ["video_id", "source", "run_id", "processed_at", "status", "duration_s", "people"]
 
 
 def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str, str], dict]:
@@ -160,7 +160,6 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
     else:
         order = by_source.to_numpy(dtype=object)
     videos = videos.set_index("video_id", drop=False).loc[order].reset_index(drop=True)
-    keys = manifests.load_table(d, "people", columns=["video_id", "person_id"]).to_pandas()
     index = manifests.load_people_index(d)
     env = _env()
 
@@ -265,15 +264,16 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
             "faces": [link(schema.REPORT, cols["face_url"][i]) for i in rows],
         }
 
-    by_gid = index.sort_values(["global_person_id", "source", "person_id"], kind="stable", ignore_index=True) \
-        if index is not None else None
+    shown_gids = {g for _, _, _, persons in lists if persons for g in persons}  # the people pages redone
+    by_gid = index[index["global_person_id"].isin(shown_gids)].sort_values(
+        ["global_person_id", "source", "person_id"], kind="stable", ignore_index=True) if index is not None else None
 
     g_cols: dict = {}
 
     def docs(gids: list[int]) -> list[dict]:
         if not gids:
             return []
-        if not g_cols:  # once, for every page redone
+        if not g_cols:  # once, for every page redone: the rows of their persons only
             g_cols.update({c: by_gid[c].to_list() for c in ("video_id", "person_id", "source", "face_url",
                                                               "similarity", "quality", "name")})
             g_cols["keys"] = by_gid["global_person_id"].to_numpy(dtype=np.int64)
@@ -294,19 +294,19 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
                     "similarity": float(g_cols["similarity"][i])} for i in range(a, b)]})
         return out
 
-    indexed = 0
-    if index is not None and len(keys):
-        key_hash = _row_hashes(keys[["video_id", "person_id"]].astype({"person_id": np.int64}))
-        indexed = int(np.isin(key_hash, _row_hashes(index[["video_id", "person_id"]])).sum())
+    # people per input from the videos' own count (no read of the people table); those not in the people index:
+    # the current inputs' people less their rows in it (people added since the last framepipe people)
+    people_total = int(videos["people"].fillna(0).sum())
+    indexed = int(index["video_id"].isin(videos["video_id"]).sum()) if index is not None else 0
     total_s = float(videos.loc[videos["status"] == "succeeded", "duration_s"].fillna(0).sum()) if len(videos) else 0.0
     stats = {
         "dest": d.url(""), "dest_name": _name(d.url("")),
         "inputs": len(videos),
         "succeeded": int((videos["status"] == "succeeded").sum()) if len(videos) else 0,
         "failed": int((videos["status"] != "succeeded").sum()) if len(videos) else 0,
-        "people_total": len(keys), "global_total": len(live) if index is not None else None,
-        "index_rows": 0 if index is None else len(index), "not_indexed": len(keys) - indexed if index is not None
-        else 0, "hours": f"{total_s / 3600:.2f} h" if total_s >= 3600 else fmt_time(total_s),
+        "people_total": people_total, "global_total": len(live) if index is not None else None,
+        "index_rows": 0 if index is None else len(index), "not_indexed": max(people_total - indexed, 0)
+        if index is not None else 0, "hours": f"{total_s / 3600:.2f} h" if total_s >= 3600 else fmt_time(total_s),
     }
     # index.html: the stats, every page of both lists and the first of each; then the other list pages that changed
     for page, n, shown, persons in lists:
