@@ -132,11 +132,20 @@ def _row_hashes(df: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(df, index=False).to_numpy(dtype=np.uint64)
 
 
-def _summed(keys: pd.Series, hashes: np.ndarray) -> dict:
-    """The hashes of rows summed per key (order-free, wrapping): one hash per key."""
+def _summed(keys: pd.Series, hashes: np.ndarray, wanted) -> np.ndarray:
+    """The hashes of rows summed per key (order-free, wrapping), one for each of the ``wanted`` keys (0: none)."""
     if not len(keys):
-        return {}
-    return pd.Series(hashes, index=keys.to_numpy()).groupby(level=0).sum().to_dict()
+        return np.zeros(len(wanted), dtype=np.uint64)
+    per_key = pd.Series(hashes, index=keys.to_numpy(), dtype=np.uint64).groupby(level=0).sum()
+    return per_key.reindex(wanted, fill_value=0).to_numpy(dtype=np.uint64)
+
+
+def _list_fingerprints(hashes: np.ndarray, per_page: int) -> list[str]:
+    """The fingerprint of each list page (``per_page`` items of these hashes, in order; and whether a page
+    follows, which its links show)."""
+    starts = range(0, len(hashes), per_page)
+    return [_fingerprint(hashlib.sha1(hashes[i : i + per_page].tobytes()).hexdigest(), n, n < len(starts))
+            for n, i in enumerate(starts, 1)]
 
 
 VIDEO_COLUMNS = ["video_id", "source", "run_id", "processed_at", "status", "duration_s", "people"]
@@ -187,29 +196,23 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
 
     # what each page shows, hashed: a card (the video's run), a video page (the card and its people's targets)
     card = _row_hashes(videos[VIDEO_COLUMNS])
-    per_video = pd.Series(_row_hashes(targets), index=targets["video_id"].to_numpy(), dtype=np.uint64) \
-        .groupby(level=0).sum() if len(targets) else pd.Series(dtype=np.uint64)
-    page_hash = (card + per_video.reindex(order, fill_value=0).to_numpy(dtype=np.uint64)).view(np.int64)
+    page_hash = (card + _summed(targets["video_id"], _row_hashes(targets), order)).view(np.int64)
     old_hash = (pd.Series(old_videos["hash"].to_numpy(dtype=np.int64), index=old_videos["video_id"].to_numpy())
                 .reindex(order, fill_value=0).to_numpy() if old_videos is not None and len(old_videos)
                 else np.zeros(len(order), dtype=np.int64))
     redo = order[page_hash != old_hash].tolist()
     state: dict[str, str] = {}
-    bounds = range(0, len(order), VIDEOS_PER_PAGE)
-    video_lists = [order[i : i + VIDEOS_PER_PAGE].tolist() for i in bounds] or [[]]
-    for n, i in enumerate(bounds, 1):
-        state[_page("videos", n) if n > 1 else "index/videos"] = _fingerprint(
-            hashlib.sha1(card[i : i + VIDEOS_PER_PAGE].tobytes()).hexdigest(), n, n < len(video_lists))
+    video_lists = [order[i : i + VIDEOS_PER_PAGE].tolist() for i in range(0, len(order), VIDEOS_PER_PAGE)] or [[]]
+    for n, fingerprint in enumerate(_list_fingerprints(card, VIDEOS_PER_PAGE), 1):
+        state[_page("videos", n) if n > 1 else "index/videos"] = fingerprint
     people_lists = [live[i : i + PEOPLE_PER_PAGE].tolist() for i in range(0, len(live), PEOPLE_PER_PAGE)] or [[]]
     if index is not None and len(live):
-        person = pd.Series(_row_hashes(index[["global_person_id", "video_id", "person_id", "source", "face_url",
-                                               "similarity", "quality", "name"]]),
-                           index=index["global_person_id"].to_numpy(), dtype=np.uint64).groupby(level=0).sum() \
-            .reindex(live, fill_value=0).to_numpy(dtype=np.uint64)
-        for n, i in enumerate(range(0, len(live), PEOPLE_PER_PAGE), 1):
+        person = _summed(index["global_person_id"], _row_hashes(index[[
+            "global_person_id", "video_id", "person_id", "source", "face_url", "similarity", "quality", "name"]]),
+            live)
+        for n, fingerprint in enumerate(_list_fingerprints(person, PEOPLE_PER_PAGE), 1):
             if n > 1:
-                state[_page("people", n)] = _fingerprint(
-                    hashlib.sha1(person[i : i + PEOPLE_PER_PAGE].tobytes()).hexdigest(), n, n < len(people_lists))
+                state[_page("people", n)] = fingerprint
     lists = []  # (page, number, video ids, global ids): the list pages whose content changed (index.html always)
     for n in range(1, max(len(video_lists), len(people_lists)) + 1):
         vpage, ppage = _page("videos", n), _page("people", n)
