@@ -161,6 +161,11 @@ def update_destination(
     return done["table"].to_pandas(), done["updates"], {r.model: r for r in done["registries"]}
 
 
+# the people columns a registry reads (a whole destination's rows: not the boxes, time ranges and the like)
+PEOPLE_COLUMNS = ["video_id", "source", "person_id", "embedding", "embedding_model", "seen_s", "face_url",
+                  "frame_url", "timestamp_s", "quality"]
+
+
 def people_since(d: Destination, version: commits.Version) -> tuple[pd.DataFrame, bool, int | None]:
     """The people rows a registry at ``version`` has not seen: (rows, whether they are only what changed, the
     people table's version they bring it to). Only the rows appended since the version it records
@@ -174,10 +179,6 @@ def people_since(d: Destination, version: commits.Version) -> tuple[pd.DataFrame
     seen = tables.version(d, "people")  # before reading: rows appended meanwhile are read again next time
     return manifests.load_people(d, columns=PEOPLE_COLUMNS), False, seen
 
-
-# the people columns a registry reads (a whole destination's rows: not the boxes, time ranges and the like)
-PEOPLE_COLUMNS = ["video_id", "source", "person_id", "embedding", "embedding_model", "seen_s", "face_url",
-                  "frame_url", "timestamp_s", "quality"]
 
 
 def registered(version: commits.Version) -> list[tuple[str, int]]:

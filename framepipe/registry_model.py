@@ -37,6 +37,7 @@ ROW_GROUP = 2048  # rows per row group of the persons and members files (sorted 
 # split, a video's people detached)
 COMPACT_SEGMENTS, COMPACT_ROWS = 32, 20_000
 SEGMENT = re.compile(r"^(persons|members)\+(\d+)\.parquet$")
+CHUNK = 65_536  # rows of the first build's temporaries at once
 # the index's vectors in bfloat16 (bench/people_scale.py --people 50000 --dim 512 --dtype bf16/f32): 84 against
 # 152 MB, built 1.6x faster, recall@10 against exact search 0.980 against f32's 0.987 at ef 448
 INDEX_DTYPE = "bf16"
@@ -97,6 +98,11 @@ def _restore_index(stored: bytes | None):
 def _units(sums) -> np.ndarray:
     v = np.asarray(sums, dtype=np.float32)
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def _segments(files: dict) -> list[tuple[int, str, str]]:
+    """(number, "persons" or "members", part name) of the segments among a model's committed files, in order."""
+    return sorted((int(m[2]), m[1], k) for k in files if (m := SEGMENT.match(k.split("/", 1)[1])))
 
 
 def _missing(value) -> bool:
@@ -183,7 +189,7 @@ class Registry:
     _together: dict = field(default_factory=dict, repr=False)  # video -> [(gid, seen_s)] during an update
     # the layers: where the base files are (for what a light read left out), this model's files as committed,
     # the persons changed since the base (their base index entries are stale) and their own index
-    _base: dict = field(default_factory=dict, repr=False)  # "persons"/"members" -> (path, filesystem); "index" -> path
+    _base: dict = field(default_factory=dict, repr=False)  # base file kind -> (path, filesystem); "index" -> path
     _files: dict = field(default_factory=dict, repr=False)  # part name -> data file, as committed
     _shadow: set = field(default_factory=set, repr=False)
     _delta: object = field(default=None, repr=False)  # usearch Index of the live shadowing persons' centroids
@@ -225,7 +231,7 @@ class Registry:
         tables["members"]["embedding"] = None  # (_load_embeddings)
         base_live = int((tables["persons"]["merged_into"].isna() & (tables["persons"]["members"] > 0)).sum())
         shadow: set[int] = set()
-        for _, kind, part in sorted((int(m[2]), m[1], k) for k in mine if (m := SEGMENT.match(k.split("/", 1)[1]))):
+        for _, kind, part in _segments(mine):
             rows = pq.read_table(io.BytesIO(commits.read(d, schema.REGISTRY, version, part))).to_pandas()
             tables[kind] = pd.concat([tables[kind], rows], ignore_index=True)
             if kind == "persons":
@@ -247,14 +253,13 @@ class Registry:
             return reg
         live = [g for g in sorted(shadow) if pd.isna(persons.at[g, "merged_into"]) and persons.at[g, "members"] > 0]
         if live:
-            reg._delta.add(np.asarray(live, dtype=np.uint64),
-                           _units(np.stack(persons.loc[live, "embedding_sum"].to_numpy())))
+            reg._delta.add(np.asarray(live, dtype=np.uint64), reg._centroids(live))
         return reg
 
     @classmethod
     def _whole(cls, model: str, dim: int, part, files: dict) -> "Registry":
-        """A registry read whole from its files (``part(name)`` -> bytes) as one base, without segments: an older
-        layout, or one whose index must be rebuilt; its next save writes the base files anew."""
+        """A registry of an older layout read whole from its files (``part(name)`` -> bytes) as one base, without
+        segments; its next save writes the base files anew."""
         persons = pq.read_table(io.BytesIO(part("persons.parquet"))).to_pandas()
         members = pq.read_table(io.BytesIO(part("members.parquet"))).to_pandas()
         reg = cls(model, dim, persons.set_index("global_person_id", drop=False), members, _files=files,
@@ -276,7 +281,11 @@ class Registry:
         self.index, self._shadow, self._delta, self._rewrite = _new_index(self.dim), set(), _new_index(self.dim), True
         self._base.pop("index", None)
         if len(live):
-            self.index.add(live.astype(np.uint64), _units(np.stack(self.persons.loc[live, "embedding_sum"].to_numpy())))
+            self.index.add(live.astype(np.uint64), self._centroids(live))
+
+    def _centroids(self, gids) -> np.ndarray:
+        """The unit centroids of these persons (their sums read)."""
+        return _units(np.stack(self.persons.loc[gids, "embedding_sum"].to_numpy()))
 
     def _load_sums(self, gids) -> None:
         """Read the centroid sums a light read left out, of these persons (by row group), into ``persons``."""
@@ -349,10 +358,10 @@ class Registry:
         of the persons it asks for), with the index of every live centroid, and the segments dropped."""
         self.flush()
         name = model_dir(self.model).split("/", 1)[1]
-        segments = sorted(int(m[2]) for k in self._files if (m := SEGMENT.match(k.split("/", 1)[1])))
+        segments = sorted({n for n, _, _ in _segments(self._files)})
         dirty = sorted(g for g in self._dirty if g in self.persons.index)
         shadow_rows = len(self._shadow | set(dirty))
-        if not (self._rewrite or len(set(segments)) >= COMPACT_SEGMENTS
+        if not (self._rewrite or len(segments) >= COMPACT_SEGMENTS
                 or shadow_rows > max(COMPACT_ROWS, len(self.persons) // 4)):
             if not dirty and len(self.members) == self._members_loaded:
                 return {}, set()
@@ -578,7 +587,7 @@ class Registry:
         labels = rank[labels]
         count = len(first)
         sums = np.zeros((count, emb.shape[1]), dtype=np.float32)
-        chunks = [slice(i, i + 65_536) for i in range(0, len(emb), 65_536)]  # temporaries of a chunk only
+        chunks = [slice(i, i + CHUNK) for i in range(0, len(emb), CHUNK)]  # temporaries of a chunk only
         for c in chunks:
             np.add.at(sums, labels[c], emb[c] * norms[c, None])
         sizes = np.bincount(labels, minlength=count)
@@ -588,7 +597,7 @@ class Registry:
                                for c in chunks]) if chunks else np.zeros(0, np.float32)
         del emb
         self._member_rows(new, gids[labels], sims)
-        for c in (slice(i, i + 65_536) for i in range(0, count, 65_536)):  # unit centroids a chunk at a time
+        for c in (slice(i, i + CHUNK) for i in range(0, count, CHUNK)):  # unit centroids a chunk at a time
             self.index.add(gids[c].astype(np.uint64), sums[c] / lengths[c, None])
         return count, rest
 
