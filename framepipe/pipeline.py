@@ -161,7 +161,7 @@ def process_unless_done(
         by = run.done_by()
         if by is not None and run_id and by == run_id:
             return run.written_result()
-        if run.is_done():
+        if run.is_done(by):
             return None
     result = process_video(source, destination, settings, analyzer, run=run)
     run.mark_done(result)

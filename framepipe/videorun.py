@@ -140,12 +140,12 @@ class VideoRun:
             return None
         return self.destination.read(path).decode("utf-8", "replace")
 
-    def is_done(self) -> bool:
+    def is_done(self, by: str | None = None) -> bool:
         """Done by an earlier run (same object, settings and versions) whose outputs are still the ones in the
         video's folder (settings A, then B, then A again: A's marker is there, B's outputs are, so A is redone).
         A video this very run marked done (a task re-run after its output was lost with a node) is not: its work
-        is repeated, or its result read back."""
-        by = self.done_by()
+        is repeated, or its result read back. ``by``: :meth:`done_by`, when the caller read it already."""
+        by = self.done_by() if by is None else by
         if by is None or (self.run_id and by == self.run_id):
             return False
         made_with = f"{self.video_id}/{ids.MADE_WITH}"

@@ -60,6 +60,11 @@ class QueueSettings(BaseSettings):
     def state(self) -> str:
         return os.path.abspath(os.path.expanduser(self.state_dir))
 
+    @property
+    def embedded_queue(self) -> str:
+        """The embedded broker's queue folder (a file a message)."""
+        return os.path.join(self.state, "broker", "queue")
+
 
 def task_processor_config(q: QueueSettings):
     """Ray Serve's task-processor config for Celery on the chosen broker."""
@@ -74,7 +79,7 @@ def task_processor_config(q: QueueSettings):
             app_custom_config=app,
         )
     elif not q.broker_url:
-        queue, done = os.path.join(q.state, "broker", "queue"), os.path.join(q.state, "broker", "processed")
+        queue, done = q.embedded_queue, os.path.join(q.state, "broker", "processed")
         control = os.path.join(q.state, "broker", "control")  # kombu's default is ./control, in the working dir
         for d in (queue, done, control, os.path.join(q.state, "results")):
             os.makedirs(d, exist_ok=True)
@@ -173,14 +178,15 @@ def sweep(store: JobStore, max_attempts: int, enqueue, lost, now: float | None =
 def embedded_holds(q: QueueSettings):
     """A test of whether the embedded broker's queue folder holds a message for a job (Celery writes each task's
     arguments in plain text in its headers)."""
-    folder = os.path.join(q.state, "broker", "queue")
-    blob = b""
+    folder = q.embedded_queue
+    messages = []
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
         try:
             with open(os.path.join(folder, name), "rb") as f:
-                blob += f.read()
+                messages.append(f.read())
         except OSError:  # taken by a worker meanwhile
             continue
+    blob = b"\n".join(messages)
     return lambda job_id: job_id.encode() in blob
 
 
