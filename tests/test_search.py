@@ -4,10 +4,13 @@ shared footage: real models, real CLI processes."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
-from conftest import MEDIA, copy_videos, run_cli
+from conftest import MEDIA, PACK, copy_videos, run_cli
 
 AOC_CLIP = "videos/talking_heads/retalking_3.mp4"
 AOC_OTHER = "videos/talking_heads/sadtalker_WDA_AlexandriaOcasioCortez_000.mp4"
@@ -121,3 +124,30 @@ def test_search_without_a_face_is_one_clear_line(library, query, code):
     proc = run_cli("search", str(MEDIA / query), str(library["dest"]), timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"framepipe: failed: {code}: ") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def _peak_rss_mb(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """A CLI run in a process of its own and its peak memory (the child's maxrss, read by a wrapper process)."""
+    wrapper = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, file=sys.stderr); "
+               "sys.exit(p.returncode)")
+    env = {**os.environ, "FRAMEPIPE_MODELS": str(PACK)}
+    proc = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "framepipe", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+    return proc, float(proc.stderr.strip().splitlines()[-1])
+
+
+def test_a_huge_photo_is_refused_from_its_header(library, tmp_path):
+    """A 16000 x 16000 PNG (0.7 MB on disk, 0.8 GB decoded) is refused before anything decodes it: one typed
+    line, and no more memory than a search with an ordinary photo (it took 1.06 GB when FFmpeg's probe decoded
+    it first)."""
+    from PIL import Image
+
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (16000, 16000)).save(huge)
+    proc, huge_mb = _peak_rss_mb("search", str(huge), str(library["dest"]))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("framepipe: failed: input_too_large: ") and "256,000,000 pixels" in proc.stderr, proc.stderr
+    normal, normal_mb = _peak_rss_mb("search", str(MEDIA / OBAMA_PHOTO), str(library["dest"]))
+    assert normal.returncode == 0, normal.stderr
+    assert huge_mb <= normal_mb + 100, (huge_mb, normal_mb)

@@ -13,19 +13,57 @@ av.logging.set_level(av.logging.PANIC)  # FFmpeg's own chatter; failures surface
 _SIGNATURES = ((4, b"ftyp"), (0, b"\x1a\x45\xdf\xa3"), (0, b"RIFF"), (0, b"\x00\x00\x01\xba"), (0, b"FLV"), (0, b"OggS"))
 
 
-def _looks_like_video(uri: str, timeout_s: float = 10.0) -> bool:
-    """Do the first bytes look like a video container? (Read only after FFmpeg has refused the file.)"""
+# still images whose size their header states (PIL reads it without decoding): checked against the pixel cap
+# before FFmpeg, whose probe decodes the whole picture (a 16000 x 16000 PNG of 0.7 MB is 0.8 GB decoded)
+_IMAGE_SIGNATURES = ((0, b"\x89PNG\r\n\x1a\n"), (0, b"\xff\xd8\xff"), (8, b"WEBP"), (0, b"GIF8"), (0, b"BM"),
+                     (0, b"II*\x00"), (0, b"MM\x00*"))
+_IMAGE_HEAD = 1 << 16  # bytes read for it (a JPEG's size follows its EXIF block, usually well within)
+
+
+def _head(uri: str, size: int, timeout_s: float) -> bytes:
+    """The first ``size`` bytes of a local file or an HTTP(S) URL (a ranged GET); b"" when they cannot be read."""
     try:
         if uri.startswith(("http://", "https://")):
             import requests
 
-            head = requests.get(uri, headers={"Range": "bytes=0-15"}, timeout=timeout_s).content[:16]
-        else:
-            with open(uri, "rb") as f:
-                head = f.read(16)
+            return requests.get(uri, headers={"Range": f"bytes=0-{size - 1}"}, timeout=timeout_s).content[:size]
+        with open(uri, "rb") as f:
+            return f.read(size)
     except Exception:
-        return False
+        return b""
+
+
+def _looks_like_video(uri: str, timeout_s: float = 10.0) -> bool:
+    """Do the first bytes look like a video container? (Read only after FFmpeg has refused the file.)"""
+    head = _head(uri, 16, timeout_s)
     return any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES)
+
+
+def check_image_size(uri: str, max_pixels: int | None, timeout_s: float = 30.0) -> None:
+    """Raise :class:`InputTooLarge` for a still image whose header states more than ``max_pixels`` pixels, before
+    anything decodes it. Other inputs (and headers PIL cannot read) are left to FFmpeg's probe."""
+    if not max_pixels:
+        return
+    head = _head(uri, _IMAGE_HEAD, timeout_s)
+    if not any(head[off : off + len(sig)] == sig for off, sig in _IMAGE_SIGNATURES):
+        return
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(head)) as im:  # the header only: no pixel is decoded
+            width, height = im.size
+    except Image.DecompressionBombError as e:  # PIL's own cap (about 179 million pixels), met first
+        import re
+
+        stated = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(stated.group(1)):,} pixels" if stated else "too many pixels"
+        raise InputTooLarge(f"image of {size} exceeds the cap of {max_pixels:,} pixels") from None
+    except Exception:
+        return
+    if width * height > max_pixels:
+        raise InputTooLarge(f"image of {width}x{height} pixels exceeds the cap of {max_pixels:,} pixels")
 
 
 def _http_options(uri: str, timeout_s: float) -> dict[str, str]:
@@ -66,6 +104,7 @@ def _rotation_of(frame: av.VideoFrame) -> int:
 
 def probe(uri: str, timeout_s: float = 30.0, max_pixels: int | None = None) -> tuple[VideoInfo, list[float]]:
     """Read the metadata of the first video stream, and the keyframe times where the container indexes them."""
+    check_image_size(uri, max_pixels, timeout_s)
     container = open_container(uri, timeout_s)
     try:
         return _probe(container, max_pixels)
