@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--top", type=int, default=10, help="results to show (default 10)")
     se.add_argument("--face", type=int, help="which face of the query, 0 = largest (default 0)")
     se.add_argument("--min-similarity", type=float, help="cosine similarity below which a person is not shown")
-    se.add_argument("--models", help="InsightFace pack name or folder (must be the destination's; env FRAMEPIPE_MODELS)")
+    se.add_argument("--models", help="InsightFace pack name or folder (must be the destination's; env "
+                    "FRAMEPIPE_MODELS; default: the pack the destination names, looked up under the model root)")
     se.add_argument("--json", action="store_true", help="print the query's faces and the results as JSON")
     ca = sub.add_parser("calibrate", help="measure a model pack's same/different-person similarities on photos and "
                         "write its thresholds")
@@ -215,6 +216,10 @@ def _search(args) -> int:
         print("framepipe: --top must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     try:
+        if args.models is None and "FRAMEPIPE_MODELS" not in os.environ:  # the pack the destination names
+            packs = search.destination_packs(args.dest)
+            if len(packs) == 1:
+                settings = settings.with_overrides(models=packs[0])
         analyzer = LocalAnalyzer.load(settings)
         faces = search.query_faces(args.query, settings, analyzer)
         face = search.pick(faces, args.face)

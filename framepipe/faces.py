@@ -26,7 +26,10 @@ The best frame of a person is the frame holding that person's face with the high
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import glob
+import io
 import logging
 import math
 import os
@@ -91,13 +94,29 @@ def quality_score(factors: dict) -> float:
 
 
 def resolve_pack(models: str, model_root: str) -> tuple[str, str]:
-    """(name-or-path for insightface, root): a folder path is used as it is; a name is looked up under root."""
+    """(name-or-path for insightface, root): a folder path is used as it is; a name is looked up under root, and
+    downloaded there by insightface if it is one of its packs (``buffalo_l``). A pack that is neither is one
+    :class:`ModelNotFound` line that says how to name one, before anything else starts (the backfill checks it
+    before Ray)."""
     expanded = os.path.expanduser(models)
     if os.path.isdir(expanded):
         return os.path.abspath(expanded), os.path.expanduser(model_root)
     if os.sep in models or models.startswith("."):
         raise ModelNotFound(f"model pack folder {models!r} does not exist")
-    return models, os.path.expanduser(model_root)
+    root = os.path.expanduser(model_root)
+    folder = os.path.join(root, "models", models)
+    if not glob.glob(os.path.join(folder, "*.onnx")):
+        from insightface.utils.storage import ensure_available
+
+        log.info("model pack %r is not in %s: downloading it", models, folder)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # its progress lines: never into a command's output
+                ensure_available("models", models, root=root)
+        except Exception as e:
+            raise ModelNotFound(
+                f"model pack {models!r} is not in {folder} and could not be downloaded ({type(e).__name__}); "
+                "name a pack folder with --models PATH (or FRAMEPIPE_MODELS=PATH)") from None
+    return models, root
 
 
 class FaceModel:

@@ -15,6 +15,7 @@ the query are compared.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -178,6 +179,17 @@ class Pending:
         return out
 
 
+def destination_packs(dest: str | Destination) -> list[str]:
+    """The model packs a destination's people were embedded with: the registry's models (its version's meta: no
+    manifest read), else the videos table's ``models`` column. A search without ``--models`` uses the one it names."""
+    d = manifests.destination(dest)
+    names = [name for name, _ in registry.registered(commits.latest(d, schema.REGISTRY))]
+    if not names:
+        column = manifests.load_table(d, "videos", columns=["models"])["models"]
+        names = [n for n in column.unique().to_pylist() if n]
+    return sorted({re.sub(r"-\d+d$", "", n) for n in names})  # a registry named "<pack>-<dim>d" (models_of)
+
+
 def _registry(d: Destination, model: str, dim: int, settings: Settings) -> tuple[registry.Registry, Pending | None]:
     """This model's committed registry, read light (:meth:`~framepipe.registry.Registry.load` ``light``: the index
     memory-mapped, no embeddings but those of the persons found), and the people appended since its version
@@ -193,7 +205,8 @@ def _registry(d: Destination, model: str, dim: int, settings: Settings) -> tuple
         models = sorted(set(people["embedding_model"].fillna("?"))
                         | ({name for name, _ in registry.registered(version)} if partial else set()))
         raise NoPeopleOfModel(f"no people embedded with {model} ({dim}-d) in {d.url('')}"
-                              + (f"; it holds people of {', '.join(models)}" if models else ""))
+                              + (f"; it holds people of {', '.join(models)}: search with --models naming that "
+                                 "pack (or leave --models out)" if models else ""))
     [(name, rows)] = mine
     max_distance = calibration.people_max_distance(settings.people_max_distance, name, dim, settings.models)
     if partial and name in dict(registry.registered(version)):

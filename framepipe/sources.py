@@ -172,6 +172,8 @@ def iter_videos(root: str, timeout_s: float = 30.0, images: bool = False) -> Ite
                         yield Source(url, url, obj["Size"], f"etag={obj['ETag'].strip(chr(34))}")
         except ClientError as e:
             raise SourceNotFound(f"cannot list {root}: {e.response.get('Error', {}).get('Code', e)}") from None
+        except BotoCoreError as e:  # no credentials, no endpoint: as for one object (_resolve_s3)
+            raise SourceUnreachable(f"cannot reach S3 for {root}: {e}") from None
         return
     top = os.path.abspath(os.path.expanduser(root))
     if not os.path.isdir(top):

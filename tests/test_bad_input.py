@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import MEDIA, VIDEOS, free_port, run_cli
+from conftest import MEDIA, PACK, VIDEOS, free_port, run_cli
 
 
 def _one_line_failure(proc, error_type: str):
@@ -94,3 +97,25 @@ def test_missing_model_pack(tmp_path):
     proc = run_cli("extract", str(MEDIA / "videos/tears_of_steel_10s.mp4"), "--out", str(tmp_path),
                    "--models", str(tmp_path / "no_pack"))
     _one_line_failure(proc, "model_not_found")
+
+
+def test_a_pack_that_cannot_be_found_or_downloaded_names_models(tmp_path):
+    """A pack name neither under the model root nor downloadable (offline, or not one of insightface's): one
+    line that says how to name a pack, no download chatter."""
+    proc = run_cli("extract", str(MEDIA / "videos/tears_of_steel_10s.mp4"), "--out", str(tmp_path / "out"),
+                   env_extra={"FRAMEPIPE_MODELS": "no_such_pack", "FRAMEPIPE_MODEL_ROOT": str(tmp_path / "root")})
+    _one_line_failure(proc, "model_not_found")
+    assert "no_such_pack" in proc.stderr and "--models PATH" in proc.stderr, proc.stderr
+
+
+def test_listing_a_bucket_without_credentials_is_one_line(tmp_path):
+    """``extract s3://bucket`` (a prefix: listed) with no AWS credentials: source_unreachable, as for one object
+    (it was exit 70, NoCredentialsError)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(FRAMEPIPE_MODELS=str(PACK), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true",
+               AWS_ENDPOINT_URL="http://127.0.0.1:9", AWS_DEFAULT_REGION="us-east-1")
+    proc = subprocess.run([sys.executable, "-m", "framepipe", "extract", "s3://bucket-only", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
+    _one_line_failure(proc, "source_unreachable")
+    assert "credentials" in proc.stderr, proc.stderr

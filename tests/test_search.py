@@ -151,3 +151,26 @@ def test_a_huge_photo_is_refused_from_its_header(library, tmp_path):
     normal, normal_mb = _peak_rss_mb("search", str(MEDIA / OBAMA_PHOTO), str(library["dest"]))
     assert normal.returncode == 0, normal.stderr
     assert huge_mb <= normal_mb + 100, (huge_mb, normal_mb)
+
+
+def test_search_without_models_uses_the_destinations_pack(library, tmp_path):
+    """No --models and no FRAMEPIPE_MODELS: the pack the destination's people were embedded with (found under
+    the model root), not buffalo_l (a download that fails offline); a pack found nowhere is one line naming
+    --models."""
+    root = tmp_path / "root"
+    (root / "models").mkdir(parents=True)
+    (root / "models" / PACK.name).symlink_to(PACK)
+    env = {k: v for k, v in os.environ.items() if k != "FRAMEPIPE_MODELS"}
+    run = lambda model_root: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "framepipe", "search", str(MEDIA / OBAMA_PHOTO), str(library["dest"]), "--json"],
+        capture_output=True, text=True, env={**env, "FRAMEPIPE_MODEL_ROOT": str(model_root)}, timeout=300)
+    proc = run(root)
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(proc.stdout)["results"]
+    assert hits and all("obama" in h["source"].lower() for h in hits[:1]), hits
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run(empty)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"framepipe: failed: model_not_found: model pack '{PACK.name}' is not in ")
+    assert "--models" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
