@@ -46,10 +46,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
 
 from framepipe import pipeline, sources
 from framepipe.config import Settings
-from framepipe.errors import ErrorCode
+from framepipe.errors import ErrorCode, FramepipeError
 
 from jobs import ray_noise
 from jobs.plan import build_dataset, plan_resources
@@ -329,9 +330,29 @@ def _run(args) -> dict:
     return out
 
 
+def preflight(args) -> None:
+    """What a bad argument would fail on inside Ray, checked before Ray starts (a typed error): the settings, the
+    source (its listing's first page: a missing folder, bucket or credentials) and, for a local Ray whose workers
+    share this machine, the model pack (on a cluster the workers' own image holds it)."""
+    settings = Settings().with_overrides(models=args.models)
+    next(iter(sources.iter_videos(args.source, timeout_s=settings.http_timeout_s, images=args.images)), None)
+    if args.ray_address == "local":
+        from framepipe.faces import resolve_pack
+
+        resolve_pack(settings.models, settings.model_root)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        preflight(args)
+    except FramepipeError as e:
+        print(f"backfill: failed: {e.line}", file=sys.stderr)
+        return 1
+    except ValidationError as e:
+        print(f"backfill: invalid setting: {e.errors()[0]['msg']}", file=sys.stderr)
+        return 2
     connect(args)  # before anything imports Ray: a local Ray's auth mode is read at import
     out = run(args)
     if args.limit is not None:

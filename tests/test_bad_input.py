@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MEDIA, PACK, VIDEOS, free_port, run_cli
+from conftest import MEDIA, PACK, ROOT, VIDEOS, free_port, run_cli
 
 
 def _one_line_failure(proc, error_type: str):
@@ -119,3 +119,18 @@ def test_listing_a_bucket_without_credentials_is_one_line(tmp_path):
                            str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
     _one_line_failure(proc, "source_unreachable")
     assert "credentials" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args,error_type", [
+    (["--source", "/nonexistent/missing_folder"], "source_not_found"),
+    (["--source", str(MEDIA / "videos" / "talking_heads"), "--models", "no/such/pack"], "model_not_found"),
+])
+def test_backfill_checks_its_arguments_before_ray(tmp_path, args, error_type):
+    """A missing source or model pack: one typed line and exit 1 before Ray starts (it was a traceback after Ray's
+    start, or hundreds of lines of Ray's)."""
+    env = {**os.environ, "FRAMEPIPE_MODELS": str(PACK)}
+    proc = subprocess.run([sys.executable, "-m", "jobs.backfill", *args, "--dest", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith(f"backfill: failed: {error_type}: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "out").exists()
