@@ -103,13 +103,32 @@ def load_registry(dest: str | Destination) -> pd.DataFrame | None:
     return pd.concat(tables, ignore_index=True).drop(columns=["embedding_sum"])
 
 
-def relative(dest: str | Destination, url: str) -> str:
-    """The path of an output URL (absolute local path or s3:// URL) relative to the destination's root."""
+OUTPUT_FOLDERS = ("talent", "representative")  # DEST/<video_id>/<folder>/<file>; result.json at DEST/<video_id>/
+
+
+def relative(dest: str | Destination, url: str, video_id: str | None = None) -> str:
+    """The path in the destination of an output that a manifest row names by its URL (absolute local path or s3://
+    URL). Rows keep the URL the output was written under; a destination copied, moved or mounted elsewhere since
+    (another folder, bucket or prefix) still finds its outputs, which keep their place in it: ``<video_id>/...``
+    (found by the row's ``video_id``, else by the layout's depth)."""
     d = destination(dest)
     root = d.url("").rstrip("/") + "/"
-    if not url.startswith(root):
-        raise ValueError(f"{url} is not under {root}")
-    return url[len(root) :]
+    if url.startswith(root):
+        return url[len(root) :]
+    if video_id is not None:
+        at = url.rfind(f"/{video_id}/")
+        if at < 0:
+            raise ValueError(f"{url} is not an output of {video_id} (nor under {root})")
+        return url[at + 1 :]
+    parts = url.split("/")
+    if len(parts) < 3:
+        raise ValueError(f"{url} is not an output's URL (nor under {root})")
+    return "/".join(parts[-3:] if parts[-2] in OUTPUT_FOLDERS else parts[-2:])
+
+
+def resolve(dest: str | Destination, url: str | None, video_id: str) -> str | None:
+    """:func:`relative`, as a URL of the destination as it is now."""
+    return destination(dest).url(relative(dest, url, video_id)) if url else url
 
 
 def read_output(dest: str | Destination, url: str) -> bytes:

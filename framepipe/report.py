@@ -172,12 +172,8 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
     index = manifests.load_people_index(d)
     env = _env()
 
-    root_url = d.url("").rstrip("/") + "/"
-
-    def link(page_dir: str, url: str) -> str:  # from a page in page_dir to an output named by its URL
-        if not url.startswith(root_url):
-            raise ValueError(f"{url} is not under {root_url}")
-        return _relative(url[len(root_url):], page_dir)
+    def link(page_dir: str, url: str, vid: str) -> str:  # from a page in page_dir to an output of video vid
+        return _relative(manifests.relative(d, url, vid), page_dir)
 
     # the people index: who is whom (live persons by id, PEOPLE_PER_PAGE a page)
     live = np.zeros(0, dtype=np.int64)
@@ -263,8 +259,8 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
             "error": f"{v.error_type}: {v.error_message}" if _present(v.error_type) else "",
             "kind": ("photo" if not is_video else fmt_time(float(v.duration_s) if _present(v.duration_s) else 0.0)),
             "people": len(rows),
-            "thumb": link(schema.REPORT, reps[len(reps) // 2][0]) if reps else None,
-            "faces": [link(schema.REPORT, cols["face_url"][i]) for i in rows],
+            "thumb": link(schema.REPORT, reps[len(reps) // 2][0], vid) if reps else None,
+            "faces": [link(schema.REPORT, cols["face_url"][i], vid) for i in rows],
         }
 
     shown_gids = {g for _, _, _, persons in lists if persons for g in persons}  # the people pages redone
@@ -289,11 +285,11 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
             given = next((str(n) for n in g_cols["name"][a:b] if _present(n)), None)
             out.append({
                 "id": gid, "name": given, "videos": len(set(g_cols["video_id"][a:b])),
-                "face": link(schema.REPORT, g_cols["face_url"][best]),
+                "face": link(schema.REPORT, g_cols["face_url"][best], g_cols["video_id"][best]),
                 "appearances": [{
                     "video_id": g_cols["video_id"][i], "person_id": int(g_cols["person_id"][i]),
                     "name": _name(g_cols["source"][i]), "page": f"videos/{g_cols['video_id'][i]}.html",
-                    "face": link(schema.REPORT, g_cols["face_url"][i]),
+                    "face": link(schema.REPORT, g_cols["face_url"][i], g_cols["video_id"][i]),
                     "similarity": float(g_cols["similarity"][i])} for i in range(a, b)]})
         return out
 
@@ -359,8 +355,8 @@ def _video_page(env, v, cols: dict, rows: range, targets: list, reps: list, is_v
                                                                                cols["last_seen_s"][i]]
         person_docs.append({
             "person_id": int(cols["person_id"][i]),
-            "face": link(VIDEO_DIR, cols["face_url"][i]),
-            "frame": link(VIDEO_DIR, cols["frame_url"][i]),
+            "face": link(VIDEO_DIR, cols["face_url"][i], v.video_id),
+            "frame": link(VIDEO_DIR, cols["frame_url"][i], v.video_id),
             "quality": float(cols["quality"][i]),
             "appearances": int(cols["appearances"][i]),
             "best": fmt_time(cols["timestamp_s"][i]),
@@ -380,7 +376,7 @@ def _video_page(env, v, cols: dict, rows: range, targets: list, reps: list, is_v
         "is_video": is_video,
         "meta": _meta_rows(v),
         "persons": person_docs,
-        "frames": [{"src": link(VIDEO_DIR, u), "time": fmt_time(t)} for u, t in reps],
+        "frames": [{"src": link(VIDEO_DIR, u, v.video_id), "time": fmt_time(t)} for u, t in reps],
         "start": fmt_time(start),
         "end": fmt_time(start + duration),
     }

@@ -16,7 +16,7 @@ the query are compared.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -120,7 +120,10 @@ def find(
     d = manifests.destination(dest)
     floor = min_similarity if min_similarity is not None else floor_for(settings, model, len(embedding))
     reg, pending = _registry(d, model, len(embedding), settings)
-    return rank(reg, embedding, top, floor, pending)
+    # the outputs' URLs in the destination as it is now (rows keep the URL written, of wherever it was then)
+    return [replace(h, frame_url=manifests.resolve(d, h.frame_url, h.video_id),
+                    face_url=manifests.resolve(d, h.face_url, h.video_id))
+            for h in rank(reg, embedding, top, floor, pending)]
 
 
 def floor_for(settings: Settings, model: str, dim: int) -> float:

@@ -174,3 +174,36 @@ def test_search_without_models_uses_the_destinations_pack(library, tmp_path):
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith(f"framepipe: failed: model_not_found: model pack '{PACK.name}' is not in ")
     assert "--models" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_a_moved_destination_keeps_working(library, tmp_path):
+    """A destination whose registry and report exist, copied elsewhere (``cp -a``; the same for another bucket or
+    prefix): corrections, the report and search work on the copy and link the copy's own files (the rows keep the
+    URLs they were written under; they failed with "... is not under" before)."""
+    import re
+    import shutil
+
+    first = tmp_path / "first"
+    shutil.copytree(library["dest"], first)
+    assert run_cli("people", str(first), timeout=300).returncode == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved, symlinks=True)
+    shutil.rmtree(first)  # nothing of the old place is left to be read by mistake
+    gid = int(_index(moved).global_person_id.min())
+    proc = run_cli("people", str(moved), "--name", f"{gid}=Pat", timeout=300)
+    assert proc.returncode == 0 and f"person {gid} is Pat" in proc.stdout, proc.stderr
+    pages = [moved / "report" / "index.html", *sorted((moved / "report" / "videos").glob("*.html"))[:3]]
+    for page in pages:
+        links = re.findall(r'(?:src|href)="([^"#]+\.(?:jpg|png))"', page.read_text())
+        assert links, page
+        missing = [u for u in links if not (page.parent / u).resolve().is_file()]
+        assert not missing, (page, missing[:3])
+    proc = run_cli("search", str(MEDIA / OBAMA_PHOTO), str(moved), "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(proc.stdout)["results"]
+    assert hits and all(h["frame_url"].startswith(f"{moved}/") and os.path.isfile(h["frame_url"]) for h in hits), hits
+    from framepipe import manifests  # the notebook's way to an output named by a row
+
+    row = manifests.load_people(moved, columns=["video_id", "face_url"]).iloc[0]
+    assert not row.face_url.startswith(f"{moved}/")  # the URL written, of the first place
+    assert manifests.read_output(moved, row.face_url).startswith(b"\xff\xd8")
