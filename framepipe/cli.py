@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     pe.add_argument("--split", action="append", default=[], metavar="VIDEO_ID:PERSON_ID",
                     help="give one person of one input a global person of its own (repeatable)")
     pe.add_argument("--model", help="the embedding model whose registry the corrections apply to")
+    pe.add_argument("--check", action="store_true", help="list the destination's damaged files (exit 1 if any) and "
+                    "change nothing")
     pe.add_argument("--no-report", action="store_true", help="do not refresh DEST/report")
     se = sub.add_parser("search", help="find a photo's (or a video's) person in every input of a destination")
     se.add_argument("query", help="photo or video: local path, http(s) URL or s3://bucket/key")
@@ -202,7 +204,7 @@ def _extract_many(args, settings) -> int:
 def _search(args) -> int:
     import json
 
-    from framepipe import search
+    from framepipe import manifests, search
     from framepipe.analyzer import LocalAnalyzer
     from framepipe.config import Settings
     from framepipe.errors import FramepipeError
@@ -227,6 +229,7 @@ def _search(args) -> int:
     except FramepipeError as e:
         print(f"framepipe: failed: {e.line}", file=sys.stderr)
         return EXIT_FAILED
+    _say_damaged(manifests.destination(args.dest))
     floor = search.floor_for(settings, analyzer.pack, len(face.embedding))
     if args.json:
         doc = {"query": args.query, **search.answer(faces, args.face, floor, hits)}
@@ -295,6 +298,15 @@ def _more(count: int) -> None:
         print(f"  ... and {count - LISTED} more (manifests/people_index.parquet)")
 
 
+def _say_damaged(d) -> None:
+    """A warning line for each damaged file of the destination that this command did without."""
+    from framepipe import commits, tables
+
+    for rel in sorted(tables.DAMAGED | commits.DAMAGED):
+        print(f"framepipe: warning: {d.url(rel)} is damaged: done without it (framepipe people DEST --check)",
+              file=sys.stderr)
+
+
 def _destination_command(args) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -307,6 +319,13 @@ def _destination_command(args) -> int:
         if not d.is_s3 and not os.path.isdir(d.root):
             print(f"framepipe: no such directory: {args.dest}", file=sys.stderr)
             return EXIT_FAILED
+        if args.command == "people" and args.check:
+            bad = manifests.check(d)
+            for rel in bad:
+                print(f"damaged: {d.url(rel)}")
+            print(f"{len(bad)} damaged file(s) in {d.url('')}" + (": readers skip a damaged manifest file and use the "
+                  "registry's version before a damaged one; restore them from a copy or remove them" if bad else ""))
+            return EXIT_FAILED if bad else EXIT_OK
         if args.command == "people":
             try:
                 settings = Settings().with_overrides(people_max_distance=args.max_distance)
@@ -362,6 +381,7 @@ def _destination_command(args) -> int:
                       f"{done['vacuumed']} unused files removed")
         else:
             print(f"report: {report.write(d)}")
+        _say_damaged(d)
         return EXIT_OK
     except FramepipeError as e:
         print(f"framepipe: failed: {e.line}", file=sys.stderr)

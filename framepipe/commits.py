@@ -26,13 +26,16 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
 
-from framepipe.errors import DestinationError
+import pyarrow as pa
+
+from framepipe.errors import DamagedDestination, DestinationError
 from framepipe.storage import AlreadyExists, Destination
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 LOG, DATA = "_log", "data"
 KEEP_VERSIONS = 20  # older log entries, and data files only they name, are pruned after a commit
 
@@ -46,6 +49,7 @@ class Version:
     number: int  # 0: nothing committed yet
     files: dict[str, str] = field(default_factory=dict)  # part name -> data file, relative to the root
     meta: dict = field(default_factory=dict)
+    entry: int | None = None  # the log entry it was read from, when older than ``number`` (a damaged one above it)
 
 
 def _entry(number: int) -> str:
@@ -58,12 +62,56 @@ def versions(d: Destination, root: str) -> list[int]:
 
 
 def latest(d: Destination, root: str) -> Version:
-    """The highest committed version (``Version(0)`` when nothing is committed)."""
+    """The highest committed version (``Version(0)`` when nothing is committed, or nothing readable); a damaged
+    log entry (truncated, emptied) stands for the newest readable one below it (:func:`good`)."""
+    return next(good(d, root), Version(0))
+
+
+DAMAGED: set[str] = set()  # files (relative to the destination) this process found damaged and did without
+# what reading a damaged data file raises: Arrow's errors (Parquet: "magic bytes not found"...), the index's
+DAMAGE = (pa.ArrowException, RuntimeError, EOFError)
+
+
+def _damaged(d: Destination, relpath: str, reason: str) -> None:
+    if relpath not in DAMAGED:
+        DAMAGED.add(relpath)
+        log.warning("%s is damaged (%s): using the version before it", d.url(relpath), reason)
+
+
+def good(d: Destination, root: str) -> Iterator[Version]:
+    """The committed versions whose log entries can be read, newest first, each numbered as the newest entry (a
+    commit goes after a damaged entry, never onto its number): what a reader falls back to, one version at a
+    time, when the files of a newer one cannot be read (:func:`first_readable`)."""
+    return _good(d, root, versions(d, root))
+
+
+def _good(d: Destination, root: str, found: list[int]) -> Iterator[Version]:
+    for n in reversed(found):
+        try:
+            doc = json.loads(d.read(f"{root}/{_entry(n)}"))
+            version = Version(int(doc["version"]), dict(doc["files"]), dict(doc.get("meta", {})))
+        except (ValueError, KeyError, TypeError) as e:
+            _damaged(d, f"{root}/{_entry(n)}", type(e).__name__)
+            continue
+        yield version if n == found[-1] else Version(found[-1], version.files, version.meta, entry=n)
+
+
+def first_readable(d: Destination, root: str, use: Callable[[Version], T]) -> T:
+    """``use(version)`` of the newest version whose files can be read: one whose data file is damaged is reported
+    (:data:`DAMAGED`) and the one before it used. :class:`DamagedDestination` when none can be read."""
     found = versions(d, root)
     if not found:
-        return Version(0)
-    doc = json.loads(d.read(f"{root}/{_entry(found[-1])}"))
-    return Version(int(doc["version"]), dict(doc["files"]), dict(doc.get("meta", {})))
+        return use(Version(0))
+    last = None
+    for version in _good(d, root, found):
+        try:
+            return use(version)
+        except DAMAGE as e:
+            last = e
+            _damaged(d, f"{root}/{_entry(version.entry or version.number)}",
+                     f"a file it names: {type(e).__name__}: {str(e)[:80]}")
+    raise DamagedDestination(f"no version of {d.url(root)} can be read ({type(last).__name__}: {str(last)[:120]}); "
+                             "framepipe people DEST --check lists the damaged files")
 
 
 def read(d: Destination, root: str, version: Version, name: str) -> bytes:
@@ -104,8 +152,8 @@ def transact(d: Destination, root: str, change: Callable[[Version], tuple[dict[s
     """Read the latest version, let ``change(version)`` return (new parts, meta, parts kept), commit; on a
     :class:`Conflict` read the newer version and apply the change again."""
     for attempt in range(attempts):
-        base = latest(d, root)
-        parts, meta, keep = change(base)
+        # the newest version whose files can be read: a damaged one is passed over (and replaced by this commit)
+        base, (parts, meta, keep) = first_readable(d, root, lambda v: (v, change(v)))
         try:
             return commit(d, root, base, parts, meta, keep)
         except Conflict:

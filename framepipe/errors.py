@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     BAD_CORRECTION = "bad_correction"  # framepipe people: a name, merge or split that names nobody
     NO_FACE = "no_face"  # search: the query holds no face
     NO_PEOPLE_OF_MODEL = "no_people_of_model"  # search: the destination has no people of the query's model
+    DAMAGED_DESTINATION = "damaged_destination"  # a file of the destination cannot be read and nothing replaces it
 
 
 # failures worth retrying on a later run; the others are properties of the input and are final (marked done)
@@ -95,6 +96,12 @@ class NoFrames(FramepipeError):
     """The video holds no decodable frame."""
 
     code = ErrorCode.NO_FRAMES
+
+
+class DamagedDestination(FramepipeError):
+    """A destination's file is damaged (truncated, emptied) and no earlier version can stand in for it."""
+
+    code = ErrorCode.DAMAGED_DESTINATION
 
 
 class InputTooLarge(FramepipeError):

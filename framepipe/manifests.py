@@ -68,10 +68,10 @@ def load_people_index(dest: str | Destination) -> pd.DataFrame | None:
     """The people index of the registry's latest committed version (``framepipe people``; None if it has not run
     on this destination)."""
     d = destination(dest)
-    version = commits.latest(d, schema.REGISTRY)
-    if schema.PEOPLE_INDEX_PART in version.files:
-        table = pq.read_table(io.BytesIO(commits.read(d, schema.REGISTRY, version, schema.PEOPLE_INDEX_PART)))
-        return _conform(table, schema.PEOPLE_INDEX_SCHEMA).to_pandas()
+    index = commits.first_readable(d, schema.REGISTRY, lambda version: pq.read_table(io.BytesIO(commits.read(
+        d, schema.REGISTRY, version, schema.PEOPLE_INDEX_PART))) if schema.PEOPLE_INDEX_PART in version.files else None)
+    if index is not None:
+        return _conform(index, schema.PEOPLE_INDEX_SCHEMA).to_pandas()
     if not d.exists(schema.PEOPLE_INDEX):
         return None
     return _conform(pq.read_table(io.BytesIO(d.read(schema.PEOPLE_INDEX))), schema.PEOPLE_INDEX_SCHEMA).to_pandas()
@@ -81,7 +81,10 @@ def load_registry(dest: str | Destination) -> pd.DataFrame | None:
     """The person registry's global persons as of its latest committed version (every embedding model, a ``model``
     column added; the centroid left out), or None before ``framepipe people`` has run."""
     d = destination(dest)
-    version = commits.latest(d, schema.REGISTRY)
+    return commits.first_readable(d, schema.REGISTRY, lambda version: _registry_at(d, version))
+
+
+def _registry_at(d: Destination, version: commits.Version) -> pd.DataFrame | None:
     if version.meta.get("layers"):  # base files and segments written since: the registry reads them
         from framepipe.registry_model import Registry
 
@@ -135,3 +138,26 @@ def read_output(dest: str | Destination, url: str) -> bytes:
     """The bytes of an output file (a JPEG, say) named by its URL in a manifest."""
     d = destination(dest)
     return d.read(relative(d, url))
+
+
+def check(dest: str | Destination) -> list[str]:
+    """The damaged files of a destination (relative paths): the manifest tables' data files and the registry's
+    log entries and the data files of its newest readable version that cannot be read (``framepipe people DEST
+    --check``). Readers do without them (a table's other files, the registry's version before); this says which to
+    restore or remove."""
+    d = destination(dest)
+    bad = [name for kind in tables.KINDS for name in tables.damaged_files(d, kind)]
+    version = commits.latest(d, schema.REGISTRY)  # damaged log entries are recorded as it passes them
+    bad += sorted(p for p in commits.DAMAGED if p.startswith(f"{schema.REGISTRY}/"))
+    for name, rel in sorted(version.files.items()):
+        path = f"{schema.REGISTRY}/{rel}"
+        try:
+            data = d.read(path)
+            if rel.endswith(".parquet"):
+                pq.ParquetFile(io.BytesIO(data)).metadata
+            elif not data:
+                raise ValueError("empty")
+        except Exception:  # noqa: BLE001 - the file's name says what to look at
+            bad.append(path)
+    return list(dict.fromkeys(bad))
+

@@ -130,6 +130,8 @@ def update_destination(
 
     def change(version: commits.Version):
         rows, partial, seen = (given, False, None) if given is not None else people_since(d, version)
+        if tables.DAMAGED and not partial:  # rows of a damaged file were skipped: their videos' members stay,
+            partial, seen = True, version.meta.get("people_version")  # and the next update reads them again
         groups = model_groups(rows, version, partial)
         registries = [Registry.load(d, name, dim, version, light=partial) for name, dim, _ in groups]
         next_id = [max([int(version.meta.get("next_id", 0))]

@@ -119,11 +119,15 @@ def find(
     """The destination's people most like ``embedding`` (of model pack ``model``), best first."""
     d = manifests.destination(dest)
     floor = min_similarity if min_similarity is not None else floor_for(settings, model, len(embedding))
-    reg, pending = _registry(d, model, len(embedding), settings)
+
+    def at(version: commits.Version) -> list[Hit]:  # a version whose files are damaged: the one before it
+        reg, pending = _registry(d, model, len(embedding), settings, version)
+        return rank(reg, embedding, top, floor, pending)
+
     # the outputs' URLs in the destination as it is now (rows keep the URL written, of wherever it was then)
     return [replace(h, frame_url=manifests.resolve(d, h.frame_url, h.video_id),
                     face_url=manifests.resolve(d, h.face_url, h.video_id))
-            for h in rank(reg, embedding, top, floor, pending)]
+            for h in commits.first_readable(d, schema.REGISTRY, at)]
 
 
 def floor_for(settings: Settings, model: str, dim: int) -> float:
@@ -193,13 +197,13 @@ def destination_packs(dest: str | Destination) -> list[str]:
     return sorted({re.sub(r"-\d+d$", "", n) for n in names})  # a registry named "<pack>-<dim>d" (models_of)
 
 
-def _registry(d: Destination, model: str, dim: int, settings: Settings) -> tuple[registry.Registry, Pending | None]:
+def _registry(d: Destination, model: str, dim: int, settings: Settings,
+              version: commits.Version) -> tuple[registry.Registry, Pending | None]:
     """This model's committed registry, read light (:meth:`~framepipe.registry.Registry.load` ``light``: the index
     memory-mapped, no embeddings but those of the persons found), and the people appended since its version
     (the tables' change feed): never the whole destination once a registry exists. A destination without one is
     registered in memory for the answer. Search never writes the registry (``framepipe people`` and the backfill
     do)."""
-    version = commits.latest(d, schema.REGISTRY)
     people, partial, _ = registry.people_since(d, version)
     groups = registry.model_groups(people, version, partial)
     # registries are named as models_of names them

@@ -174,13 +174,10 @@ def _raw(d: Destination, kind: str, table, columns=None, filter=None, keep=None)
         present = {f.name for f in table.schema().fields}  # a column newer than the table is read as nulls
         asked = None if columns is None else [c for c in columns if c in present]
         dataset = table.to_pyarrow_dataset()
-        if keep is None:
-            parts.append(conform(dataset.to_table(columns=asked, filter=filter), target))
-        else:
-            kept = [keep(conform(pa.Table.from_batches([b]), target))
-                    for b in dataset.to_batches(columns=asked, filter=filter, batch_size=BATCH_ROWS, batch_readahead=2,
-                                                fragment_readahead=1) if b.num_rows]
-            parts.append(pa.concat_tables(kept) if kept else conform(target.empty_table(), target))
+        try:
+            parts.append(_scan(dataset, target, asked, filter, keep))
+        except (pa.ArrowException, OSError):  # a damaged data file: read file by file, that one reported and skipped
+            parts.append(_scan_skipping(d, kind, dataset, target, asked, filter, keep))
     if _has_legacy(d, kind, table):
         parts += [keep(t) if keep else t for t in _read_legacy(d, kind, columns, filter)]
     if not parts:
@@ -203,6 +200,51 @@ def read_files(d: Destination, relpaths: list[str], target: pa.Schema, columns=N
 
 def _read_legacy(d: Destination, kind: str, columns=None, filter=None) -> list[pa.Table]:
     return read_files(d, legacy_files(d, kind), KINDS[kind], columns, filter)
+
+
+def _scan(dataset, target: pa.Schema, asked, filter, keep) -> pa.Table:
+    if keep is None:
+        return conform(dataset.to_table(columns=asked, filter=filter), target)
+    kept = [keep(conform(pa.Table.from_batches([b]), target))
+            for b in dataset.to_batches(columns=asked, filter=filter, batch_size=BATCH_ROWS, batch_readahead=2,
+                                        fragment_readahead=1) if b.num_rows]
+    return pa.concat_tables(kept) if kept else conform(target.empty_table(), target)
+
+
+def _scan_skipping(d: Destination, kind: str, dataset, target: pa.Schema, asked, filter, keep) -> pa.Table:
+    """:func:`_scan`, a data file at a time: a file that cannot be read (truncated, emptied) is logged, recorded
+    in :data:`DAMAGED` and skipped; the rows of every other file are read."""
+    import pyarrow.dataset as ds
+
+    parts = []
+    for fragment in dataset.get_fragments(filter=filter):
+        try:
+            parts.append(_scan(ds.FileSystemDataset([fragment], dataset.schema, dataset.format, dataset.filesystem),
+                               target, asked, filter, keep))
+        except (pa.ArrowException, OSError) as e:  # (an emptied file: the storage layer's OSError)
+            name = f"{path(kind)}/{fragment.path.rsplit('/', 1)[-1]}"
+            DAMAGED.add(name)
+            log.warning("skipping the damaged data file %s of the %s table: %s", d.url(name), kind,
+                        str(e).split(". ")[0])
+    return pa.concat_tables(parts) if parts else conform(target.empty_table(), target)
+
+
+DAMAGED: set[str] = set()  # data files (relative to the destination) found damaged and skipped by this process
+
+
+def damaged_files(d: Destination, kind: str) -> list[str]:
+    """The data files of the table's current version that cannot be read (their footers checked: no row read)."""
+    table = _open(d, kind)
+    if table is None:
+        return []
+    bad = []
+    for uri in table.file_uris():
+        name = f"{path(kind)}/{uri.rsplit('/', 1)[-1]}"
+        try:
+            pq.ParquetFile(io.BytesIO(d.read(name))).metadata
+        except Exception:  # noqa: BLE001 - what is wrong with it is said by the file's name
+            bad.append(name)
+    return bad
 
 
 def current_runs(d: Destination, filter=None) -> pa.Table:
