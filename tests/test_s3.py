@@ -44,3 +44,35 @@ def test_missing_s3_object_fails_cleanly(bucket, s3_server, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "source_not_found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_destination_moved_to_another_prefix_keeps_working(bucket, s3_server, tmp_path):
+    """Every object of an S3 destination copied to another prefix and the old ones deleted (as ``aws s3 mv``):
+    corrections, the report and search work there and name the new prefix's objects."""
+    import posixpath
+    import re
+
+    s3 = boto3.client("s3")
+    env = s3_server["env"]
+    proc = run_cli("extract", str(MEDIA / "videos/tears_of_steel_10s.mp4"), "--out", f"s3://{bucket}/old", env_extra=env)
+    assert proc.returncode == 0, proc.stderr
+    assert run_cli("people", f"s3://{bucket}/old", "--no-report", env_extra=env, timeout=300).returncode == 0
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="old/")
+            for o in page.get("Contents", [])]
+    for key in keys:
+        s3.copy_object(Bucket=bucket, Key="new/" + key[4:], CopySource={"Bucket": bucket, "Key": key})
+        s3.delete_object(Bucket=bucket, Key=key)
+    proc = run_cli("people", f"s3://{bucket}/new", "--name", "0=Pat", env_extra=env, timeout=300)
+    assert proc.returncode == 0 and "person 0 is Pat" in proc.stdout, proc.stderr
+    page = s3.get_object(Bucket=bucket, Key="new/report/index.html")["Body"].read().decode()
+    links = re.findall(r'src="([^"]+\.jpg)"', page)
+    assert links
+    for link in links:
+        s3.head_object(Bucket=bucket, Key=posixpath.normpath(posixpath.join("new/report", link)))
+    face = tmp_path / "face.jpg"
+    face.write_bytes(s3.get_object(Bucket=bucket, Key=next(k for k in ("new/" + k[4:] for k in keys)
+                                                              if k.endswith("person_000.jpg")))["Body"].read())
+    proc = run_cli("search", str(face), f"s3://{bucket}/new", "--json", env_extra=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(proc.stdout)["results"]
+    assert hits and all(h["frame_url"].startswith(f"s3://{bucket}/new/") for h in hits), hits
