@@ -90,8 +90,10 @@ class Destination:
         removed = 0
         for folder, _, names in os.walk(self.url(relpath)):
             for name in names:
+                if not name.endswith(".part") or not name.startswith(prefix):
+                    continue  # (a report's folder holds a page per video: no path made for each)
                 path = os.path.join(folder, name)
-                if name.endswith(".part") and name.startswith(prefix) and _dead_writers(path, name):
+                if _dead_writers(path, name):
                     with contextlib.suppress(OSError):
                         os.unlink(path)
                         removed += 1
