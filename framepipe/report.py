@@ -105,6 +105,7 @@ VIDEOS_PER_PAGE = 500  # video cards per index page
 PEOPLE_PER_PAGE = 200  # global persons per people page
 STATE = f"{schema.REPORT}/_state.json"  # each list page's fingerprint at the last report: unchanged ones not redone
 VIDEO_STATE = f"{schema.REPORT}/_videos.parquet"  # the videos in list order, each with its page's hash
+WRITING = f"{schema.REPORT}/_writing"  # there while a report is written: the next run sweeps a killed one's parts
 PEOPLE_COLUMNS = ["video_id", "source", "person_id", "face_url", "frame_url", "quality", "appearances",
                   "timestamp_s", "first_seen_s", "last_seen_s", "seen_s"]
 
@@ -136,8 +137,11 @@ def _summed(keys: pd.Series, hashes: np.ndarray, wanted) -> np.ndarray:
     """The hashes of rows summed per key (order-free, wrapping), one for each of the ``wanted`` keys (0: none)."""
     if not len(keys):
         return np.zeros(len(wanted), dtype=np.uint64)
-    per_key = pd.Series(hashes, index=keys.to_numpy(), dtype=np.uint64).groupby(level=0).sum()
-    return per_key.reindex(wanted, fill_value=0).to_numpy(dtype=np.uint64)
+    codes, uniques = pd.factorize(keys)
+    per_key = np.zeros(len(uniques), dtype=np.uint64)
+    np.add.at(per_key, codes, hashes)
+    at = pd.Index(uniques).get_indexer(wanted)
+    return np.where(at >= 0, per_key[at], np.uint64(0))
 
 
 def _isin(strings: pd.Series, values) -> np.ndarray:
@@ -212,9 +216,10 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
         state[_page("videos", n) if n > 1 else "index/videos"] = fingerprint
     people_lists = [live[i : i + PEOPLE_PER_PAGE].tolist() for i in range(0, len(live), PEOPLE_PER_PAGE)] or [[]]
     if index is not None and len(live):
+        # (not source and face_url: a video id names its source, and a person's face is at a fixed path in its
+        # video's folder; hashing those long strings was a third of the report's time at 100,000 videos)
         person = _summed(index["global_person_id"], _row_hashes(index[[
-            "global_person_id", "video_id", "person_id", "source", "face_url", "similarity", "quality", "name"]]),
-            live)
+            "global_person_id", "video_id", "person_id", "similarity", "quality", "name"]]), live)
         for n, fingerprint in enumerate(_list_fingerprints(person, PEOPLE_PER_PAGE), 1):
             if n > 1:
                 state[_page("people", n)] = fingerprint
@@ -396,7 +401,9 @@ def write(dest: str | Destination) -> str:
     """Render and write the report's pages that changed since the last report (a page is written whole, the
     state last: a killed run redoes its pages next time); returns the URL (path or s3://) of its index.html."""
     d = manifests.destination(dest)
-    d.remove_partials(schema.REPORT)
+    if d.exists(WRITING) or not d.exists(STATE):  # a run killed while writing (or none finished yet): its
+        d.remove_partials(schema.REPORT)  # half-written pages swept; not a walk of every page at each report
+    d.write(WRITING, b"")
     try:
         previous = json.loads(d.read(STATE)) if d.exists(STATE) else None
         if previous is not None and previous.get("version") == REPORT_VERSION and d.exists(VIDEO_STATE):
@@ -411,6 +418,7 @@ def write(dest: str | Destination) -> str:
     # the state last (the videos' hashes, then the pages'): a run killed before redoes what it had not recorded
     d.write(VIDEO_STATE, schema.parquet_bytes(pa.Table.from_pandas(state["videos"], preserve_index=False)))
     d.write(STATE, json.dumps({"pages": state["pages"], "version": REPORT_VERSION}).encode())
+    d.delete(WRITING)
     return d.url(INDEX)
 
 

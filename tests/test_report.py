@@ -184,3 +184,23 @@ def test_report_and_people_on_s3_write_next_to_the_manifests(bucket, s3_server):
 def test_report_of_a_missing_destination_is_one_clear_line():
     proc = run_cli("report", "/nonexistent/framepipe-out")
     assert proc.returncode == 1 and proc.stderr.strip() == "framepipe: no such directory: /nonexistent/framepipe-out"
+
+
+def test_a_killed_report_leaves_nothing_half_written(library, tmp_path):
+    """A report killed while writing leaves its marker and ``*.part`` pages; the next report sweeps them (the sweep
+    walks the report's folder only then: not a listing of every page at each report)."""
+    from framepipe import report
+    from framepipe.storage import HOST
+
+    dest = tmp_path / "dest"
+    shutil.copytree(library["dest"], dest)
+    report.write(str(dest))
+    assert not (dest / "report" / "_writing").exists()
+    page = next((dest / "report" / "videos").glob("*.html"))
+    dead = Path(f"{page}.{HOST}~999999999~deadbeef.part")  # a writer whose process is gone
+    dead.write_text("half a page")
+    report.write(str(dest))  # no marker: a clean last run, no sweep
+    assert dead.exists()
+    (dest / "report" / "_writing").write_bytes(b"")  # as a run killed mid-write leaves it
+    report.write(str(dest))
+    assert not dead.exists() and not (dest / "report" / "_writing").exists()
