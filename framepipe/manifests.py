@@ -64,17 +64,42 @@ def load_people(dest: str | Destination, filter=None, columns: list[str] | None 
     return df.sort_values([c for c in ("source", "person_id") if c in df], ignore_index=True)
 
 
-def load_people_index(dest: str | Destination) -> pd.DataFrame | None:
-    """The people index of the registry's latest committed version (``framepipe people``; None if it has not run
-    on this destination)."""
+def people_index_file(dest: str | Destination) -> pq.ParquetFile | None:
+    """The people index of the registry's latest committed version, as an open Parquet file in memory (read its
+    columns or rows with :func:`read_people_index`); None if ``framepipe people`` has not run on this
+    destination."""
     d = destination(dest)
-    index = commits.first_readable(d, schema.REGISTRY, lambda version: pq.read_table(io.BytesIO(commits.read(
-        d, schema.REGISTRY, version, schema.PEOPLE_INDEX_PART))) if schema.PEOPLE_INDEX_PART in version.files else None)
-    if index is not None:
-        return _conform(index, schema.PEOPLE_INDEX_SCHEMA).to_pandas()
-    if not d.exists(schema.PEOPLE_INDEX):
-        return None
-    return _conform(pq.read_table(io.BytesIO(d.read(schema.PEOPLE_INDEX))), schema.PEOPLE_INDEX_SCHEMA).to_pandas()
+
+    def opened(version: commits.Version) -> pq.ParquetFile | None:
+        if schema.PEOPLE_INDEX_PART not in version.files:
+            return None
+        found = pq.ParquetFile(io.BytesIO(commits.read(d, schema.REGISTRY, version, schema.PEOPLE_INDEX_PART)))
+        found.metadata  # a damaged file fails here, within first_readable: the version before is used
+        return found
+
+    found = commits.first_readable(d, schema.REGISTRY, opened)
+    if found is None and d.exists(schema.PEOPLE_INDEX):
+        found = pq.ParquetFile(io.BytesIO(d.read(schema.PEOPLE_INDEX)))
+    return found
+
+
+def read_people_index(file: pq.ParquetFile, columns: list[str] | None = None, filter=None) -> pd.DataFrame:
+    """Rows of a :func:`people_index_file` in the current schema (``columns``: those only; ``filter``: a pyarrow
+    expression on them)."""
+    target = schema.PEOPLE_INDEX_SCHEMA if columns is None else pa.schema(
+        [schema.PEOPLE_INDEX_SCHEMA.field(c) for c in columns])
+    present = set(file.schema_arrow.names)
+    table = file.read(columns=[c for c in target.names if c in present])
+    if filter is not None:
+        table = table.filter(filter)
+    return _conform(table, target).to_pandas()
+
+
+def load_people_index(dest: str | Destination, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """The people index of the registry's latest committed version (``framepipe people``; None if it has not run
+    on this destination); ``columns``: those only."""
+    found = people_index_file(dest)
+    return None if found is None else read_people_index(found, columns)
 
 
 def load_registry(dest: str | Destination) -> pd.DataFrame | None:

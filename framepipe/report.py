@@ -162,6 +162,9 @@ def _list_fingerprints(hashes: np.ndarray, per_page: int) -> list[str]:
 
 
 VIDEO_COLUMNS = ["video_id", "source", "run_id", "processed_at", "status", "duration_s", "people"]
+# the people index's columns read for every person (what the pages' hashes are made of); the people pages redone
+# read their persons' source and face too
+INDEX_COLUMNS = ["global_person_id", "video_id", "person_id", "similarity", "quality", "name"]
 
 
 def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str, str], dict]:
@@ -182,7 +185,8 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
     else:
         order = by_source.to_numpy(dtype=object)
     videos = videos.set_index("video_id", drop=False).loc[order].reset_index(drop=True)
-    index = manifests.load_people_index(d)
+    index_file = manifests.people_index_file(d)  # read once: its light columns for all, the rest for pages redone
+    index = None if index_file is None else manifests.read_people_index(index_file, INDEX_COLUMNS)
     env = _env()
 
     def link(page_dir: str, url: str, vid: str) -> str:  # from a page in page_dir to an output of video vid
@@ -278,7 +282,8 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
         }
 
     shown_gids = {g for _, _, _, persons in lists if persons for g in persons}  # the people pages redone
-    by_gid = index[index["global_person_id"].isin(shown_gids)].sort_values(
+    by_gid = manifests.read_people_index(index_file, INDEX_COLUMNS + ["source", "face_url"], pc.field(
+        "global_person_id").isin(sorted(shown_gids))).sort_values(
         ["global_person_id", "source", "person_id"], kind="stable", ignore_index=True) if index is not None else None
 
     g_cols: dict = {}
