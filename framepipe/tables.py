@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import time
 import uuid
@@ -92,8 +93,35 @@ def _open(d: Destination, kind: str, version: int | None = None, attempts: int =
             if not exists(d, kind):
                 return None
             if attempt == attempts - 1:
-                raise DestinationError(f"cannot read the table {_uri(d, kind)}: {e}") from None
+                damaged = damaged_log_entries(d, kind)
+                if damaged and version is None:  # read the version before the first damaged commit
+                    for name in damaged:
+                        if name not in DAMAGED:
+                            DAMAGED.add(name)
+                            log.warning("%s is damaged: reading the table's version before it", d.url(name))
+                    number = int(damaged[0].rsplit("/", 1)[-1].split(".")[0])
+                    if number > 0:
+                        return _open(d, kind, number - 1, attempts=1)
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise DestinationError(f"cannot read the table {_uri(d, kind)}: {reason}") from None
             time.sleep(0.1 * (attempt + 1))
+
+
+def damaged_log_entries(d: Destination, kind: str) -> list[str]:
+    """The table's log entries (``_delta_log/<n>.json``, oldest first) that are not whole JSON lines: a truncated
+    or emptied commit."""
+    folder = f"{path(kind)}/_delta_log"
+    bad = []
+    for name in sorted(n for n in d.list(folder) if n.endswith(".json") and n[:-5].isdigit()):
+        try:
+            lines = d.read(f"{folder}/{name}").decode().splitlines()
+            if not lines:
+                raise ValueError("empty")
+            for line in lines:
+                json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            bad.append(f"{folder}/{name}")
+    return bad
 
 
 def legacy_files(d: Destination, kind: str) -> list[str]:
@@ -229,15 +257,15 @@ def _scan_skipping(d: Destination, kind: str, dataset, target: pa.Schema, asked,
     return pa.concat_tables(parts) if parts else conform(target.empty_table(), target)
 
 
-DAMAGED: set[str] = set()  # data files (relative to the destination) found damaged and skipped by this process
+DAMAGED: set[str] = set()  # data files and log entries (relative to the destination) this process did without
 
 
 def damaged_files(d: Destination, kind: str) -> list[str]:
     """The data files of the table's current version that cannot be read (their footers checked: no row read)."""
+    bad = damaged_log_entries(d, kind)
     table = _open(d, kind)
     if table is None:
-        return []
-    bad = []
+        return bad
     for uri in table.file_uris():
         name = f"{path(kind)}/{uri.rsplit('/', 1)[-1]}"
         try:

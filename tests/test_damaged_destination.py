@@ -87,3 +87,17 @@ def test_a_first_build_skips_a_damaged_manifest_file(library, tmp_path):
     index = _index(dest)
     assert set(index.video_id) == set(everyone.video_id) - lost
     assert len(index) == int((~everyone.video_id.isin(lost)).sum())
+
+
+def test_a_damaged_table_commit_is_read_around(library, tmp_path):
+    """A truncated commit of the videos table's log (``_delta_log/<n>.json``): readers read the table's version
+    before it, say so, and ``--check`` lists it (it was a destination_error with a page of Rust backtrace)."""
+    dest = tmp_path / "dest"
+    shutil.copytree(library["dest"], dest)
+    entry = sorted((dest / "manifests" / "videos" / "_delta_log").glob("*.json"))[-1]
+    entry.write_bytes(entry.read_bytes()[:30])
+    proc = run_cli("report", str(dest), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == f"framepipe: warning: {entry} is damaged: done without it (framepipe people DEST --check)\n"
+    proc = run_cli("people", str(dest), "--check")
+    assert proc.returncode == 1 and f"damaged: {entry}\n" in proc.stdout, proc.stdout
