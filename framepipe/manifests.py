@@ -174,15 +174,6 @@ def check(dest: str | Destination) -> list[str]:
     bad = [name for kind in tables.KINDS for name in tables.damaged_files(d, kind)]
     version = commits.latest(d, schema.REGISTRY)  # damaged log entries are recorded as it passes them
     bad += sorted(p for p in commits.DAMAGED if p.startswith(f"{schema.REGISTRY}/"))
-    for name, rel in sorted(version.files.items()):
-        path = f"{schema.REGISTRY}/{rel}"
-        try:
-            data = d.read(path)
-            if rel.endswith(".parquet"):
-                pq.ParquetFile(io.BytesIO(data)).metadata
-            elif not data:
-                raise ValueError("empty")
-        except Exception:  # noqa: BLE001 - the file's name says what to look at
-            bad.append(path)
+    bad += [path for path in (f"{schema.REGISTRY}/{rel}" for _, rel in sorted(version.files.items()))
+            if tables.unreadable(d, path)]
     return list(dict.fromkeys(bad))
-

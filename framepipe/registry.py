@@ -182,7 +182,6 @@ def people_since(d: Destination, version: commits.Version) -> tuple[pd.DataFrame
     return manifests.load_people(d, columns=PEOPLE_COLUMNS), False, seen
 
 
-
 def registered(version: commits.Version) -> list[tuple[str, int]]:
     return [(name, int(dim)) for name, dim in version.meta.get("dims", {}).items()]
 

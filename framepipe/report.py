@@ -222,8 +222,7 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
     if index is not None and len(live):
         # (not source and face_url: a video id names its source, and a person's face is at a fixed path in its
         # video's folder; hashing those long strings was a third of the report's time at 100,000 videos)
-        person = _summed(index["global_person_id"], _row_hashes(index[[
-            "global_person_id", "video_id", "person_id", "similarity", "quality", "name"]]), live)
+        person = _summed(index["global_person_id"], _row_hashes(index[INDEX_COLUMNS]), live)
         for n, fingerprint in enumerate(_list_fingerprints(person, PEOPLE_PER_PAGE), 1):
             if n > 1:
                 state[_page("people", n)] = fingerprint

@@ -96,9 +96,7 @@ def _open(d: Destination, kind: str, version: int | None = None, attempts: int =
                 damaged = damaged_log_entries(d, kind)
                 if damaged and version is None:  # read the version before the first damaged commit
                     for name in damaged:
-                        if name not in DAMAGED:
-                            DAMAGED.add(name)
-                            log.warning("%s is damaged: reading the table's version before it", d.url(name))
+                        _note_damaged(d, name, "reading the table's version before it")
                     number = int(damaged[0].rsplit("/", 1)[-1].split(".")[0])
                     if number > 0:
                         return _open(d, kind, number - 1, attempts=1)
@@ -250,29 +248,40 @@ def _scan_skipping(d: Destination, kind: str, dataset, target: pa.Schema, asked,
             parts.append(_scan(ds.FileSystemDataset([fragment], dataset.schema, dataset.format, dataset.filesystem),
                                target, asked, filter, keep))
         except (pa.ArrowException, OSError) as e:  # (an emptied file: the storage layer's OSError)
-            name = f"{path(kind)}/{fragment.path.rsplit('/', 1)[-1]}"
-            DAMAGED.add(name)
-            log.warning("skipping the damaged data file %s of the %s table: %s", d.url(name), kind,
-                        str(e).split(". ")[0])
+            _note_damaged(d, f"{path(kind)}/{fragment.path.rsplit('/', 1)[-1]}",
+                          f"skipped: {str(e).splitlines()[0].split('. ')[0]}")
     return pa.concat_tables(parts) if parts else conform(target.empty_table(), target)
 
 
 DAMAGED: set[str] = set()  # data files and log entries (relative to the destination) this process did without
 
 
+def _note_damaged(d: Destination, relpath: str, what: str) -> None:
+    """Record a damaged file the reader did without (once a process) and log what was done instead."""
+    if relpath not in DAMAGED:
+        DAMAGED.add(relpath)
+        log.warning("%s is damaged: %s", d.url(relpath), what)
+
+
+def unreadable(d: Destination, relpath: str) -> bool:
+    """Is this file damaged: a Parquet file whose footer cannot be read (no row read), any other file empty?"""
+    try:
+        data = d.read(relpath)
+        if relpath.endswith(".parquet"):
+            pq.ParquetFile(io.BytesIO(data)).metadata
+        return not data
+    except Exception:  # noqa: BLE001 - what is wrong with it is said by the file's name
+        return True
+
+
 def damaged_files(d: Destination, kind: str) -> list[str]:
-    """The data files of the table's current version that cannot be read (their footers checked: no row read)."""
+    """The table's log entries and the data files of its current version that cannot be read."""
     bad = damaged_log_entries(d, kind)
     table = _open(d, kind)
     if table is None:
         return bad
-    for uri in table.file_uris():
-        name = f"{path(kind)}/{uri.rsplit('/', 1)[-1]}"
-        try:
-            pq.ParquetFile(io.BytesIO(d.read(name))).metadata
-        except Exception:  # noqa: BLE001 - what is wrong with it is said by the file's name
-            bad.append(name)
-    return bad
+    names = (f"{path(kind)}/{uri.rsplit('/', 1)[-1]}" for uri in table.file_uris())
+    return bad + [name for name in names if unreadable(d, name)]
 
 
 def current_runs(d: Destination, filter=None) -> pa.Table:

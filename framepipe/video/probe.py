@@ -33,10 +33,14 @@ def _head(uri: str, size: int, timeout_s: float) -> bytes:
         return b""
 
 
+def _signed(head: bytes, signatures) -> bool:
+    """Does ``head`` carry one of the (offset, bytes) signatures?"""
+    return any(head[off : off + len(sig)] == sig for off, sig in signatures)
+
+
 def _looks_like_video(uri: str, timeout_s: float = 10.0) -> bool:
     """Do the first bytes look like a video container? (Read only after FFmpeg has refused the file.)"""
-    head = _head(uri, 16, timeout_s)
-    return any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES)
+    return _signed(_head(uri, 16, timeout_s), _SIGNATURES)
 
 
 def check_image_size(uri: str, max_pixels: int | None, timeout_s: float = 30.0) -> None:
@@ -45,7 +49,7 @@ def check_image_size(uri: str, max_pixels: int | None, timeout_s: float = 30.0) 
     if not max_pixels:
         return
     head = _head(uri, _IMAGE_HEAD, timeout_s)
-    if not any(head[off : off + len(sig)] == sig for off, sig in _IMAGE_SIGNATURES):
+    if not _signed(head, _IMAGE_SIGNATURES):
         return
     import io
 
