@@ -35,7 +35,7 @@ def _before_manifests(d: Destination, legacy_name: str, target: pa.Schema) -> pa
     if d.dirs(schema.MANIFESTS) or d.list(schema.MANIFESTS):
         return None
     found = [f"{v}/{legacy_name}" for v in sorted(d.dirs("")) if legacy_name in d.list(v)]
-    return pa.concat_tables(tables.read_files(d, found, target)) if found else None
+    return tables.read_files(d, found, target) if found else None
 
 
 def load_table(dest: str | Destination, kind: str, filter=None, columns: list[str] | None = None) -> pa.Table:

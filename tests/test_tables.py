@@ -173,6 +173,27 @@ def test_compact_upgrades_a_0_2_destination_while_a_writer_appends(tmp_path):
     assert len(DeltaTable(f"{dest}/manifests/videos").file_uris()) == 1  # files replaced stay an hour (readers)
 
 
+def test_compact_upgrades_a_0_2_destination_on_s3(s3_server, bucket):
+    """The upgrade on S3: every per-video file moved into the tables (a video already in them is not appended
+    twice) and the old files removed (DeleteObjects, a request per 1,000 keys)."""
+    import boto3
+
+    from framepipe import manifests, tables
+
+    dest = f"s3://{bucket}/dest"
+    _legacy_destination(dest, 12)
+    d = manifests.destination(dest)
+    tables.append(d, "videos", _video_row("old003", None, 2))  # moved by a run killed before its deletes
+    proc = run_cli("compact", dest)
+    assert proc.returncode == 0, proc.stderr
+    assert "12 per-video files moved into the table" in proc.stdout
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="dest/manifests/")["Contents"]]
+    assert not [k for k in keys if k.rsplit("/", 1)[-1].startswith("old")], keys
+    videos = manifests.load_videos(dest)
+    assert sorted(videos["video_id"]) == [f"old{i:03d}" for i in range(12)]
+    assert len(manifests.load_people(dest)) == 24
+
+
 def test_the_registry_reads_only_the_people_appended_since_its_version(tmp_path):
     """`framepipe people` records the people table's version it has read; the next update reads the change feed
     from there (the new video's rows only). People rows of a run whose video row is not committed yet are held
