@@ -14,7 +14,7 @@ its vector index and ids never change. :func:`within_video_joins` and :func:`sum
 registry writes.
 
 Scale: the pairwise distances are held in memory for one connected part of the graph of people within the
-threshold of each other at a time (:func:`neighbour_parts`, found through an HNSW index), so memory grows with the
+threshold of each other at a time (:func:`neighbour_parts`, found through an HNSW index of sign bits), so memory grows with the
 square of the largest part (a few people per recurring identity), not of everyone. A part over
 ``people_max_count`` people (a chain of look-alikes) is not clustered: its people are attached one by one through
 the registry's vector index instead.
@@ -42,48 +42,64 @@ def cluster_embeddings(embeddings: np.ndarray, max_distance: float) -> np.ndarra
     return np.array([order.setdefault(int(lab), len(order)) for lab in raw])
 
 
-NEIGHBOURS = 16  # nearest neighbours asked of each person when the registry is first built
-INT8_MARGIN = 0.05  # cosine distance added to the threshold when reading the int8 index's neighbours
+NEIGHBOURS = 32  # candidates asked of each person when the registry is first built
+# the graph index: M 32 / ef_add 128 / ef 128 over 512-bit signatures (docs/scale.md: recall and time measured)
+GRAPH_CONNECTIVITY, GRAPH_EXPANSION_ADD, GRAPH_EXPANSION_SEARCH = 32, 128, 128
+EXACT_UP_TO = 2000  # people: below, the graph is computed exactly (one matrix product)
 
 
 def neighbour_parts(embeddings: np.ndarray, max_distance: float, k: int = NEIGHBOURS) -> list[np.ndarray]:
     """The connected parts (row indices, each sorted) of the graph joining people within ``max_distance`` (cosine)
-    of each other, found through an HNSW index of them (usearch: each person's ``k`` nearest neighbours, in
-    batches on every core). Average linkage never joins two people with no chain of such pairs between them, so
-    clustering each part alone gives the same groups as clustering everyone, in memory of the largest part instead
-    of everyone squared, as far as the index finds every such pair (exact up to 2,000 people; above, an HNSW
-    search: see the recall below). ``k`` bounds how many look-alikes one person may have for that to hold."""
+    of each other. Average linkage never joins two people with no chain of such pairs between them, so clustering
+    each part alone gives the same groups as clustering everyone, in memory of the largest part instead of
+    everyone squared, as far as every such pair is found.
+
+    Up to ``EXACT_UP_TO`` people the graph is exact. Above, candidates come from an HNSW index (usearch) of the
+    people's sign bits (one bit a dimension: their Hamming distance follows the angle between two embeddings, and a
+    person is 64 bytes, so the index of 400,000 people stays in the processor's cache where an int8 one does
+    not: 268 s against the int8 index's 453 s there, 96.6% of the pairs found); each person's ``k`` nearest by
+    Hamming distance
+    are then kept only if their exact cosine distance is within ``max_distance``, so the graph holds no pair too
+    many, and misses a pair only where the index missed it (recall measured in docs/scale.md). ``k`` bounds how
+    many look-alikes one person may have for that to hold."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = len(embeddings)
     if n <= 1:
         return [np.arange(n)]
-    if n <= 2000:  # small: the exact graph
+    if n <= EXACT_UP_TO:
         sim = embeddings @ embeddings.T
         rows, cols = np.nonzero(sim >= 1.0 - max_distance)
     else:
-        from usearch.index import Index
-
-        # int8 vectors: only which pairs are near is asked of it (the parts are clustered on the exact embeddings),
-        # at a quarter of f32's time. Approximate: on bench/destination_scale.py's people (isotropic 512-d, the
-        # hardest case for a graph index) it finds every pair within the threshold at 20,000 people, 77% of them at
-        # 100,000 (exact search: 87,167 parts, this graph 87,643: 0.5% more persons, recurring people split in two);
-        # M 32 / ef_add 128 / ef 64 finds 99% at 2.5x the time (docs/scale.md)
-        index = Index(ndim=embeddings.shape[1], metric="cos", dtype="i8", connectivity=16, expansion_add=64,
-                      expansion_search=128)
-        index.add(np.arange(n, dtype=np.uint64), embeddings)
-        found = index.search(embeddings, min(k, n))
-        near = found.distances <= max_distance + INT8_MARGIN  # int8 distances are rough: a pair too many only
-        # makes a part larger (clustered on exact distances), a pair missed could split one
-        rows = np.repeat(np.arange(n), near.shape[1])[near.ravel()]
-        cols = found.keys.astype(np.int64).ravel()[near.ravel()]
-        del index
+        rows, cols = _candidate_pairs(embeddings, max_distance, min(k, n))
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
     _, label = connected_components(graph, directed=False)
     order = np.argsort(label, kind="stable")
     bounds = np.flatnonzero(np.diff(label[order])) + 1
     return np.split(order, bounds)
+
+
+def _candidate_pairs(embeddings: np.ndarray, max_distance: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the pairs within ``max_distance`` among each person's ``k`` nearest by sign bits."""
+    from usearch.index import Index
+
+    n = len(embeddings)
+    bits = np.packbits(embeddings > 0, axis=1)
+    index = Index(ndim=embeddings.shape[1], metric="hamming", dtype="b1", connectivity=GRAPH_CONNECTIVITY,
+                  expansion_add=GRAPH_EXPANSION_ADD, expansion_search=GRAPH_EXPANSION_SEARCH)
+    index.add(np.arange(n, dtype=np.uint64), bits)
+    found = index.search(bits, k)
+    del index, bits
+    keys = found.keys.astype(np.int64)
+    valid = np.arange(k)[None, :] < np.asarray(found.counts)[:, None]
+    keys[~valid] = 0
+    near = np.zeros(keys.shape, dtype=bool)
+    for start in range(0, n, 2048):  # exact cosines of the candidates, a block of people at a time
+        block = slice(start, start + 2048)
+        sims = np.einsum("bd,bkd->bk", embeddings[block], embeddings[keys[block]])
+        near[block] = valid[block] & (sims >= 1.0 - max_distance)
+    return np.repeat(np.arange(n), k)[near.ravel()], keys.ravel()[near.ravel()]
 
 
 def co_occurring(part: pd.DataFrame) -> np.ndarray:

@@ -139,8 +139,11 @@ def _table_bytes(df: pd.DataFrame, kind: str) -> bytes:
         df = df.assign(schema_version=schema.SCHEMA_VERSION)
     if "merged_into" in target.names:
         df["merged_into"] = df["merged_into"].astype("Int64")
-    return schema.parquet_bytes(pa.Table.from_pandas(df[target.names], schema=target, preserve_index=False),
-                                row_group_size=row_group)
+    df = df[target.names]
+    step = ROW_GROUP * 16  # converted to Arrow a slice at a time: a first build's embeddings are not copied whole
+    slices = (pa.Table.from_pandas(df.iloc[i : i + step], schema=target, preserve_index=False)
+              for i in range(0, max(len(df), 1), step))
+    return schema.parquet_bytes(slices, row_group_size=row_group, arrow_schema=target)
 
 
 _TEMPORARY: list[str] = []  # S3 indexes copied to map them, removed when the process ends
@@ -558,10 +561,11 @@ class Registry:
         attached one by one through the index. Returns (persons created, rows left)."""
         # one matrix of the unit embeddings and their norms (the sums are of the raw ones): memory of one copy
         emb = np.stack([np.asarray(e, np.float32) for e in new["embedding"]])
-        norms = np.maximum(np.linalg.norm(emb, axis=1), 1e-12).astype(np.float32)
+        norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", emb, emb)), 1e-12).astype(np.float32)  # no n x d temporary
         emb /= norms[:, None]
         parts = people_index.neighbour_parts(emb, max_distance)
         labels = np.full(len(new), -1, dtype=np.int64)
+        light = new[[c for c in ("video_id", "seen_s") if c in new]]  # what the cannot-links read: a part's rows
         left = []
         next_label = 0
         for members in parts:
@@ -571,7 +575,7 @@ class Registry:
             if len(members) == 1:
                 sub = np.zeros(1, dtype=np.int64)
             else:
-                part = new.iloc[members]
+                part = light.iloc[members]
                 sub = people_index.split_co_occurring(
                     emb[members], people_index.cluster_embeddings(emb[members], max_distance), part, max_distance)
             labels[members] = sub + next_label

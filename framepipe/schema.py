@@ -19,6 +19,7 @@ the write a row belongs to, as the tables keep every write and a video's last is
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import io
@@ -283,9 +284,16 @@ def people_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=PERSON_SCHEMA)
 
 
-def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
+def parquet_bytes(table: pa.Table | Iterable[pa.Table], row_group_size: int | None = None,
+                  arrow_schema: pa.Schema | None = None) -> bytes:
     """A table as the bytes of a Parquet file, as every manifest file is written (zstd; ``row_group_size``: rows
-    per row group, small where readers filter on a sorted column)."""
+    per row group, small where readers filter on a sorted column). Or the tables of an iterable, each written as
+    it comes (in ``arrow_schema``): a large file made from slices, never whole in Arrow besides its bytes."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
+    if isinstance(table, pa.Table):
+        pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
+        return buf.getvalue()
+    with pq.ParquetWriter(buf, arrow_schema, compression="zstd") as writer:
+        for part in table:
+            writer.write_table(part, row_group_size=row_group_size)
     return buf.getvalue()
