@@ -26,12 +26,11 @@ from framepipe import search as find
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError, InputTooLarge, ModelUnavailable, SourceNotFound, WorkerLost
 from framepipe.storage import Destination
-from serve import jobs, webhook
-from serve.jobs import JobStatus
+from serve import jobs, stores, webhook
+from serve.jobs import QUEUE, JobStatus, deliver_webhook, job_settings, record_failure
 
 from serve.model import HandleAnalyzer
 from serve.settings import (IMAGE_TYPES, Accepted, SearchRequest, VideoRequest, decode_image, serve_settings)
-from serve.worker import QUEUE, TASKS, deliver_webhook, record_failure
 
 log = logging.getLogger("framepipe.serve")
 
@@ -82,8 +81,8 @@ class VideoIngress:
         self.settings = Settings().with_overrides(follow_redirects=False)
         self.worker, self.model = worker, model  # handles: they make the worker and the model part of this app
         self.dest = Destination(self.cfg.output, timeout_s=self.settings.http_timeout_s)
-        self.store = jobs.open_store(QUEUE)
-        self.broker = instantiate_adapter_from_config(TASKS)
+        self.store = stores.open_store(QUEUE)
+        self.broker = instantiate_adapter_from_config(jobs.tasks())
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="ingress")  # its own: never starved by other work
         self.search_slots = asyncio.Semaphore(self.cfg.search_concurrency)
         threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True).start()
@@ -106,7 +105,7 @@ class VideoIngress:
         self.broker.enqueue_task_sync(jobs.TASK, args=[job_id], task_id=uuid.uuid4().hex)
 
     def _lost(self, job: JobStatus) -> None:
-        settings = self.settings.with_overrides(**(job.request.get("settings") or {}))
+        settings = job_settings(self.settings, job)
         error = WorkerLost(f"the worker running this job stopped {job.attempts} times (SIGKILL, a lost node)")
         job.result = record_failure(self.dest, job, error, settings)
         self.store.save(job)

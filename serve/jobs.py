@@ -22,18 +22,30 @@ Backends (``FRAMEPIPE_SERVE_BROKER_URL``):
 * empty (the default): an embedded broker that needs no server, so that ``serve run serve/config.yaml`` works on a
   laptop: Celery's filesystem transport and a SQLite store under ``FRAMEPIPE_SERVE_STATE_DIR``. One machine only;
   a job whose consumer dies is put back by its lapsed lease, as with the other brokers.
+
+The whole lifecycle is here, for the ingress and the worker alike: the queue (``QUEUE``, :func:`tasks`), the status
+(:class:`JobStatus`, its ``Status`` from serve/settings.py), the settings a job runs with (:func:`job_settings`), its failure record
+(:func:`record_failure`) and its webhook (:func:`deliver_webhook`); the stores are in ``serve/stores.py``
+(:func:`serve.stores.open_store`), which imports this module and not the other way round.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from typing import Literal, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from framepipe import schema
+from framepipe.config import Settings
+from framepipe.errors import FramepipeError
+from framepipe.storage import Destination
+from framepipe.videorun import VideoRun
+from serve import webhook
+from serve.settings import ServeSettings, Status
 
 TASK = "process_job"
 
@@ -95,9 +107,18 @@ def task_processor_config(q: QueueSettings):
     return TaskProcessorConfig(queue_name=q.queue_name, adapter_config=adapter, max_retries=3)
 
 
+QUEUE = QueueSettings()  # the broker, store and queue of this process (its environment, read at import)
+
+
+@functools.cache
+def tasks():
+    """Ray Serve's task-processor config of ``QUEUE`` (the worker's consumer and the ingress's producer)."""
+    return task_processor_config(QUEUE)
+
+
 class JobStatus(BaseModel):
     job_id: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Status
     source: str
     submitted_at: float
     position: int | None = Field(None, description="Place in line while queued (1 = next).")
@@ -140,17 +161,6 @@ class JobStore(Protocol):
     def reclaim(self, job_id: str, now: float, max_attempts: int) -> JobStatus | None:
         """A lapsed job, atomically taken back from its dead worker: queued again (in line), or failed when it has
         had ``max_attempts``; None if its lease is live again or it ended meanwhile."""
-
-
-def open_store(q: QueueSettings) -> JobStore:
-    from serve.stores import RedisStore, SqliteStore
-
-    url = q.store_url or (q.broker_url if q.broker_url.startswith(("redis://", "rediss://")) else "")
-    if url:
-        return RedisStore(url)
-    if q.broker_url:
-        raise ValueError("FRAMEPIPE_SERVE_STORE_URL (redis://...) is needed with this broker")
-    return SqliteStore(os.path.join(q.state, "jobs.sqlite"))
 
 
 def result_payload(job: JobStatus) -> dict:
@@ -202,3 +212,25 @@ def requeue_forgotten(store: JobStore, holds, enqueue, suspects: set[str]) -> se
         if job is not None and job.status == "queued":
             enqueue(job_id)
     return missing - suspects
+
+
+def job_settings(base: Settings, job: JobStatus) -> Settings:
+    """The settings a job runs with: the service's, with the overrides its request was accepted with."""
+    return base.with_overrides(**(job.request.get("settings") or {}))
+
+
+def record_failure(dest: Destination, job: JobStatus, error: FramepipeError, settings: Settings) -> schema.Result:
+    """The failed result of a job that never reached the pipeline (or whose worker was lost): the end of a
+    VideoRun, as the pipeline writes a failure (result.json, the manifest row)."""
+    return VideoRun(job.source, dest, settings).fail(error)
+
+
+def deliver_webhook(job: JobStatus, cfg: ServeSettings, store: JobStore) -> None:
+    """The job's webhook, if it asked for one and it has not gone out yet; the delivery log kept with the job."""
+    hook = job.request.get("webhook_url")
+    if hook and not (job.webhook or {}).get("delivered"):
+        d = webhook.deliver(hook, result_payload(job), cfg.secrets, job.job_id, cfg.webhook_max_attempts,
+                            cfg.webhook_backoff_s, cfg.webhook_timeout_s)
+        job.webhook = {"delivered": d.delivered, "attempts": d.attempts, "status": d.status, "error": d.error,
+                       "log": d.log}
+        store.save(job)

@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serve import webhook
 
+Status = Literal["queued", "running", "succeeded", "failed"]  # a job's (serve/jobs.py)
+
 
 BUCKET_RE = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"  # plus the rules in VideoRequest._one_source
 URL_RE = r"^https?://[!-~]+$"  # printable ASCII, no space, tab or control character
@@ -166,5 +168,5 @@ def decode_image(data: bytes, max_pixels: int, max_side: int = 2560):
 
 class Accepted(BaseModel):
     job_id: str
-    status: Literal["queued", "running", "succeeded", "failed"]  # not "queued" only for a repeated Idempotency-Key
+    status: Status  # not "queued" only for a repeated Idempotency-Key
     status_url: str

@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 
-from serve.jobs import JobStatus
+from serve.jobs import JobStatus, JobStore, QueueSettings
 
 
 def _reclaimed(job: JobStatus, max_attempts: int) -> JobStatus:
@@ -262,3 +262,13 @@ class SqliteStore:
         row = self._db().execute(
             "SELECT COUNT(*) FROM queued WHERE seq <= (SELECT seq FROM queued WHERE id = ?)", (job_id,)).fetchone()
         return row[0] or None
+
+
+def open_store(q: QueueSettings) -> JobStore:
+    """The job store of ``q``: Redis (its own URL or the broker's), else SQLite in the state folder."""
+    url = q.store_url or (q.broker_url if q.broker_url.startswith(("redis://", "rediss://")) else "")
+    if url:
+        return RedisStore(url)
+    if q.broker_url:
+        raise ValueError("FRAMEPIPE_SERVE_STORE_URL (redis://...) is needed with this broker")
+    return SqliteStore(os.path.join(q.state, "jobs.sqlite"))

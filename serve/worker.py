@@ -11,25 +11,21 @@ from ray.serve.task_consumer import task_consumer, task_handler
 
 from framepipe import pipeline, schema
 from framepipe.config import Settings
-from framepipe.errors import ErrorCode, FramepipeError, ModelUnavailable
+from framepipe.errors import ErrorCode, ModelUnavailable
 from framepipe.framesource import Cancel
 from framepipe.storage import Destination
-from framepipe.videorun import VideoRun
-from serve import jobs, webhook
-from serve.jobs import JobStatus
-
+from serve import jobs, stores
+from serve.jobs import QUEUE, JobStatus, deliver_webhook, job_settings, record_failure
 from serve.model import HandleAnalyzer
 from serve.settings import ServeSettings
 
 log = logging.getLogger("framepipe.serve")
 
 MODEL_RETRIES, MODEL_WAIT_S = 6, 10.0  # a job whose model deployment is down waits up to a minute for it
-QUEUE = jobs.QueueSettings()
-TASKS = jobs.task_processor_config(QUEUE)  # the task consumer's decorator needs it at import
 
 
 @serve.deployment(max_ongoing_requests=2, ray_actor_options={"num_cpus": 0.5})
-@task_consumer(task_processor_config=TASKS)
+@task_consumer(task_processor_config=jobs.tasks())
 class VideoWorker:
     """Consumes jobs from the broker, at most ``max_ongoing_requests`` at once (Celery threads)."""
 
@@ -38,7 +34,7 @@ class VideoWorker:
         self.settings = Settings().with_overrides(follow_redirects=False)
         self.model = model
         self.dest = Destination(self.cfg.output, timeout_s=self.settings.http_timeout_s)
-        self.store = jobs.open_store(QUEUE)
+        self.store = stores.open_store(QUEUE)
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"  # this replica process: the holder of its jobs' leases
         self.active: set[str] = set()
         threading.Thread(target=self._heartbeat, name="leases", daemon=True).start()
@@ -86,7 +82,7 @@ class VideoWorker:
     def _run(self, job: JobStatus) -> schema.Result:
         """framepipe's pipeline; on timeout it is told to stop (checked between frames, decoders closed in their own
         threads) and writes its own failed record: one result per run, never a late success after the failure."""
-        settings = self.settings.with_overrides(**(job.request.get("settings") or {}))
+        settings = job_settings(self.settings, job)
         try:
             analyzer = HandleAnalyzer(self.model, self.model.info.remote().result(), settings.analyze_batch)
         except Exception as e:  # the model deployment is down: the job fails, retryable by the caller
@@ -109,20 +105,3 @@ class VideoWorker:
                   for t in result.talent_frames]
         reps = [r.model_copy(update={"signed_url": sign(r.url)}) for r in result.representative_frames]
         return result.model_copy(update={"talent_frames": talent, "representative_frames": reps})
-
-
-def record_failure(dest: Destination, job: JobStatus, error: FramepipeError, settings: Settings) -> schema.Result:
-    """The failed result of a job that never reached the pipeline (or whose worker was lost): the end of a
-    VideoRun, as the pipeline writes a failure (result.json, the manifest row)."""
-    return VideoRun(job.source, dest, settings).fail(error)
-
-
-def deliver_webhook(job: JobStatus, cfg: ServeSettings, store: jobs.JobStore) -> None:
-    """The job's webhook, if it asked for one and it has not gone out yet; the delivery log kept with the job."""
-    hook = job.request.get("webhook_url")
-    if hook and not (job.webhook or {}).get("delivered"):
-        d = webhook.deliver(hook, jobs.result_payload(job), cfg.secrets, job.job_id, cfg.webhook_max_attempts,
-                            cfg.webhook_backoff_s, cfg.webhook_timeout_s)
-        job.webhook = {"delivered": d.delivered, "attempts": d.attempts, "status": d.status, "error": d.error,
-                       "log": d.log}
-        store.save(job)
