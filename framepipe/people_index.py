@@ -58,10 +58,9 @@ def neighbour_parts(embeddings: np.ndarray, max_distance: float, k: int = NEIGHB
     people's sign bits (one bit a dimension: their Hamming distance follows the angle between two embeddings, and a
     person is 64 bytes, so the index of 400,000 people stays in the processor's cache where an int8 one does
     not: 268-338 s against the int8 index's 453 s there, 96.6% of the pairs found); each person's ``k`` nearest by
-    Hamming distance
-    are then kept only if their exact cosine distance is within ``max_distance``, so the graph holds no pair too
-    many, and misses a pair only where the index missed it (recall measured in docs/scale.md). ``k`` bounds how
-    many look-alikes one person may have for that to hold."""
+    Hamming distance are then kept only if their exact cosine distance is within ``max_distance``, so the graph
+    holds no pair too many, and misses a pair only where the index missed it (recall measured in docs/scale.md).
+    ``k`` bounds how many look-alikes one person may have for that to hold."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 

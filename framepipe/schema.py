@@ -289,10 +289,9 @@ def parquet_bytes(table: pa.Table | Iterable[pa.Table], row_group_size: int | No
     """A table as the bytes of a Parquet file, as every manifest file is written (zstd; ``row_group_size``: rows
     per row group, small where readers filter on a sorted column). Or the tables of an iterable, each written as
     it comes (in ``arrow_schema``): a large file made from slices, never whole in Arrow besides its bytes."""
-    buf = io.BytesIO()
     if isinstance(table, pa.Table):
-        pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
-        return buf.getvalue()
+        table, arrow_schema = [table], table.schema
+    buf = io.BytesIO()
     with pq.ParquetWriter(buf, arrow_schema, compression="zstd") as writer:
         for part in table:
             writer.write_table(part, row_group_size=row_group_size)

@@ -428,10 +428,11 @@ def upgrade(d: Destination, kind: str, batch: int = 5000) -> int:
         have = table.to_pyarrow_dataset().to_table(columns=["video_id"])
         present = set(have["video_id"].to_pylist())
     moved = 0
+    known = pa.array(list(present), pa.string())
     for start in range(0, len(files), batch):
         chunk = files[start : start + batch]
         rows = read_files(d, [f for f in chunk if _stem(f) not in present], KINDS[kind])  # named by video id
-        rows = rows.filter(pc.invert(pc.is_in(rows["video_id"], value_set=pa.array(sorted(present), pa.string()))))
+        rows = rows.filter(pc.invert(pc.is_in(rows["video_id"], value_set=known)))
         if rows.num_rows:
             append(d, kind, rows)
         moved += len(chunk)
