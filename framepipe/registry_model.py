@@ -555,15 +555,22 @@ class Registry:
 
     def _seed(self, new: pd.DataFrame, max_distance: float, max_group: int | None) -> tuple[int, pd.DataFrame]:
         """An empty registry built from ``new`` at once: the graph of people within ``max_distance`` of each
-        other (the vector index's k nearest neighbours), then, inside each connected part of it, average linkage
+        other (each person's nearest by sign bits), then, inside each connected part of it, average linkage
         with the cannot-links of people seen together (:mod:`framepipe.people_index`): the same groups as average
         linkage over everyone, without its n x n matrix. Parts over ``max_group`` people are returned, to be
         attached one by one through the index. Returns (persons created, rows left)."""
+        column = new["embedding"]
+        candidates = None  # each person's nearest by signature, found before the embeddings' matrix is made:
+        if len(new) > people_index.EXACT_UP_TO:  # the two never in memory together
+            candidates = people_index.nearest_by_bits(np.concatenate([
+                people_index.sign_bits(np.stack(column.iloc[i:i + CHUNK].to_numpy()))
+                for i in range(0, len(new), CHUNK)]))
         # one matrix of the unit embeddings and their norms (the sums are of the raw ones): memory of one copy
-        emb = np.stack([np.asarray(e, np.float32) for e in new["embedding"]])
+        emb = np.stack([np.asarray(e, np.float32) for e in column])
         norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", emb, emb)), 1e-12).astype(np.float32)  # no n x d temporary
         emb /= norms[:, None]
-        parts = people_index.neighbour_parts(emb, max_distance)
+        parts = people_index.neighbour_parts(emb, max_distance, candidates)
+        del candidates
         labels = np.full(len(new), -1, dtype=np.int64)
         light = new[[c for c in ("video_id", "seen_s") if c in new]]  # what the cannot-links read: a part's rows
         left = []

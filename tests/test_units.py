@@ -564,11 +564,12 @@ def test_debug_is_taken_before_or_after_the_command():
     assert not parse(["report", "d"]).debug
 
 
-def test_the_first_builds_neighbour_graph_finds_the_exact_parts():
-    """Above 2,000 people the registry's first build finds the pairs within the threshold through an index of the
-    people's sign bits; every pair it keeps is within the threshold (checked on the exact embeddings) and, on
-    people like the scale bench's (isotropic 512-d, 30% of them recurring), it finds the parts the exact graph
-    has."""
+@pytest.mark.parametrize("search", ["hnsw_neighbours", "nndescent_neighbours"])
+def test_the_first_builds_neighbour_graph_finds_the_exact_parts(search):
+    """Above 2,000 people the registry's first build finds the pairs within the threshold among each person's
+    nearest by sign bits (an HNSW index of them; NN-descent from 100,000 people on); every pair it keeps is within
+    the threshold (checked on the exact embeddings) and, on people like the scale bench's (isotropic 512-d, 30% of
+    them recurring), it finds the parts the exact graph has."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -584,7 +585,9 @@ def test_the_first_builds_neighbour_graph_finds_the_exact_parts():
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     rows, cols = np.nonzero(x @ x.T >= 1.0 - max_distance)
     _, exact = connected_components(coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)), directed=False)
-    parts = people_index.neighbour_parts(x, max_distance)
+    candidates = getattr(people_index, search)(people_index.sign_bits(x))
+    assert candidates.shape[0] == n and (candidates < n).all()
+    parts = people_index.neighbour_parts(x, max_distance, candidates)
     assert sorted(np.concatenate(parts).tolist()) == list(range(n))
     for part in parts:  # no pair too many: a found part lies inside one exact part
         assert len(set(exact[part])) == 1
