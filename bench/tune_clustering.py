@@ -19,19 +19,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import quality  # bench/quality.py: the analysis cache and the measures
 
-from framepipe import state
+from framepipe import clustering
 from framepipe.config import Settings
 
 GRID = {
-    "max_distance": [-0.06, -0.03, 0.0, 0.03, 0.06],  # offsets from the calibrated value
-    "link_max_distance": [-0.06, 0.0, 0.06],
+    "cluster_max_distance": [-0.06, -0.03, 0.0, 0.03, 0.06],  # offsets from the calibrated value
+    "track_max_distance": [-0.06, 0.0, 0.06],
     "clean_quality": [0.55, 0.6, 0.65, 0.7],
     "poor_quality": [0.4, 0.45, 0.5, 0.55],
     "weak_min_samples": [2, 3, 4],
     "background_max_ratio": [0.6, 0.7, 0.8, 0.9],
     "attach_margin": [0.0, 0.1, 0.2],
 }
-OFFSETS = {"max_distance", "link_max_distance"}
+OFFSETS = {"cluster_max_distance", "track_max_distance"}
 
 
 def halves(df) -> str:
@@ -52,7 +52,7 @@ def main() -> None:
     args = ap.parse_args()
     settings = Settings(models=args.models)
     videos = quality.load(settings)
-    calibrated = state.cluster_params
+    calibrated = clustering.Params.from_settings
     first = next(st for _, _, st in videos if st.people.records)
     base = calibrated(settings, len(first.people.records[0].face.embedding))
     print(f"{len(videos)} labelled videos; defaults: {base}")
@@ -61,12 +61,12 @@ def main() -> None:
             for v in values:
                 value = round(getattr(base, knob) + v, 4) if knob in OFFSETS else v
                 params = dataclasses.replace(base, **{knob: value})
-                state.cluster_params = lambda s, dim=None, p=params: p  # noqa: E731
+                clustering.Params.from_settings = lambda s, dim=None, p=params: p  # noqa: E731
                 mark = "*" if value == getattr(base, knob) else " "
                 print(f"{mark} {knob:>20} = {value:<6} {halves(quality.evaluate(videos, settings))}")
             print()
     finally:
-        state.cluster_params = calibrated
+        clustering.Params.from_settings = calibrated
 
 
 if __name__ == "__main__":

@@ -4,17 +4,17 @@ The one grouping of every front door (the CLI, the Ray backfill's both layouts, 
 What the field does for video face clustering, and what is used of it here:
 
 1. **Tracks (must-link).** A face in one sample and a face in the next sample of the same shot are one track when
-   their boxes overlap (IoU >= ``link_min_iou``) and their embeddings agree (cosine distance <=
-   ``link_max_distance``), matched one to one, best pairs first. A track follows a person through pose changes
+   their boxes overlap (IoU >= ``track_min_iou``) and their embeddings agree (cosine distance <=
+   ``track_max_distance``), matched one to one, best pairs first. A track follows a person through pose changes
    that no single pair of distant faces would bridge.
 2. **Cannot-link.** Two faces in the same frame are two people: tracks that share a frame never join.
 3. **Quality-aware aggregation.** A track's embedding is the mean of its faces' embeddings weighted by the square
    of their quality score (:mod:`framepipe.faces`): its sharp frontal faces speak for it, its blurred ones barely.
 4. **Thresholds that belong to the model and to the faces.** The distances come from the model pack's calibration
-   (:mod:`framepipe.calibration`: ``max_distance`` is where 1 in 1,000 pairs of different people's photos would
-   join, ``link_max_distance`` 1 in 100). Two clear faces are held to ``max_distance``; two poor ones (blur,
-   profile, old low-resolution TV) to ``link_max_distance``, linearly between (:func:`pair_threshold`): on the
-   labelled footage (bench/quality.py, tune half) one person's poor faces fall to cosine 0.2-0.4 while two
+   (:mod:`framepipe.calibration`: ``cluster_max_distance`` is where 1 in 1,000 pairs of different people's photos
+   would join, ``track_max_distance`` 1 in 100). Two clear faces are held to ``cluster_max_distance``; two poor
+   ones (blur, profile, old low-resolution TV) to ``track_max_distance``, linearly between (:func:`pair_threshold`):
+   on the labelled footage (bench/quality.py, tune half) one person's poor faces fall to cosine 0.2-0.4 while two
    people's poor faces stay under 0.2, so one threshold for all either splits every TV cast member or merges
    look-alikes in clear photos.
 5. **Average linkage** of the reliable tracks on those distances (each pair's distance in units of its own
@@ -22,8 +22,8 @@ What the field does for video face clustering, and what is used of it here:
    does not chain: one ambiguous face cannot bridge two people.
 6. **Weak faces attach or are counted.** A track too weak to seed a person (no face detected with confidence >=
    ``track_min_det_score`` nor of quality >= ``track_min_quality``: blurred background faces, partial faces at the
-   frame's edges) joins the person whose centroid it matches within ``max_distance`` by a margin over the next
-   person, else it is not a person: its faces are counted (``faces_unlisted``), not listed.
+   frame's edges) joins the person whose centroid it matches within ``cluster_max_distance`` by a margin over the
+   next person, else it is not a person: its faces are counted (``faces_unlisted``), not listed.
 7. **Who is listed.** A group is a person when one of its faces is clear enough to identify (quality >=
    ``singleton_min_quality``) or it is seen in at least ``weak_min_samples`` samples; and not when it is a
    background face: seen in one shot only and always smaller than ``background_max_ratio`` of the largest face of
@@ -42,21 +42,47 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from framepipe import calibration
+from framepipe.config import Settings
+
+
+# the algorithm's own constants, not settings (tuned by bench/tune_clustering.py on the labelled footage's tune
+# half; a done marker does not hash them, so changing one is a new version of the code, not a setting)
+WEAK_MIN_SAMPLES = 3  # a person needs one face clear enough to identify, or to be seen in this many samples
+CLEAN_QUALITY, POOR_QUALITY = 0.6, 0.5  # pairs of faces this good: cluster_max_distance; this poor: track_max_distance
+ATTACH_MARGIN = 0.1  # a weak track joins a person only this much (cosine) closer than the next one
+BACKGROUND_MAX_RATIO = 0.8  # one shot, always this much smaller than the frame's largest face: background
+
 
 @dataclass(frozen=True)
 class Params:
-    # the two distances: state.cluster_params fills them from the model pack's calibration
-    max_distance: float = 0.68  # average-linkage cosine distance between tracks of one person
-    link_max_distance: float = 0.79  # cosine distance between faces of one track in consecutive samples
-    link_min_iou: float = 0.1  # box overlap between faces of one track in consecutive samples
-    singleton_min_quality: float = 0.45  # a person needs one face this clear ...
-    weak_min_samples: int = 3  # ... or to be seen in this many samples
-    track_min_det_score: float = 0.7  # a track seeds a person when one of its faces is detected this surely ...
-    track_min_quality: float = 0.3  # ... or scores this quality
-    clean_quality: float = 0.6  # pairs of faces this good are held to max_distance ...
-    poor_quality: float = 0.5  # ... pairs of faces this poor to link_max_distance
-    attach_margin: float = 0.1  # a weak track joins a person only this much (cosine) closer than the next one
-    background_max_ratio: float = 0.8  # one shot, always this much smaller than the frame's largest face
+    """What the clustering reads: the settings by their :class:`~framepipe.config.Settings` names
+    (:meth:`from_settings`, which alone knows their defaults), then the algorithm's constants (above)."""
+    cluster_max_distance: float  # average-linkage cosine distance between tracks of one person
+    track_max_distance: float  # cosine distance between faces of one track in consecutive samples
+    track_min_iou: float  # box overlap between faces of one track in consecutive samples
+    singleton_min_quality: float  # a person needs one face this clear ...
+    track_min_det_score: float  # a track seeds a person when one of its faces is detected this surely ...
+    track_min_quality: float  # ... or scores this quality
+    weak_min_samples: int = WEAK_MIN_SAMPLES
+    clean_quality: float = CLEAN_QUALITY
+    poor_quality: float = POOR_QUALITY
+    attach_margin: float = ATTACH_MARGIN
+    background_max_ratio: float = BACKGROUND_MAX_RATIO
+
+    @classmethod
+    def from_settings(cls, settings: Settings, dim: int | None = None) -> "Params":
+        """From the settings; the two distances from the model pack's calibration (``dim``: the embeddings'
+        size) unless set explicitly."""
+        cal = calibration.lookup(None, dim, settings.models)
+        return cls(
+            cluster_max_distance=settings.cluster_max_distance or cal.match_distance,
+            track_max_distance=settings.track_max_distance or cal.link_distance,
+            track_min_iou=settings.track_min_iou,
+            singleton_min_quality=settings.singleton_min_quality,
+            track_min_det_score=settings.track_min_det_score,
+            track_min_quality=settings.track_min_quality,
+        )
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -85,7 +111,7 @@ def tracks(
             continue  # not the next sample, or a cut between them
         overlap = iou(boxes[prev], boxes[cur])
         dist = 1.0 - embeddings[prev] @ embeddings[cur].T
-        ok = (overlap >= params.link_min_iou) & (dist <= params.link_max_distance)
+        ok = (overlap >= params.track_min_iou) & (dist <= params.track_max_distance)
         pairs = sorted(zip(*np.nonzero(ok)), key=lambda ij: dist[ij])
         used_p, used_c = set(), set()
         for i, j in pairs:  # one to one, closest embeddings first
@@ -146,16 +172,16 @@ def linkage_on(
 
 def pair_threshold(quality: np.ndarray, params: Params) -> np.ndarray:
     """The cosine distance under which two tracks are one person, per pair (n x n), from the weaker track's best
-    face quality: ``max_distance`` (calibrated on clean photos) for pairs of clear faces (quality >=
-    ``clean_quality``), up to ``link_max_distance`` (the looser calibrated threshold) for pairs of poor faces
+    face quality: ``cluster_max_distance`` (calibrated on clean photos) for pairs of clear faces (quality >=
+    ``clean_quality``), up to ``track_max_distance`` (the looser calibrated threshold) for pairs of poor faces
     (quality <= ``poor_quality``), linear between. Measured on the labelled footage (bench/quality.py): the
     similarity of one person's two poor faces (blur, profile, old TV) falls towards zero while that of two
     people's does not rise."""
     weaker = np.minimum(quality[:, None], quality[None, :])
     if params.clean_quality <= params.poor_quality:
-        return np.full(weaker.shape, params.max_distance)
+        return np.full(weaker.shape, params.cluster_max_distance)
     t = np.clip((weaker - params.poor_quality) / (params.clean_quality - params.poor_quality), 0.0, 1.0)
-    return params.link_max_distance + (params.max_distance - params.link_max_distance) * t
+    return params.track_max_distance + (params.cluster_max_distance - params.track_max_distance) * t
 
 
 @dataclass
@@ -219,7 +245,7 @@ def group_faces(
     limit = pair_threshold(best_q[keep], params)
     d = (1.0 - means[keep].astype(np.float64) @ means[keep].T.astype(np.float64)) / limit
     group[keep] = keep[linkage_on(d, cannot[np.ix_(keep, keep)], 1.0, faces[keep])]
-    group = _attach_weak(group, sums, means, cannot, reliable, params.max_distance, params.attach_margin)
+    group = _attach_weak(group, sums, means, cannot, reliable, params.cluster_max_distance, params.attach_margin)
     labels = np.full(n, -1, dtype=np.int64)
     order: dict[int, int] = {}
     face_group = group[track]

@@ -15,19 +15,14 @@ video, until ``framepipe compact`` moves them into the tables) and before the ``
 from __future__ import annotations
 
 import io
-import os
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from framepipe import commits, schema, tables
-from framepipe.storage import Destination
+from framepipe.storage import Destination, destination
 from framepipe.tables import conform as _conform
-
-
-def destination(dest: str | os.PathLike | Destination) -> Destination:
-    return dest if isinstance(dest, Destination) else Destination(os.fspath(dest))
 
 
 def _before_manifests(d: Destination, legacy_name: str, target: pa.Schema) -> pa.Table | None:

@@ -21,9 +21,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from framepipe import commits, manifests, people_index, schema
+from framepipe import commits, people_index, schema
 from framepipe.errors import ErrorCode, FramepipeError
-from framepipe.storage import Destination
+from framepipe.storage import Destination, destination
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class Registry:
         column chunks are read, ranged GETs on S3) and with the base index memory-mapped (usearch ``view``; an S3
         index is first copied to a temporary file), for a search or an update after a few new videos. A registry
         written before this layout is read whole (and saved in it next)."""
-        d = manifests.destination(dest)
+        d = destination(dest)
         version = commits.latest(d, schema.REGISTRY) if version is None else version
         name = model_dir(model).split("/", 1)[1]
         mine = {k: v for k, v in version.files.items() if k.startswith(f"{name}/")}

@@ -9,7 +9,7 @@ Exactly ``count`` (10) frames whenever the video has at least that many decodabl
    of the Laplacian at 320 px wide; blurred if below ``blur_min``), a 64-bit difference hash (dHash) of its
    9x8 grey thumbnail, a colour signature (hue x saturation and luma histograms) and a damage flag (the
    decoder's corrupt flag, or edges concentrated on the 8-pixel block grid: the flat or smeared blocks a
-   decoder returns when a reference frame is missing). Only the ``keep_per_bin`` best frames of each bin
+   decoder returns when a reference frame is missing). Only the ``KEEP_PER_BIN`` best frames of each bin
    are kept (as JPEG), so memory does not grow with the video's length.
 3. Shots: a cut lies between two consecutive samples whose colour signatures differ by more than
    ``shot_cut_distance`` (:func:`find_shots`).
@@ -33,6 +33,8 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+
+from framepipe.config import Settings
 
 HUE_BINS, SAT_BINS, LUMA_BINS = 12, 3, 8  # the colour signature: a hue x saturation and a luma histogram
 
@@ -201,27 +203,29 @@ class Representatives:
     shots: Shots = field(default_factory=Shots)
 
 
+KEEP_PER_BIN = 6  # frames kept of each of the video's stretches (the algorithm's constant, not a setting)
+
+
 class RepresentativePicker:
     RELAX_ORDER = ("shot", "duplicate", "blur", "black", "damaged")
 
-    def __init__(
-        self,
-        start_s: float,
-        duration_s: float,
-        count: int = 10,
-        black_luma: float = 20.0,
-        blur_min: float = 20.0,
-        duplicate_max_distance: int = 6,
-        shot_cut_distance: float = 0.2,
-        keep_per_bin: int = 6,
-    ):
-        self.start_s, self.duration_s, self.count = start_s, max(duration_s, 1e-6), count
+    def __init__(self, start_s: float, duration_s: float, *, representative_count: int, black_luma: float,
+                 blur_min: float, duplicate_max_distance: int, shot_cut_distance: float):
+        """The settings by their :class:`~framepipe.config.Settings` names (:meth:`from_settings`)."""
+        self.start_s, self.duration_s, self.count = start_s, max(duration_s, 1e-6), representative_count
         self.black_luma, self.blur_min, self.dup = black_luma, blur_min, duplicate_max_distance
         self.shot_cut_distance = shot_cut_distance
-        self.keep_per_bin = keep_per_bin
-        self.bins: list[list[FrameStats]] = [[] for _ in range(count)]
+        self.keep_per_bin = KEEP_PER_BIN
+        self.bins: list[list[FrameStats]] = [[] for _ in range(representative_count)]
         self.signatures: dict[float, bytes] = {}  # every sampled frame's colour signature, for the shots
         self.seen = 0
+
+    @classmethod
+    def from_settings(cls, start_s: float, duration_s: float, settings: Settings) -> "RepresentativePicker":
+        return cls(start_s, duration_s, representative_count=settings.representative_count,
+                   black_luma=settings.black_luma, blur_min=settings.blur_min,
+                   duplicate_max_distance=settings.duplicate_max_distance,
+                   shot_cut_distance=settings.shot_cut_distance)
 
     def _bin_of(self, pts_s: float) -> int:
         return min(self.count - 1, max(0, int((pts_s - self.start_s) / self.duration_s * self.count)))

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from framepipe import calibration, clustering, selection
+from framepipe import clustering, selection
 from framepipe.config import Settings
 from framepipe.errors import NoFrames
 from framepipe.faces import Face
@@ -69,15 +69,7 @@ class FramePicks:
     """Candidates for the representative frames, from every sampled frame's measures."""
 
     def __init__(self, info: VideoInfo, settings: Settings):
-        self.picker = selection.RepresentativePicker(
-            info.start_s,
-            info.duration_s,
-            count=settings.representative_count,
-            black_luma=settings.black_luma,
-            blur_min=settings.blur_min,
-            duplicate_max_distance=settings.duplicate_max_distance,
-            shot_cut_distance=settings.shot_cut_distance,
-        )
+        self.picker = selection.RepresentativePicker.from_settings(info.start_s, info.duration_s, settings)
         self.frames_sampled = 0
 
     def add(self, pts_s: float, measure: selection.FrameMeasure, jpeg: Jpeg) -> None:
@@ -128,7 +120,7 @@ class PeopleState:
             np.stack([r.face.bbox for r in records]),
             sample,
             shot,
-            cluster_params(settings, len(records[0].face.embedding)),
+            clustering.Params.from_settings(settings, len(records[0].face.embedding)),
         )
         labels = grouping.labels
         people = []
@@ -150,20 +142,6 @@ class PeopleState:
                 )
             )
         return people, grouping.unlisted
-
-
-def cluster_params(settings: Settings, dim: int | None = None) -> clustering.Params:
-    """The clustering's parameters: the distances from the model pack's calibration (``dim``: the embeddings'
-    size) unless set explicitly."""
-    cal = calibration.lookup(None, dim, settings.models)
-    return clustering.Params(
-        max_distance=settings.cluster_max_distance or cal.match_distance,
-        link_max_distance=settings.track_max_distance or cal.link_distance,
-        link_min_iou=settings.track_min_iou,
-        singleton_min_quality=settings.singleton_min_quality,
-        track_min_det_score=settings.track_min_det_score,
-        track_min_quality=settings.track_min_quality,
-    )
 
 
 def reduce(

@@ -233,3 +233,8 @@ class Destination:
             except ClientError:
                 return False
         return os.path.exists(url)
+
+
+def destination(dest: str | os.PathLike | Destination) -> Destination:
+    """A destination from its URL or path (or itself)."""
+    return dest if isinstance(dest, Destination) else Destination(os.fspath(dest))

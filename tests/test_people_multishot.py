@@ -107,7 +107,7 @@ def test_calibrate_writes_the_thresholds_every_front_door_reads(tmp_path):
     """``framepipe calibrate`` on photos of 8 LFW people: same-person pairs far above different-person pairs, the
     thresholds written into the pack's folder, and the people step, the registry and search reading them there."""
     from conftest import PACK, run_cli
-    from framepipe import calibration, search, state
+    from framepipe import calibration, clustering, search
     from framepipe.config import Settings
 
     pack = tmp_path / "my_pack"
@@ -125,7 +125,7 @@ def test_calibrate_writes_the_thresholds_every_front_door_reads(tmp_path):
     assert cal.impostor_median < 0.1 < cal.link_similarity <= cal.match_similarity < 0.6 < cal.genuine_median
     assert cal.true_accept_at_match > 0.9
     settings = Settings(models=str(pack))
-    assert state.cluster_params(settings, 512).max_distance == cal.match_distance
+    assert clustering.Params.from_settings(settings, 512).cluster_max_distance == cal.match_distance
     assert search.floor_for(settings, "my_pack", 512) == cal.match_similarity
     assert calibration.people_max_distance(None, "my_pack", 512, str(pack)) == cal.match_distance
     assert f"wrote {pack / calibration.FILE}" in proc.stdout

@@ -20,6 +20,12 @@ from framepipe.video import VideoInfo, sample_times
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _params(**distances) -> "clustering.Params":
+    """The clustering's parameters from the settings (the distances explicit: no model pack's calibration)."""
+    return clustering.Params.from_settings(Settings(**{"cluster_max_distance": 0.68, "track_max_distance": 0.79,
+                                                        **distances}))
+
+
 def info(duration_s: float, fps: float = 25.0, start_s: float = 0.0) -> VideoInfo:
     return VideoInfo(width=64, height=48, fps=fps, total_frames=int(duration_s * fps), duration_s=duration_s,
                      start_s=start_s, codec="h264", rotation=0, stream_index=0)
@@ -163,13 +169,13 @@ def test_people_from_fixed_embeddings():
     # two people seen twice (not in consecutive samples), a clear face seen once kept, a poor one dropped
     emb, q, det, boxes, sample = _faces([(0, 0, 0, 0.5), (2, 0, 0, 0.5), (4, 0, 1, 0.5), (6, 0, 1, 0.5),
                                         (8, 0, 2, 0.9), (10, 0, 3, 0.1)])
-    labels = clustering.cluster_faces(emb, q, det, boxes, sample, np.zeros(6, int), clustering.Params())
+    labels = clustering.cluster_faces(emb, q, det, boxes, sample, np.zeros(6, int), _params())
     assert labels.tolist() == [0, 0, 1, 1, 2, -1]
 
 
 def test_two_faces_in_one_frame_are_two_people_even_with_the_same_embedding():
     emb, q, det, boxes, sample = _faces([(0, 0, 0, 0.9), (0, 200, 0, 0.9), (1, 0, 0, 0.9), (1, 200, 0, 0.9)])
-    labels = clustering.cluster_faces(emb, q, det, boxes, sample, np.zeros(4, int), clustering.Params())
+    labels = clustering.cluster_faces(emb, q, det, boxes, sample, np.zeros(4, int), _params())
     assert labels.tolist() == [0, 1, 0, 1]  # the boxes keep each track on its own face
 
 
@@ -179,20 +185,20 @@ def test_a_track_carries_one_person_through_a_pose_change():
     emb = np.stack([np.cos(angles), np.sin(angles)] + [np.zeros(6)] * 6, axis=1).astype(np.float32)
     boxes = np.array([[10 * i, 0, 10 * i + 50, 50] for i in range(6)], dtype=np.float32)
     args = (emb, np.full(6, 0.6), np.full(6, 0.9), boxes)
-    one_shot = clustering.cluster_faces(*args, np.arange(6), np.zeros(6, int), clustering.Params())
+    one_shot = clustering.cluster_faces(*args, np.arange(6), np.zeros(6, int), _params())
     assert one_shot.tolist() == [0] * 6  # only the track joins the ends
-    cut = clustering.cluster_faces(*args, np.arange(6), np.array([0, 0, 0, 1, 1, 1]), clustering.Params())
+    cut = clustering.cluster_faces(*args, np.arange(6), np.array([0, 0, 0, 1, 1, 1]), _params())
     assert len(set(cut.tolist())) == 2  # a shot cut between samples 2 and 3: no track across it
 
 
 def test_unreliable_tracks_are_not_people():
     emb, q, _, boxes, sample = _faces([(0, 0, 0, 0.2), (1, 0, 0, 0.2), (2, 0, 0, 0.2)])
-    labels = clustering.cluster_faces(emb, q, np.full(3, 0.55), boxes, sample, np.zeros(3, int), clustering.Params())
+    labels = clustering.cluster_faces(emb, q, np.full(3, 0.55), boxes, sample, np.zeros(3, int), _params())
     assert labels.tolist() == [-1, -1, -1]  # a blurred background face, however steady
-    labels = clustering.cluster_faces(emb, q, np.full(3, 0.8), boxes, sample, np.zeros(3, int), clustering.Params())
+    labels = clustering.cluster_faces(emb, q, np.full(3, 0.8), boxes, sample, np.zeros(3, int), _params())
     assert labels.tolist() == [0, 0, 0]  # detected surely and seen in three samples: a person
     labels = clustering.cluster_faces(emb[:2], q[:2], np.full(2, 0.8), boxes[:2], sample[:2], np.zeros(2, int),
-                                      clustering.Params())
+                                      _params())
     assert labels.tolist() == [-1, -1]  # no face clear enough to identify, and seen only twice: counted, not listed
 
 
@@ -207,7 +213,7 @@ def _turned(angle_deg: float, axis: int = 0, other: int = 1) -> np.ndarray:
 def test_poor_faces_are_held_to_the_looser_calibrated_threshold():
     """Two tracks of one person at cosine 0.3 (between the two calibrated thresholds) join when both are poor
     faces, and stay apart when both are clear (clear faces of one person agree more than that)."""
-    params = clustering.Params(max_distance=0.63, link_max_distance=0.74)
+    params = _params(cluster_max_distance=0.63, track_max_distance=0.74)
     emb = np.stack([_turned(0)] * 3 + [_turned(np.rad2deg(np.arccos(0.3)))] * 3)
     boxes = np.array([[0, 0, 50, 50]] * 6, dtype=np.float32)
     sample, shot = np.array([0, 1, 2, 10, 11, 12]), np.array([0, 0, 0, 1, 1, 1])
@@ -225,17 +231,17 @@ def test_a_background_face_is_counted_not_listed():
     boxes = np.array([[0, 0, 200, 200], [300, 0, 400, 100]] * 3, dtype=np.float32)
     sample = np.repeat(np.arange(3), 2)
     g = clustering.group_faces(emb, np.full(6, 0.9), np.full(6, 0.9), boxes, sample, np.zeros(6, int),
-                               clustering.Params())
+                               _params())
     assert g.labels.tolist() == [0, -1] * 3 and g.unlisted == 3
     bigger = boxes.copy()
     bigger[1::2] = [300, 0, 480, 180]  # 0.9 of the main face: a person beside the main one
     g = clustering.group_faces(emb, np.full(6, 0.9), np.full(6, 0.9), bigger, sample, np.zeros(6, int),
-                               clustering.Params())
+                               _params())
     assert g.labels.tolist() == [0, 1] * 3 and g.unlisted == 0
 
 
 def test_a_weak_face_joins_the_person_it_surely_is_and_only_then():
-    params = clustering.Params(max_distance=0.63, link_max_distance=0.74)
+    params = _params(cluster_max_distance=0.63, track_max_distance=0.74)
     a, b = _turned(0, 0), _turned(0, 2)
     weak_a, weak_between = _turned(20, 0, 3), (a + b) / np.linalg.norm(a + b)
     emb = np.stack([a, b, a, b, weak_a, weak_between])
@@ -323,7 +329,7 @@ def test_people_index_never_joins_two_people_seen_together():
 
 
 def test_picker_gives_exactly_ten_spread_frames_and_skips_black_ones():
-    picker = selection.RepresentativePicker(0.0, 100.0)
+    picker = selection.RepresentativePicker.from_settings(0.0, 100.0, Settings())
     rng = np.random.default_rng(1)
     for t in range(100):
         luma = 5.0 if t % 10 == 0 else 120.0  # the first frame of every bin is black
@@ -335,7 +341,7 @@ def test_picker_gives_exactly_ten_spread_frames_and_skips_black_ones():
 
 
 def test_picker_relaxes_duplicates_for_a_still_video_and_says_so():
-    picker = selection.RepresentativePicker(0.0, 20.0)
+    picker = selection.RepresentativePicker.from_settings(0.0, 20.0, Settings())
     for t in range(20):
         picker.offer(selection.FrameStats(float(t), 120.0, 100.0, 0xABCDEF, jpeg=b"j"))
     reps = picker.pick()
@@ -343,7 +349,7 @@ def test_picker_relaxes_duplicates_for_a_still_video_and_says_so():
 
 
 def test_picker_on_a_short_video_returns_every_frame():
-    picker = selection.RepresentativePicker(0.0, 0.2)
+    picker = selection.RepresentativePicker.from_settings(0.0, 0.2, Settings())
     for t in range(6):
         picker.offer(selection.FrameStats(t / 30, 120.0, 100.0, t * 7919, jpeg=b"j"))
     reps = picker.pick()
@@ -366,7 +372,7 @@ def _colour(k: int) -> bytes:
 
 
 def test_picker_takes_one_frame_per_shot_when_there_are_ten_shots():
-    picker = selection.RepresentativePicker(0.0, 60.0)
+    picker = selection.RepresentativePicker.from_settings(0.0, 60.0, Settings())
     # 12 shots of 5 s, shot k has colour k; bins of 6 s straddle the cuts
     for t in range(60):
         _offer(picker, float(t), _colour(t // 5))
@@ -377,7 +383,7 @@ def test_picker_takes_one_frame_per_shot_when_there_are_ten_shots():
 
 
 def test_picker_spreads_frames_over_few_shots_and_skips_damaged_frames():
-    picker = selection.RepresentativePicker(0.0, 40.0)
+    picker = selection.RepresentativePicker.from_settings(0.0, 40.0, Settings())
     for t in range(40):  # 2 shots; frames 10-19 decoded damaged
         _offer(picker, float(t), _colour(t // 20), damaged=10 <= t < 20)
     reps = picker.pick()
