@@ -29,17 +29,9 @@ HAVE_SHARED = (MEDIA / "ground_truth.json").exists() and PACK.exists()
 GROUND_TRUTH = json.loads((MEDIA / "ground_truth.json").read_text()) if HAVE_SHARED else {}
 VIDEOS = {k: v for k, v in GROUND_TRUTH.items() if k.startswith("videos/")}
 
-# Test layers (markers, given by module below): the fast layer needs neither the models nor ../shared and runs in
-# seconds (``pytest -m "not models and not slow"``); CI runs everything.
-NO_MODELS = {"test_units", "test_job_leases", "test_registry_writers", "test_fake_pipeline", "test_kuberay",
-             "test_tables"}
-LAYERS = {
-    "ray": {"test_backfill", "test_cluster", "test_pipeline"},
-    "serve": {"test_serve", "test_serve_embedded"},
-    "browser": {"test_report"},
-    "slow": {"test_people_multishot", "test_serve", "test_serve_embedded", "test_cluster", "test_backfill",
-             "test_registry_writers"},
-}
+# Test layers: each test module declares its own markers (``pytestmark``: models, ray, serve, browser, slow; an
+# empty list for the fast layer, which needs neither the models nor ../shared and runs in seconds:
+# ``pytest -m "not models and not slow"``); a module that declares none is refused. CI runs everything.
 # without ../shared the modules that read it at import are not collected (the fast layer still runs)
 collect_ignore = [] if HAVE_SHARED else [f"{m}.py" for m in (
     "test_backfill", "test_bad_input", "test_cluster", "test_people", "test_people_index", "test_frames",
@@ -49,13 +41,9 @@ if not (SHARED / "kuberay").exists():  # KubeRay's CRD schemas
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        if module not in NO_MODELS:
-            item.add_marker(pytest.mark.models)
-        for layer, modules in LAYERS.items():
-            if module in modules:
-                item.add_marker(getattr(pytest.mark, layer))
+    undeclared = sorted({item.module.__name__ for item in items if not hasattr(item.module, "pytestmark")})
+    if undeclared:
+        raise pytest.UsageError(f"test modules without their layers (pytestmark): {', '.join(undeclared)}")
 
 
 def pytest_runtest_setup(item):

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import MEDIA, PACK, ROOT, VIDEOS, free_port
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.models, pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
 CLIPS = {
     "in/drama/tears.mp4": "videos/tears_of_steel_10s.mp4",

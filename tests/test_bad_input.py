@@ -15,6 +15,8 @@ import pytest
 
 from conftest import MEDIA, PACK, ROOT, VIDEOS, free_port, run_cli
 
+pytestmark = [pytest.mark.models]
+
 
 def _one_line_failure(proc, error_type: str):
     assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)

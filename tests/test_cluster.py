@@ -14,7 +14,7 @@ import pytest
 from conftest import MEDIA, PACK, ROOT, VIDEOS
 from framepipe import manifests
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.models, pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture()

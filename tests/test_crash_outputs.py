@@ -17,6 +17,8 @@ import pytest
 from conftest import MEDIA, PACK, run_cli
 from framepipe import manifests
 
+pytestmark = [pytest.mark.models]
+
 VIDEO = MEDIA / "videos/tears_of_steel_10s.mp4"
 
 

@@ -8,7 +8,10 @@ import json
 import shutil
 
 import pandas as pd
+import pytest
 from conftest import MEDIA, run_cli
+
+pytestmark = [pytest.mark.models]
 
 PHOTO = "photos/face_recognition/barack_obama/obama.jpg"
 

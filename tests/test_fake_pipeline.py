@@ -14,6 +14,8 @@ import pytest
 from conftest import encode_frames
 from framepipe import manifests
 
+pytestmark = []  # the fast layer: neither the models nor ../shared
+
 
 class FakeAnalyzer:
     """The :class:`framepipe.analyzer.Analyzer` protocol: faces chosen by the frame's colour."""

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import GROUND_TRUTH, MEDIA
 
+pytestmark = [pytest.mark.models]
+
 
 def _image(url: str) -> np.ndarray:
     img = cv2.imread(url)

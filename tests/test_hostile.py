@@ -17,6 +17,8 @@ import pytest
 from conftest import MEDIA, PACK, ROOT, encode_frames, read_frames, run_cli
 from framepipe import manifests
 
+pytestmark = [pytest.mark.models]
+
 SEED = int(os.environ.get("FRAMEPIPE_FUZZ_SEED", "20261124"))
 TYPED = {"corrupt_video", "not_a_video", "no_frames", "input_too_large", "source_not_found"}
 

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+pytestmark = []  # the fast layer: neither the models nor ../shared
+
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path):

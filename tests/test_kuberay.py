@@ -17,6 +17,8 @@ import yaml
 
 from conftest import ROOT, SHARED
 
+pytestmark = []  # the fast layer: neither the models nor ../shared
+
 KUBERAY = SHARED / "kuberay"
 DEPLOY = ROOT / "deploy" / "kuberay"
 CRDS = {"RayJob": "ray.io_rayjobs.yaml", "RayService": "ray.io_rayservices.yaml",

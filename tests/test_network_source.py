@@ -11,6 +11,8 @@ import pytest
 
 from conftest import MEDIA, FileServer
 
+pytestmark = [pytest.mark.models]
+
 VIDEO = MEDIA / "videos/tears_of_steel_10s.mp4"
 
 

@@ -12,6 +12,8 @@ from nbclient import NotebookClient
 
 from conftest import MEDIA, ROOT
 
+pytestmark = [pytest.mark.models]
+
 NOTEBOOK = ROOT / "notebooks" / "explore_manifests.ipynb"
 
 

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import cv2
 import pyarrow.parquet as pq
+import pytest
 
 from framepipe import schema
+
+pytestmark = [pytest.mark.models]
 
 KEY = "videos/tears_of_steel_10s.mp4"
 

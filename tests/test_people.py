@@ -8,6 +8,8 @@ import pytest
 
 from conftest import VIDEOS, bench_quality
 
+pytestmark = [pytest.mark.models]
+
 WITH_RANGE = sorted(k for k, v in VIDEOS.items() if v.get("accept"))
 COMPOSED = sorted(k for k in VIDEOS if k.startswith("videos/composed/"))
 

@@ -6,8 +6,11 @@ from collections import Counter
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import GROUND_TRUTH, run_cli
+
+pytestmark = [pytest.mark.models]
 
 GROUPS = {
     "photos/face_recognition/groups/kit_with_rose.jpg": {"kit_harington", "rose_leslie"},

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import MEDIA, bench_quality
 
+pytestmark = [pytest.mark.models, pytest.mark.slow]
+
 MULTISHOT = {k: v for k, v in json.loads((MEDIA / "ground_truth_multishot.json").read_text()).items()
              if k.startswith("videos/")}
 LFW = MEDIA / "photos" / "lfw"

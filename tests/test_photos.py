@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from PIL import Image
 
 from conftest import MEDIA
+
+pytestmark = [pytest.mark.models]
 
 
 def test_photo_is_a_one_frame_input_upright_by_its_exif_orientation(tmp_path, settings, model):

@@ -13,6 +13,8 @@ import pytest
 from conftest import MEDIA, PACK, ROOT, run_cli
 from framepipe import manifests
 
+pytestmark = [pytest.mark.models, pytest.mark.ray]
+
 
 def test_a_cancelled_video_writes_one_failed_result_and_nothing_else(settings, model, tmp_path):
     from framepipe import pipeline

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = [pytest.mark.slow]
+
 DIM = 512
 IDENTITIES = 10
 MODEL = "synthetic"

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import MEDIA, ROOT, run_cli
 
+pytestmark = [pytest.mark.models, pytest.mark.browser]
+
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ARTIFACTS = Path(os.environ.get("FRAMEPIPE_ARTIFACTS", ROOT / ".artifacts"))
 

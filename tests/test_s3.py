@@ -9,8 +9,11 @@ import boto3
 import cv2
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import MEDIA, run_cli
+
+pytestmark = [pytest.mark.models]
 
 
 def test_s3_in_s3_out_through_the_cli(bucket, s3_server):

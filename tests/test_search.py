@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 from conftest import MEDIA, PACK, copy_videos, run_cli
 
+pytestmark = [pytest.mark.models]
+
 AOC_CLIP = "videos/talking_heads/retalking_3.mp4"
 AOC_OTHER = "videos/talking_heads/sadtalker_WDA_AlexandriaOcasioCortez_000.mp4"
 MONTAGE = "videos/composed/talking_heads_montage.mp4"

@@ -23,7 +23,7 @@ import yaml
 
 from conftest import MEDIA, PACK, ROOT, SECRET, VIDEOS, free_port
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.models, pytest.mark.serve, pytest.mark.slow, pytest.mark.timeout(900)]
 
 TOKEN = "test-token-" + os.urandom(8).hex()
 CLIP = "videos/tears_of_steel_10s.mp4"

@@ -21,7 +21,7 @@ import yaml
 
 from conftest import MEDIA, PACK, ROOT, SECRET, FileServer, free_port
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.models, pytest.mark.serve, pytest.mark.slow, pytest.mark.timeout(900)]
 
 TOKEN = "embedded-" + os.urandom(8).hex()
 JOB_TIMEOUT_S = 60

@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow.compute as pc
 from conftest import ROOT, run_cli
 
+pytestmark = []  # the fast layer: neither the models nor ../shared
+
 WRITERS, VIDEOS_EACH = 3, 12
 
 

@@ -17,6 +17,8 @@ from framepipe.framesource import FrameSource, SampledFrame, split_times
 from framepipe.prefetch import prefetch
 from framepipe.video import VideoInfo, sample_times
 
+pytestmark = []  # the fast layer: neither the models nor ../shared
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -570,7 +572,7 @@ def test_debug_is_taken_before_or_after_the_command():
     assert not parse(["report", "d"]).debug
 
 
-@pytest.mark.parametrize("search", ["hnsw_neighbours", "nndescent_neighbours"])
+@pytest.mark.parametrize("search", ["hnsw_neighbours", pytest.param("nndescent_neighbours", marks=pytest.mark.slow)])
 def test_the_first_builds_neighbour_graph_finds_the_exact_parts(search):
     """Above 2,000 people the registry's first build finds the pairs within the threshold among each person's
     nearest by sign bits (an HNSW index of them; NN-descent from 100,000 people on); every pair it keeps is within
