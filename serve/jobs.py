@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import functools
 import os
-import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -129,6 +128,8 @@ class JobStatus(BaseModel):
 
 
 class JobStore(Protocol):
+    clock: Callable[[], float]  # the time its leases are reckoned in (time.time; injected by tests)
+
     def create(self, job: JobStatus, idempotency_key: str | None) -> tuple[JobStatus, bool]:
         """Store a new queued job, or return the job already stored under this idempotency key (created False)."""
 
@@ -171,7 +172,7 @@ def result_payload(job: JobStatus) -> dict:
 def sweep(store: JobStore, max_attempts: int, enqueue, lost, now: float | None = None) -> int:
     """Take back every job whose lease lapsed before ``now``: ``enqueue(job_id)`` the ones queued again, ``lost(job)``
     the ones failed past ``max_attempts``. Safe with several sweepers (each reclaim is atomic). Returns how many."""
-    now = time.time() if now is None else now
+    now = store.clock() if now is None else now
     done = 0
     for job_id in store.lapsed(now):
         job = store.reclaim(job_id, now, max_attempts)

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import threading
 import time
+from typing import Callable
 
 from serve.jobs import JobStatus, JobStore, QueueSettings
 
@@ -24,11 +25,13 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 
 
 class RedisStore:
-    def __init__(self, url: str, prefix: str = "framepipe:serve:"):
+    def __init__(self, url: str, prefix: str = "framepipe:serve:", clock: Callable[[], float] = time.time):
+        """``clock``: the time leases and idempotency keys are reckoned in (injected by tests)."""
         import redis
 
         self.r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
         self.p = prefix
+        self.clock = clock
 
     def create(self, job: JobStatus, idempotency_key: str | None) -> tuple[JobStatus, bool]:
         if idempotency_key:
@@ -94,7 +97,7 @@ class RedisStore:
                 return job
             expires = p.zscore(f"{self.p}leases", job_id)
             holder = p.hget(f"{self.p}owners", job_id)
-            now = time.time()
+            now = self.clock()
             if job.status == "running" and expires and expires > now and (holder or b"").decode() != owner:
                 return None
             job.status, job.position, job.attempts = "running", None, job.attempts + 1
@@ -113,7 +116,7 @@ class RedisStore:
                 if (p.hget(f"{self.p}owners", job_id) or b"").decode() != owner:
                     return
                 p.multi()
-                p.zadd(f"{self.p}leases", {job_id: time.time() + lease_s}, xx=True)
+                p.zadd(f"{self.p}leases", {job_id: self.clock() + lease_s}, xx=True)
                 p.execute()
             self._transact(job_id, change)
 
@@ -147,9 +150,10 @@ class RedisStore:
 class SqliteStore:
     """The embedded store: one SQLite file that every replica on this machine opens (WAL, short transactions)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, clock: Callable[[], float] = time.time):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.path = path
+        self.clock = clock  # the time leases and idempotency keys are reckoned in (injected by tests)
         self.local = threading.local()
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -168,14 +172,14 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             if idempotency_key:
-                db.execute("DELETE FROM idem WHERE at < ?", (time.time() - IDEMPOTENCY_TTL_S,))
+                db.execute("DELETE FROM idem WHERE at < ?", (self.clock() - IDEMPOTENCY_TTL_S,))
                 row = db.execute("SELECT job_id FROM idem WHERE key = ?", (idempotency_key,)).fetchone()
                 if row:
                     doc = db.execute("SELECT doc FROM jobs WHERE id = ?", (row[0],)).fetchone()
                     if doc:
                         db.execute("COMMIT")
                         return JobStatus.model_validate_json(doc[0]), False
-                db.execute("INSERT OR REPLACE INTO idem VALUES (?, ?, ?)", (idempotency_key, job.job_id, time.time()))
+                db.execute("INSERT OR REPLACE INTO idem VALUES (?, ?, ?)", (idempotency_key, job.job_id, self.clock()))
             db.execute("INSERT INTO jobs VALUES (?, ?)", (job.job_id, job.model_dump_json()))
             db.execute("INSERT INTO queued (id) VALUES (?)", (job.job_id,))
             db.execute("COMMIT")
@@ -190,7 +194,7 @@ class SqliteStore:
 
     def find(self, idempotency_key: str) -> JobStatus | None:
         row = self._db().execute("SELECT job_id FROM idem WHERE key = ? AND at >= ?",
-                                 (idempotency_key, time.time() - IDEMPOTENCY_TTL_S)).fetchone()
+                                 (idempotency_key, self.clock() - IDEMPOTENCY_TTL_S)).fetchone()
         return self.get(row[0]) if row else None
 
     def save(self, job: JobStatus) -> None:
@@ -221,7 +225,7 @@ class SqliteStore:
             if job.status in ("succeeded", "failed"):
                 return job
             lease = db.execute("SELECT owner, expires FROM leases WHERE id = ?", (job_id,)).fetchone()
-            now = time.time()
+            now = self.clock()
             if job.status == "running" and lease and lease[1] > now and lease[0] != owner:
                 return None
             job.status, job.position, job.attempts = "running", None, job.attempts + 1
@@ -234,7 +238,7 @@ class SqliteStore:
         with self._tx() as db:
             for job_id in job_ids:
                 db.execute("UPDATE leases SET expires = ? WHERE id = ? AND owner = ?",
-                           (time.time() + lease_s, job_id, owner))
+                           (self.clock() + lease_s, job_id, owner))
 
     def lapsed(self, now: float) -> list[str]:
         return [r[0] for r in self._db().execute("SELECT id FROM leases WHERE expires < ?", (now,)).fetchall()]

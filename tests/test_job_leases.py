@@ -12,19 +12,32 @@ import pytest
 pytestmark = []  # the fast layer: neither the models nor ../shared
 
 
+class Clock:
+    """The stores' time, moved by the test: no test sleeps against a lease."""
+
+    def __init__(self):
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path):
     from serve import stores
 
     if request.param == "sqlite":
-        return stores.SqliteStore(str(tmp_path / "jobs.sqlite"))
-    return stores.RedisStore(request.getfixturevalue("redis_server"), prefix=f"test:{time.time_ns()}:")
+        return stores.SqliteStore(str(tmp_path / "jobs.sqlite"), clock=Clock())
+    return stores.RedisStore(request.getfixturevalue("redis_server"), prefix=f"test:{time.time_ns()}:", clock=Clock())
 
 
 def _job(store, n: int = 0):
     from serve.jobs import JobStatus
 
-    job = JobStatus(job_id=f"{n:032x}", status="queued", source="s3://b/k.mp4", submitted_at=time.time())
+    job = JobStatus(job_id=f"{n:032x}", status="queued", source="s3://b/k.mp4", submitted_at=store.clock())
     store.create(job, None)
     return job.job_id
 
@@ -36,37 +49,40 @@ def test_one_live_worker_holds_a_job(store):
     assert a.status == "running" and a.attempts == 1 and store.position(job_id) is None
     assert store.claim(job_id, "worker-b", lease_s=30) is None  # a duplicate delivery while a lives
     assert store.claim(job_id, "worker-a", lease_s=30).attempts == 2  # the holder may take it again
-    assert store.lapsed(time.time()) == []
-    assert store.reclaim(job_id, time.time(), max_attempts=3) is None  # live: nobody takes it back
+    assert store.lapsed(store.clock()) == []
+    assert store.reclaim(job_id, store.clock(), max_attempts=3) is None  # live: nobody takes it back
 
 
 def test_a_renewed_lease_never_lapses_and_a_dead_workers_does(store):
     job_id = _job(store)
     store.claim(job_id, "worker-a", lease_s=2)
     for _ in range(3):  # the heartbeat, for longer than one lease
-        time.sleep(0.8)
+        store.clock.advance(1.5)
+        assert store.lapsed(store.clock()) == []
         store.renew("worker-a", [job_id], lease_s=2)
-        assert store.lapsed(time.time()) == []
     store.renew("worker-b", [job_id], lease_s=100)  # someone else's renewal changes nothing
-    assert job_id in store.lapsed(time.time() + 2.5)
-    back = store.reclaim(job_id, time.time() + 2.5, max_attempts=3)
-    assert back.status == "queued" and store.position(job_id) == 1 and store.lapsed(time.time() + 10) == []
+    assert store.lapsed(store.clock() + 1.9) == []
+    assert store.reclaim(job_id, store.clock() + 1.9, max_attempts=3) is None  # still live
+    store.clock.advance(2.5)  # its worker died: no more renewals
+    assert job_id in store.lapsed(store.clock())
+    back = store.reclaim(job_id, store.clock(), max_attempts=3)
+    assert back.status == "queued" and store.position(job_id) == 1 and store.lapsed(store.clock() + 10) == []
     assert store.claim(job_id, "worker-b", lease_s=30).attempts == 2
 
 
 def test_past_its_attempts_a_job_fails_and_a_finished_job_holds_no_lease(store):
     job_id = _job(store)
     for attempt in range(1, 4):
-        assert store.claim(job_id, f"worker-{attempt}", lease_s=0.01).attempts == attempt
-        time.sleep(0.05)
-        back = store.reclaim(job_id, time.time(), max_attempts=3)
+        assert store.claim(job_id, f"worker-{attempt}", lease_s=1).attempts == attempt
+        store.clock.advance(2)
+        back = store.reclaim(job_id, store.clock(), max_attempts=3)
     assert back.status == "failed" and back.attempts == 3
     other = _job(store, 1)
-    job = store.claim(other, "worker-a", lease_s=0.01)
+    job = store.claim(other, "worker-a", lease_s=1)
     job.status = "succeeded"
     store.save(job)
-    time.sleep(0.05)
-    assert store.lapsed(time.time()) == [] and store.claim(other, "worker-b", 30).status == "succeeded"
+    store.clock.advance(2)
+    assert store.lapsed(store.clock()) == [] and store.claim(other, "worker-b", 30).status == "succeeded"
 
 
 def test_concurrent_sweepers_take_each_lapsed_job_back_once(store):
@@ -74,8 +90,8 @@ def test_concurrent_sweepers_take_each_lapsed_job_back_once(store):
 
     ids = [_job(store, n) for n in range(6)]
     for job_id in ids:
-        store.claim(job_id, "dead-worker", lease_s=0.01)
-    time.sleep(0.05)
+        store.claim(job_id, "dead-worker", lease_s=1)
+    store.clock.advance(2)
     enqueued, lost, counts = [], [], []
     lock = threading.Lock()
 
