@@ -43,7 +43,7 @@ def _table(fields, prefix: str) -> list[str]:
 def reference() -> str:
     from framepipe.config import CONCERNS, Settings
     from jobs.backfill import parse_args_parser
-    from serve.jobs import QueueSettings
+    from serve.lifecycle import QueueSettings
     from serve.settings import ServeSettings
 
     out = [BEGIN, "", "### The pipeline (`framepipe/config.py`: `Settings`, env `FRAMEPIPE_<NAME>`)", "",
@@ -59,7 +59,7 @@ def reference() -> str:
         if marks:
             out += ["", "**outputs**: " + ", ".join(f"`{n}`" for n in marks)]
     service = list(ServeSettings.model_fields.items()) + list(QueueSettings.model_fields.items())
-    out += ["", "### The service (`serve/settings.py`: `ServeSettings`; `serve/jobs.py`: `QueueSettings`; env "
+    out += ["", "### The service (`serve/settings.py`: `ServeSettings`; `serve/lifecycle.py`: `QueueSettings`; env "
             "`FRAMEPIPE_SERVE_<NAME>`)", "", "Read by the service's deployments only; never passed to the "
             "backfill's workers.", ""]
     out += _table(service, "FRAMEPIPE_SERVE_")

@@ -27,7 +27,7 @@ class ErrorCode(StrEnum):
     MODEL_UNAVAILABLE = "model_unavailable"  # the service's model deployment was down
     WORKER_LOST = "worker_lost"  # the service lost a job's worker too many times
     BAD_CORRECTION = "bad_correction"  # framepipe people: a name, merge or split that names nobody
-    NO_FACE = "no_face"  # search: the query holds no face
+    QUERY_NO_FACE = "no_face"  # search: the query photo holds no face (a video without faces: NO_FACES)
     NO_PEOPLE_OF_MODEL = "no_people_of_model"  # search: the destination has no people of the query's model
     DAMAGED_DESTINATION = "damaged_destination"  # a file of the destination cannot be read and nothing replaces it
 

@@ -4,7 +4,7 @@
 files of version n; a writer commits version n+1 only if nobody did first, else applies its change again on the
 newer version). Each version holds, per model (``<model>/...``), and the people index of all models:
 
-* ``persons.parquet`` (:data:`~framepipe.schema.PERSONS_SCHEMA` but the centroid): one row per global person,
+* ``persons.parquet`` (:data:`~framepipe.schema.GLOBAL_PERSON_SCHEMA` but the centroid): one row per global person,
   with its name, its count of members and ``merged_into`` for ids merged away (kept as aliases); ``sums.parquet``:
   the running sum of each person's members' embeddings (the centroid);
 * ``members.parquet`` (:data:`~framepipe.schema.MEMBERS_SCHEMA` but the embedding): one row per (video, local

@@ -114,17 +114,17 @@ def _project(source: pa.Schema, names: list[str]) -> pa.Schema:
     return pa.schema([source.field(n) for n in names], source.metadata)
 
 
-_LIGHT_PERSONS = [n for n in schema.PERSONS_SCHEMA.names if n != "embedding_sum"]
+_LIGHT_PERSONS = [n for n in schema.GLOBAL_PERSON_SCHEMA.names if n != "embedding_sum"]
 _LIGHT_MEMBERS = [n for n in schema.MEMBERS_SCHEMA.names if n != "embedding"]
 # the files of a base: the small columns apart from the heavy ones, so that a light read (a search, an update) reads
 # two small files whole, in a few requests whatever the registry's size, and the heavy ones by row group
 FILES = {
-    "persons": (_project(schema.PERSONS_SCHEMA, _LIGHT_PERSONS), None),
-    "sums": (_project(schema.PERSONS_SCHEMA, ["global_person_id", "embedding_sum"]), ROW_GROUP),
+    "persons": (_project(schema.GLOBAL_PERSON_SCHEMA, _LIGHT_PERSONS), None),
+    "sums": (_project(schema.GLOBAL_PERSON_SCHEMA, ["global_person_id", "embedding_sum"]), ROW_GROUP),
     "members": (_project(schema.MEMBERS_SCHEMA, _LIGHT_MEMBERS), None),
     "embeddings": (_project(schema.MEMBERS_SCHEMA, ["global_person_id", "video_id", "person_id", "embedding"]),
                    ROW_GROUP),
-    "persons+": (schema.PERSONS_SCHEMA, None),  # segments: whole rows
+    "persons+": (schema.GLOBAL_PERSON_SCHEMA, None),  # segments: whole rows
     "members+": (schema.MEMBERS_SCHEMA, None),
 }
 LAYOUT = 2  # a version's meta "layers": the files above (1: whole persons and members files, sorted)
@@ -180,7 +180,7 @@ class Registry:
     their base entries and are searched in a small in-memory index of their own."""
     model: str
     dim: int
-    persons: pd.DataFrame  # PERSONS_SCHEMA columns, indexed by global_person_id
+    persons: pd.DataFrame  # GLOBAL_PERSON_SCHEMA columns, indexed by global_person_id
     members: pd.DataFrame  # MEMBERS_SCHEMA columns
     index: object = field(default=None, repr=False)  # usearch Index of the base files' live centroids
     next_id: list[int] = field(default_factory=lambda: [0])  # shared by a destination's registries: ids unique
@@ -204,7 +204,7 @@ class Registry:
 
     @classmethod
     def empty(cls, model: str, dim: int) -> "Registry":
-        persons = schema.PERSONS_SCHEMA.empty_table().to_pandas().set_index("global_person_id", drop=False)
+        persons = schema.GLOBAL_PERSON_SCHEMA.empty_table().to_pandas().set_index("global_person_id", drop=False)
         members = schema.MEMBERS_SCHEMA.empty_table().to_pandas()
         return cls(model, dim, persons, members, _new_index(dim), _delta=_new_index(dim), _rewrite=True)
 

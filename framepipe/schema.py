@@ -9,7 +9,7 @@ Every run (CLI, backfill, Serve) also appends the same rows to the destination's
 ``DEST/manifests/videos`` and ``DEST/manifests/people`` (:mod:`framepipe.tables`; read them with
 :func:`framepipe.manifests.load_videos`, ``deltalake.DeltaTable(...).to_pandas()`` or any Delta reader).
 ``framepipe people`` adds ``DEST/manifests/people_index.parquet`` (:data:`PEOPLE_INDEX_SCHEMA`): the
-same person across videos, from the person registry (:data:`PERSONS_SCHEMA`, :data:`MEMBERS_SCHEMA`,
+same person across videos, from the person registry (:data:`GLOBAL_PERSON_SCHEMA`, :data:`MEMBERS_SCHEMA`,
 :mod:`framepipe.registry`). ``SCHEMA_VERSION`` is stored in each file's schema metadata and in every row; bump it
 on any change to these schemas (1.1 added ``media_type``, ``seen_s`` and the people index; 1.2 the registry and
 the people index's ``name``; 1.3 the shots, each person's ``time_ranges`` and ``faces_unlisted``; 1.4 ``run_id``,
@@ -208,7 +208,7 @@ PEOPLE_INDEX_SCHEMA = pa.schema(
 
 
 # the person registry, one per destination and embedding model (framepipe.registry)
-PERSONS_SCHEMA = pa.schema(
+GLOBAL_PERSON_SCHEMA = pa.schema(
     [
         pa.field("global_person_id", pa.int32(), nullable=False),  # never renumbered, never reused
         pa.field("name", pa.string()),

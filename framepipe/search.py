@@ -31,7 +31,7 @@ from framepipe.storage import Destination
 
 
 class NoQueryFace(FramepipeError):
-    code = ErrorCode.NO_FACE
+    code = ErrorCode.QUERY_NO_FACE
 
 
 class NoPeopleOfModel(FramepipeError):

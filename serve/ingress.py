@@ -26,8 +26,8 @@ from framepipe import search as find
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError, InputTooLarge, ModelUnavailable, SourceNotFound, WorkerLost
 from framepipe.storage import Destination
-from serve import jobs, stores, webhook
-from serve.jobs import QUEUE, JobStatus, deliver_webhook, job_settings, record_failure
+from serve import lifecycle, stores, webhook
+from serve.lifecycle import QUEUE, JobStatus, deliver_webhook, job_settings, record_failure
 
 from serve.model import HandleAnalyzer
 from serve.settings import (IMAGE_TYPES, Accepted, SearchRequest, VideoRequest, decode_image, serve_settings)
@@ -82,7 +82,7 @@ class VideoIngress:
         self.worker, self.model = worker, model  # handles: they make the worker and the model part of this app
         self.dest = Destination(self.cfg.output, timeout_s=self.settings.http_timeout_s)
         self.store = stores.open_store(QUEUE)
-        self.broker = instantiate_adapter_from_config(jobs.tasks())
+        self.broker = instantiate_adapter_from_config(lifecycle.tasks())
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="ingress")  # its own: never starved by other work
         self.search_slots = asyncio.Semaphore(self.cfg.search_concurrency)
         threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True).start()
@@ -90,19 +90,21 @@ class VideoIngress:
     def _sweep_forever(self) -> None:
         """Jobs whose worker died (their lease lapsed) go back on the broker, or fail ``worker_lost`` with their
         webhook once they have lost ``max_attempts`` workers. Also what a restart of ``serve run`` finds running, and
-        (the embedded broker) queued jobs whose message a killed worker had read (:func:`jobs.requeue_forgotten`)."""
+        (the embedded broker) queued jobs whose message a killed worker had read
+        (:func:`lifecycle.requeue_forgotten`)."""
         suspects: set[str] = set()
         while True:
             time.sleep(QUEUE.sweep_s)
             try:
-                jobs.sweep(self.store, QUEUE.max_attempts, self._enqueue, self._lost)
+                lifecycle.sweep(self.store, QUEUE.max_attempts, self._enqueue, self._lost)
                 if not QUEUE.broker_url:  # the embedded broker: jobs read by a worker killed before its claim
-                    suspects = jobs.requeue_forgotten(self.store, jobs.embedded_holds(QUEUE), self._enqueue, suspects)
+                    suspects = lifecycle.requeue_forgotten(self.store, lifecycle.embedded_holds(QUEUE), self._enqueue,
+                                                           suspects)
             except Exception:
                 log.exception("sweeping lapsed leases")
 
     def _enqueue(self, job_id: str) -> None:
-        self.broker.enqueue_task_sync(jobs.TASK, args=[job_id], task_id=uuid.uuid4().hex)
+        self.broker.enqueue_task_sync(lifecycle.TASK, args=[job_id], task_id=uuid.uuid4().hex)
 
     def _lost(self, job: JobStatus) -> None:
         settings = job_settings(self.settings, job)
@@ -162,7 +164,7 @@ class VideoIngress:
                         request={"settings": overrides, "webhook_url": body.webhook_url})
         job, created = await self._blocking(self.store.create, job, idempotency_key)
         if created:
-            await self._blocking(self.broker.enqueue_task_sync, jobs.TASK, args=[job.job_id], task_id=job.job_id)
+            await self._blocking(self.broker.enqueue_task_sync, lifecycle.TASK, args=[job.job_id], task_id=job.job_id)
         return _accepted(job)
 
     @api.post("/v1/search", dependencies=[Depends(bearer)],

@@ -1,5 +1,5 @@
-"""``FaceModel``: the face models once per replica, frames from every caller batched together (GPU where there
-is one); ``HandleAnalyzer``: that deployment as the pipeline's analyzer."""
+"""``FaceModelDeployment`` (the deployment ``FaceModel``): the face models once per replica, frames from every
+caller batched together (GPU where there is one); ``HandleAnalyzer``: that deployment as the pipeline's analyzer."""
 
 from ray import serve
 from ray.exceptions import RayError
@@ -9,9 +9,10 @@ from framepipe.errors import ModelUnavailable
 from framepipe.faces import load_face_model
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-class FaceModel:
-    """The face models, once per replica; frames from every caller are batched together."""
+@serve.deployment(name="FaceModel", ray_actor_options={"num_cpus": 1})  # the name serve/config.yaml and deploy/ use
+class FaceModelDeployment:
+    """The face models (:class:`framepipe.faces.FaceModel`), once per replica; frames from every caller are batched
+    together."""
 
     def __init__(self):
         self.model = load_face_model(Settings())

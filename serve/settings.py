@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serve import webhook
 
-Status = Literal["queued", "running", "succeeded", "failed"]  # a job's (serve/jobs.py)
+Status = Literal["queued", "running", "succeeded", "failed"]  # a job's (serve/lifecycle.py)
 
 
 BUCKET_RE = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"  # plus the rules in VideoRequest._one_source

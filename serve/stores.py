@@ -1,4 +1,4 @@
-"""The two job stores behind ``serve.jobs.JobStore``: Redis (deployments; optimistic transactions with WATCH) and
+"""The two job stores behind ``serve.lifecycle.JobStore``: Redis (deployments; optimistic transactions with WATCH) and
 SQLite (the embedded default: one file every replica on the machine opens, short IMMEDIATE transactions)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Callable
 
-from serve.jobs import JobStatus, JobStore, QueueSettings
+from serve.lifecycle import JobStatus, JobStore, QueueSettings
 
 
 def _reclaimed(job: JobStatus, max_attempts: int) -> JobStatus:

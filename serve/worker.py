@@ -1,5 +1,5 @@
 """``VideoWorker``: consumes jobs from the broker (a Ray Serve task consumer on Celery), runs framepipe's per-video
-pipeline under a lease (serve/jobs.py), then the webhook."""
+pipeline under a lease (serve/lifecycle.py), then the webhook."""
 
 import logging
 import threading
@@ -14,8 +14,8 @@ from framepipe.config import Settings
 from framepipe.errors import ErrorCode, ModelUnavailable
 from framepipe.framesource import Cancel
 from framepipe.storage import Destination
-from serve import jobs, stores
-from serve.jobs import QUEUE, JobStatus, deliver_webhook, job_settings, record_failure
+from serve import lifecycle, stores
+from serve.lifecycle import QUEUE, JobStatus, deliver_webhook, job_settings, record_failure
 from serve.model import HandleAnalyzer
 from serve.settings import ServeSettings
 
@@ -25,7 +25,7 @@ MODEL_RETRIES, MODEL_WAIT_S = 6, 10.0  # a job whose model deployment is down wa
 
 
 @serve.deployment(max_ongoing_requests=2, ray_actor_options={"num_cpus": 0.5})
-@task_consumer(task_processor_config=jobs.tasks())
+@task_consumer(task_processor_config=lifecycle.tasks())
 class VideoWorker:
     """Consumes jobs from the broker, at most ``max_ongoing_requests`` at once (Celery threads)."""
 
@@ -52,9 +52,9 @@ class VideoWorker:
             except Exception:  # the store unreachable for a moment: the next beat tries again
                 log.exception("renewing leases")
 
-    @task_handler(name=jobs.TASK)
+    @task_handler(name=lifecycle.TASK)
     def process_job(self, job_id: str) -> str:
-        """Run one job to its end, under a lease (``serve/jobs.py``). Delivered again after a worker died: a
+        """Run one job to its end, under a lease (``serve/lifecycle.py``). Delivered again after a worker died: a
         finished job only gets its webhook (if that had not gone out), an unfinished one runs again and writes the
         same outputs; a job another live worker holds is left to it."""
         job = self.store.claim(job_id, self.owner, QUEUE.lease_s)

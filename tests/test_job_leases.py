@@ -1,4 +1,4 @@
-"""The job store's leases (serve/jobs.py), on both stores: the embedded SQLite one and a real Redis. A job is taken
+"""The job store's leases (serve/lifecycle.py), on both stores: the embedded SQLite one and a real Redis. A job is taken
 by one live worker at a time, renewed while it works, taken back when its worker dies (queued again, or failed past
 its attempts), and a sweep acts on each lapsed job once however many sweepers run."""
 
@@ -35,7 +35,7 @@ def store(request, tmp_path):
 
 
 def _job(store, n: int = 0):
-    from serve.jobs import JobStatus
+    from serve.lifecycle import JobStatus
 
     job = JobStatus(job_id=f"{n:032x}", status="queued", source="s3://b/k.mp4", submitted_at=store.clock())
     store.create(job, None)
@@ -86,7 +86,7 @@ def test_past_its_attempts_a_job_fails_and_a_finished_job_holds_no_lease(store):
 
 
 def test_concurrent_sweepers_take_each_lapsed_job_back_once(store):
-    from serve import jobs
+    from serve import lifecycle
 
     ids = [_job(store, n) for n in range(6)]
     for job_id in ids:
@@ -96,7 +96,7 @@ def test_concurrent_sweepers_take_each_lapsed_job_back_once(store):
     lock = threading.Lock()
 
     def sweeper():
-        counts.append(jobs.sweep(store, 3, lambda j: (lock.acquire(), enqueued.append(j), lock.release()),
+        counts.append(lifecycle.sweep(store, 3, lambda j: (lock.acquire(), enqueued.append(j), lock.release()),
                                  lost.append))
 
     threads = [threading.Thread(target=sweeper) for _ in range(4)]
@@ -115,16 +115,16 @@ def test_a_queued_job_no_message_names_goes_on_the_broker_again(store, tmp_path)
     never a job whose message is there or that a worker took meanwhile; the real queue folder is read."""
     import json
 
-    from serve import jobs
+    from serve import lifecycle
 
     held, lost, taken = _job(store, 1), _job(store, 2), _job(store, 3)
-    q = jobs.QueueSettings(state_dir=str(tmp_path / "state"))
+    q = lifecycle.QueueSettings(state_dir=str(tmp_path / "state"))
     folder = tmp_path / "state" / "broker" / "queue"
     folder.mkdir(parents=True)
     (folder / "1.msg").write_text(json.dumps({"headers": {"argsrepr": f"['{held}']"}, "body": "e30="}))
     enqueued: list[str] = []
-    suspects = jobs.requeue_forgotten(store, jobs.embedded_holds(q), enqueued.append, set())
+    suspects = lifecycle.requeue_forgotten(store, lifecycle.embedded_holds(q), enqueued.append, set())
     assert enqueued == [] and suspects == {lost, taken}  # once missing may be a worker about to claim
     store.claim(taken, "worker-a", lease_s=30)
-    suspects = jobs.requeue_forgotten(store, jobs.embedded_holds(q), enqueued.append, suspects)
+    suspects = lifecycle.requeue_forgotten(store, lifecycle.embedded_holds(q), enqueued.append, suspects)
     assert enqueued == [lost]

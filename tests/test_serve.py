@@ -51,7 +51,7 @@ def service(s3_server, redis_server, made, tmp_path_factory):
            "FRAMEPIPE_MAX_BYTES": "3000000", "FRAMEPIPE_MAX_DURATION_S": "15",  # caps: 3 MB, 15 s
            "FRAMEPIPE_SERVE_BROKER_URL": redis_server, "FRAMEPIPE_SERVE_QUEUE_MAX": str(QUEUE_MAX),
            # the broker's visibility timeout stays at its default (1800 s): the jobs' leases bring back a dead
-           # worker's job (serve/jobs.py)
+           # worker's job (serve/lifecycle.py)
            "FRAMEPIPE_SERVE_ALLOW_PRIVATE_NETWORKS": "1", "FRAMEPIPE_SERVE_WEBHOOK_PORTS": "*",  # all on 127.0.0.1
            "FRAMEPIPE_SERVE_SOURCE_ALLOWED_HOSTS": "127.0.0.1"}
     log = open(path.parent / "serve.log", "w")

@@ -2,7 +2,7 @@
 SQLite store) works on one machine; a job over its time limit fails cleanly, its replica still serving (the old
 design closed the decoder under a thread still inside it: SIGSEGV, every job on the replica lost); and every accepted
 job ends with its webhook when its worker, every replica or the whole `serve run` is killed, at default settings
-(the embedded broker never delivers a task again: the jobs' leases do, serve/jobs.py). Slow jobs are slow by
+(the embedded broker never delivers a task again: the jobs' leases do, serve/lifecycle.py). Slow jobs are slow by
 construction (a source of the test's own that trickles its bytes), never by hoping the machine is slow."""
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def test_jobs_over_the_time_limit_fail_and_the_worker_keeps_serving(embedded, tr
 
 
 def test_a_job_longer_than_its_lease_runs_once_while_its_worker_lives(embedded, trickle):
-    from serve.jobs import QueueSettings
+    from serve.lifecycle import QueueSettings
 
     lease = QueueSettings().lease_s
     t0 = time.time()
