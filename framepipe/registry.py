@@ -55,9 +55,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 
-from framepipe import calibration, commits, manifests, registry_model, schema, tables
+from framepipe import calibration, commits, manifests, schema, tables
+from framepipe.registry_files import LAYOUT, unit
+from framepipe.registry_model import CANDIDATES, CorrectionError, Registry, Update
 from framepipe.storage import Destination
-from framepipe.registry_model import CANDIDATES, CorrectionError, Registry, Update, unit
 
 __all__ = ["CANDIDATES", "CorrectionError", "Corrections", "Registry", "Update", "in_memory_index", "index_table",
            "model_groups", "models_of", "people_since", "publish_index", "registered", "unit", "update_destination"]
@@ -153,7 +154,7 @@ def update_destination(
         done.update(registries=registries, updates=updates, table=table)
         keep = {k: v for k, v in version.files.items() if k not in parts and k not in dropped}
         meta = {"next_id": next_id[0], "models": sorted({r.model for r in registries}),
-                "dims": {r.model: r.dim for r in registries}, "layers": registry_model.LAYOUT}
+                "dims": {r.model: r.dim for r in registries}, "layers": LAYOUT}
         if seen is not None:
             meta["people_version"] = seen
         return parts, meta, keep

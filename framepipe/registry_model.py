@@ -5,162 +5,31 @@ registries up to date and commits them; its docstring describes the whole.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import datetime as dt
 import functools
 import io
 import logging
-import os
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from framepipe import commits, people_index, schema
 from framepipe.errors import ErrorCode, FramepipeError
+from framepipe.registry_files import (COMPACT_ROWS, COMPACT_SEGMENTS, INDEX_FILE, LAYOUT, ROW_GROUP, missing, model_dir,
+                                      new_index, restore_index, segments_of, table_bytes, unit, units, view_index)
 from framepipe.storage import Destination, destination
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.usearch"
-# HNSW: M, ef at build, ef at search (bench/people_scale.py)
-CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 64, 448
 CANDIDATES = 10  # nearest global persons looked at when attaching
-ROW_GROUP = 2048  # rows per row group of the persons and members files (sorted by global id)
-# an update writes the persons it changed and the members it added as a segment of its own; the registry's base
-# files (and the index) are rewritten whole only past these, or for a change that is not an addition (a merge, a
-# split, a video's people detached)
-COMPACT_SEGMENTS, COMPACT_ROWS = 32, 20_000
-SEGMENT = re.compile(r"^(persons|members)\+(\d+)\.parquet$")
 CHUNK = 65_536  # rows of the first build's temporaries at once
-# the index's vectors in bfloat16 (bench/people_scale.py --people 50000 --dim 512 --dtype bf16/f32): 84 against
-# 152 MB, built 1.6x faster, recall@10 against exact search 0.980 against f32's 0.987 at ef 448
-INDEX_DTYPE = "bf16"
 
 
 class CorrectionError(FramepipeError):
     code = ErrorCode.BAD_CORRECTION
-
-
-def model_dir(model: str) -> str:
-    """``registry/<model>``, the model name made safe as one path component."""
-    return f"{schema.REGISTRY}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', model or 'unknown')}"
-
-
-def unit(v: np.ndarray) -> np.ndarray:
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
-
-
-def _view_index(d: Destination, relpath: str):
-    """(a stored index memory-mapped (usearch ``view``: a search touches the pages it visits only), the local
-    file mapped); (None, None) when it cannot be read."""
-    import tempfile
-
-    from usearch.index import Index
-
-    try:
-        if d.is_s3:
-            tmp = tempfile.NamedTemporaryFile(prefix="framepipe-index-", suffix=".usearch", delete=False)
-            with tmp:
-                tmp.write(d.read(relpath))
-            path = tmp.name
-            _TEMPORARY.append(path)
-        else:
-            path = d.url(relpath)
-        index = Index.restore(path, view=True)
-        if index is not None:
-            index.expansion_search = EXPANSION_SEARCH
-        return index, path
-    except Exception as e:
-        log.warning("cannot map the index %s: %s", d.url(relpath), e)
-        return None, None
-
-
-def _restore_index(stored: bytes | None):
-    """A stored index read into memory (None when it cannot be read)."""
-    from usearch.index import Index
-
-    try:
-        index = Index.restore(bytearray(stored)) if stored else None
-    except Exception as e:  # a damaged or foreign file: rebuilt from the Parquet truth
-        log.warning("cannot read a registry index: %s", e)
-        return None
-    if index is not None:
-        index.expansion_search = EXPANSION_SEARCH  # a search setting: not kept in the file
-    return index
-
-
-def _units(sums) -> np.ndarray:
-    v = np.asarray(sums, dtype=np.float32)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-
-def _segments(files: dict) -> list[tuple[int, str, str]]:
-    """(number, "persons" or "members", part name) of the segments among a model's committed files, in order."""
-    return sorted((int(m[2]), m[1], k) for k in files if (m := SEGMENT.match(k.split("/", 1)[1])))
-
-
-def _missing(value) -> bool:
-    """A centroid sum or embedding a light read left out."""
-    return value is None or (isinstance(value, float) and np.isnan(value))
-
-
-def _project(source: pa.Schema, names: list[str]) -> pa.Schema:
-    return pa.schema([source.field(n) for n in names], source.metadata)
-
-
-_LIGHT_PERSONS = [n for n in schema.GLOBAL_PERSON_SCHEMA.names if n != "embedding_sum"]
-_LIGHT_MEMBERS = [n for n in schema.MEMBERS_SCHEMA.names if n != "embedding"]
-# the files of a base: the small columns apart from the heavy ones, so that a light read (a search, an update) reads
-# two small files whole, in a few requests whatever the registry's size, and the heavy ones by row group
-FILES = {
-    "persons": (_project(schema.GLOBAL_PERSON_SCHEMA, _LIGHT_PERSONS), None),
-    "sums": (_project(schema.GLOBAL_PERSON_SCHEMA, ["global_person_id", "embedding_sum"]), ROW_GROUP),
-    "members": (_project(schema.MEMBERS_SCHEMA, _LIGHT_MEMBERS), None),
-    "embeddings": (_project(schema.MEMBERS_SCHEMA, ["global_person_id", "video_id", "person_id", "embedding"]),
-                   ROW_GROUP),
-    "persons+": (schema.GLOBAL_PERSON_SCHEMA, None),  # segments: whole rows
-    "members+": (schema.MEMBERS_SCHEMA, None),
-}
-LAYOUT = 2  # a version's meta "layers": the files above (1: whole persons and members files, sorted)
-
-
-def _table_bytes(df: pd.DataFrame, kind: str) -> bytes:
-    """Rows as one of a registry's Parquet files (``FILES``: its columns; the heavy files in small row groups,
-    sorted by the global id readers filter on)."""
-    target, row_group = FILES[kind]
-    df = df.reset_index(drop=True)
-    if "schema_version" in target.names:
-        df = df.assign(schema_version=schema.SCHEMA_VERSION)
-    if "merged_into" in target.names:
-        df["merged_into"] = df["merged_into"].astype("Int64")
-    df = df[target.names]
-    step = ROW_GROUP * 16  # converted to Arrow a slice at a time: a first build's embeddings are not copied whole
-    slices = (pa.Table.from_pandas(df.iloc[i : i + step], schema=target, preserve_index=False)
-              for i in range(0, max(len(df), 1), step))
-    return schema.parquet_bytes(slices, row_group_size=row_group, arrow_schema=target)
-
-
-_TEMPORARY: list[str] = []  # S3 indexes copied to map them, removed when the process ends
-
-
-@atexit.register
-def _remove_temporary() -> None:
-    for path in _TEMPORARY:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-
-def _new_index(dim: int):
-    from usearch.index import Index
-
-    return Index(ndim=dim, metric="cos", dtype=INDEX_DTYPE, connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD,
-                 expansion_search=EXPANSION_SEARCH)
 
 
 @dataclass
@@ -206,7 +75,7 @@ class Registry:
     def empty(cls, model: str, dim: int) -> "Registry":
         persons = schema.GLOBAL_PERSON_SCHEMA.empty_table().to_pandas().set_index("global_person_id", drop=False)
         members = schema.MEMBERS_SCHEMA.empty_table().to_pandas()
-        return cls(model, dim, persons, members, _new_index(dim), _delta=_new_index(dim), _rewrite=True)
+        return cls(model, dim, persons, members, new_index(dim), _delta=new_index(dim), _rewrite=True)
 
     @classmethod
     def load(cls, dest: str | Destination, model: str, dim: int, version: commits.Version | None = None,
@@ -234,7 +103,7 @@ class Registry:
         tables["members"]["embedding"] = None  # (_load_embeddings)
         base_live = int((tables["persons"]["merged_into"].isna() & (tables["persons"]["members"] > 0)).sum())
         shadow: set[int] = set()
-        for _, kind, part in _segments(mine):
+        for _, kind, part in segments_of(mine):
             rows = pq.read_table(io.BytesIO(commits.read(d, schema.REGISTRY, version, part))).to_pandas()
             tables[kind] = pd.concat([tables[kind], rows], ignore_index=True)
             if kind == "persons":
@@ -242,12 +111,12 @@ class Registry:
         persons = tables["persons"].drop_duplicates("global_person_id", keep="last").set_index(
             "global_person_id", drop=False)
         reg = cls(model, dim, persons, tables["members"], _base=base, _files=mine, _shadow=shadow,
-                  _delta=_new_index(dim), _members_loaded=len(tables["members"]))
+                  _delta=new_index(dim), _members_loaded=len(tables["members"]))
         if not light:
             reg._load_sums(reg.persons.index)
             reg._load_embeddings(reg.members.index)
-        reg.index, reg._base["index"] = (_view_index(d, rel(INDEX_FILE)) if light else
-                                         (_restore_index(d.read(rel(INDEX_FILE))), None))
+        reg.index, reg._base["index"] = (view_index(d, rel(INDEX_FILE)) if light else
+                                         (restore_index(d.read(rel(INDEX_FILE))), None))
         if reg.index is None or len(reg.index) != base_live:
             log.warning("the index of %s does not match its persons: rebuilt", model)
             if light:
@@ -266,12 +135,12 @@ class Registry:
         persons = pq.read_table(io.BytesIO(part("persons.parquet"))).to_pandas()
         members = pq.read_table(io.BytesIO(part("members.parquet"))).to_pandas()
         reg = cls(model, dim, persons.set_index("global_person_id", drop=False), members, _files=files,
-                  _delta=_new_index(dim), _rewrite=True)
+                  _delta=new_index(dim), _rewrite=True)
         try:
             stored = part(INDEX_FILE)
         except (FileNotFoundError, KeyError, OSError):
             stored = None
-        reg.index = _restore_index(stored) if stored else None
+        reg.index = restore_index(stored) if stored else None
         live = reg.live_ids()
         if reg.index is None or len(reg.index) != len(live) or not all(int(g) in reg.index for g in live[:100]):
             reg._rebuild_index()
@@ -281,20 +150,20 @@ class Registry:
     def _rebuild_index(self) -> None:
         """The base index built anew from every live centroid (every sum read); saved with the next version."""
         live = self.live_ids()
-        self.index, self._shadow, self._delta, self._rewrite = _new_index(self.dim), set(), _new_index(self.dim), True
+        self.index, self._shadow, self._delta, self._rewrite = new_index(self.dim), set(), new_index(self.dim), True
         self._base.pop("index", None)
         if len(live):
             self.index.add(live.astype(np.uint64), self._centroids(live))
 
     def _centroids(self, gids) -> np.ndarray:
         """The unit centroids of these persons (their sums read)."""
-        return _units(np.stack(self.persons.loc[gids, "embedding_sum"].to_numpy()))
+        return units(np.stack(self.persons.loc[gids, "embedding_sum"].to_numpy()))
 
     def _load_sums(self, gids) -> None:
         """Read the centroid sums a light read left out, of these persons (by row group), into ``persons``."""
         column = self.persons["embedding_sum"].to_numpy(dtype=object).copy()
         at = self.persons.index.get_indexer(pd.Index(list(gids), dtype="int64"))
-        want = sorted({int(self.persons.index[p]) for p in at if p >= 0 and _missing(column[p])})
+        want = sorted({int(self.persons.index[p]) for p in at if p >= 0 and missing(column[p])})
         if not want:
             return
         path, fs = self._base["sums"]
@@ -302,7 +171,7 @@ class Registry:
                             filters=[("global_person_id", "in", want)] if len(want) < 4 * ROW_GROUP else None)
         for p, e in zip(self.persons.index.get_indexer(got.column(0).to_numpy()),
                         got.column(1).to_numpy(zero_copy_only=False)):
-            if p >= 0 and _missing(column[p]):
+            if p >= 0 and missing(column[p]):
                 column[p] = np.asarray(e, np.float32)
         self.persons["embedding_sum"] = column
 
@@ -310,7 +179,7 @@ class Registry:
         """Read the embeddings a light read left out, of these members rows (positions; found through their
         global ids' row groups, which is why a change of a member's global id saves the base files anew)."""
         column = self.members["embedding"].to_numpy(dtype=object).copy()
-        rows = [i for i in rows if _missing(column[i])]
+        rows = [i for i in rows if missing(column[i])]
         if not rows:
             return
         path, fs = self._base["embeddings"]
@@ -361,7 +230,7 @@ class Registry:
         of the persons it asks for), with the index of every live centroid, and the segments dropped."""
         self.flush()
         name = model_dir(self.model).split("/", 1)[1]
-        segments = sorted({n for n, _, _ in _segments(self._files)})
+        segments = sorted({n for n, _, _ in segments_of(self._files)})
         dirty = sorted(g for g in self._dirty if g in self.persons.index)
         shadow_rows = len(self._shadow | set(dirty))
         if not (self._rewrite or len(segments) >= COMPACT_SEGMENTS
@@ -370,9 +239,9 @@ class Registry:
                 return {}, set()
             self._load_sums(dirty)
             seg = (segments[-1] + 1) if segments else 1
-            out = {f"{name}/persons+{seg:06d}.parquet": _table_bytes(self.persons.loc[dirty], "persons+")}
+            out = {f"{name}/persons+{seg:06d}.parquet": table_bytes(self.persons.loc[dirty], "persons+")}
             if len(self.members) > self._members_loaded:
-                out[f"{name}/members+{seg:06d}.parquet"] = _table_bytes(
+                out[f"{name}/members+{seg:06d}.parquet"] = table_bytes(
                     self.members.iloc[self._members_loaded:], "members+")
             return out, set()
         self._load_sums(self.persons.index)
@@ -381,7 +250,7 @@ class Registry:
         persons = self.persons.sort_index()
         members = self.members.sort_values(["global_person_id", "video_id", "person_id"], kind="stable")
         # each file made as it is written (commits.commit calls these): one file's bytes in memory at a time
-        out = {f"{name}/{kind}.parquet": functools.partial(_table_bytes, rows, kind) for kind, rows in (
+        out = {f"{name}/{kind}.parquet": functools.partial(table_bytes, rows, kind) for kind, rows in (
             ("persons", persons), ("sums", persons), ("members", members), ("embeddings", members))}
         out[f"{name}/{INDEX_FILE}"] = lambda: bytes(index.save())
         return out, set(self._files) - set(out)
@@ -390,7 +259,7 @@ class Registry:
         """The base index with the shadowing persons' entries put right: every live centroid."""
         index = self.index
         if self._base.get("index"):  # memory-mapped: read for writing
-            index = _restore_index(open(self._base["index"], "rb").read())
+            index = restore_index(open(self._base["index"], "rb").read())
         for gid in self._shadow:
             if gid in index:
                 index.remove(gid)
@@ -505,7 +374,7 @@ class Registry:
         self._load_embeddings(rows)
         mine = self.members.loc[rows]
         stale = [i for i, k, e in zip(rows, key(mine), mine["embedding"])
-                 if k not in current or _missing(e) or not np.allclose(current[k], e, atol=1e-6)]
+                 if k not in current or missing(e) or not np.allclose(current[k], e, atol=1e-6)]
         gone = self.members.loc[stale, "global_person_id"].astype(int)
         self._load_sums(set(gone))
         for i, gid in zip(stale, gone):

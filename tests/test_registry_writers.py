@@ -194,7 +194,7 @@ def test_an_update_after_new_videos_writes_a_segment_not_the_registry_again(tmp_
     files anew."""
     import numpy as np
 
-    from framepipe import commits, manifests, registry, registry_model, schema, search
+    from framepipe import commits, manifests, registry, registry_files, registry_model, schema, search
 
     whole, layered = str(tmp_path / "whole"), str(tmp_path / "layered")
     add_videos(whole, range(0, 44))
@@ -229,7 +229,7 @@ def test_an_update_after_new_videos_writes_a_segment_not_the_registry_again(tmp_
         registry.update_destination(dest, corrections=registry.Corrections(merges=[(gid_of(reg, 0), gid_of(reg, 1))]))
         if dest == layered:
             merged = commits.latest(d, schema.REGISTRY)
-            assert not any(registry_model.SEGMENT.match(k.rsplit("/", 1)[-1]) for k in merged.files)
+            assert not any(registry_files.SEGMENT.match(k.rsplit("/", 1)[-1]) for k in merged.files)
             assert merged.files[f"{MODEL}/persons.parquet"] != base[f"{MODEL}/persons.parquet"]
             monkeypatch.setattr(registry_model, "COMPACT_SEGMENTS", 2)  # the third segment: the base anew
         for n in range(3):
@@ -237,7 +237,7 @@ def test_an_update_after_new_videos_writes_a_segment_not_the_registry_again(tmp_
             index, _, _ = registry.update_destination(dest, max_distance=0.3)
             if dest == layered:
                 files = commits.latest(d, schema.REGISTRY).files
-                segments = [k for k in files if registry_model.SEGMENT.match(k.rsplit("/", 1)[-1])]
+                segments = [k for k in files if registry_files.SEGMENT.match(k.rsplit("/", 1)[-1])]
                 assert len(segments) == (2 * (n + 1) if n < 2 else 0)
         state(dest)  # checked whole after a compaction too
         return index
