@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from framepipe import commits, people_index, schema
-from framepipe.errors import ErrorCode, FramepipeError
+from framepipe.errors import DestinationError, ErrorCode, FramepipeError
 from framepipe.registry_files import (COMPACT_ROWS, COMPACT_SEGMENTS, INDEX_FILE, LAYOUT, ROW_GROUP, missing, model_dir,
                                       new_index, restore_index, segments_of, table_bytes, unit, units, view_index)
 from framepipe.storage import Destination, destination
@@ -138,7 +138,7 @@ class Registry:
                   _delta=new_index(dim), _rewrite=True)
         try:
             stored = part(INDEX_FILE)
-        except (FileNotFoundError, KeyError, OSError):
+        except (FileNotFoundError, KeyError, OSError, DestinationError):  # none, or unreadable: rebuilt
             stored = None
         reg.index = restore_index(stored) if stored else None
         live = reg.live_ids()

@@ -12,9 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import numpy as np
 import pyarrow.compute as pc
+import pytest
 from conftest import ROOT, run_cli
 
 pytestmark = []  # the fast layer: neither the models nor ../shared
@@ -228,3 +230,36 @@ def test_the_registry_reads_only_the_people_appended_since_its_version(tmp_path)
     index, updates, _ = registry.update_destination(d, max_distance=0.5)
     assert updates["synthetic"].detached == 2 and len(index) == 10
     assert pc.sum(pc.equal(manifests.load_table(d, "people")["video_id"], "v0")).as_py() == 1
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_both_destinations_raise_the_same_errors(where, tmp_path, request):
+    """Local and S3 destinations are two implementations of one interface, with the same errors: a file that is not
+    there is FileNotFoundError, a taken name AlreadyExists, any other failure the project's DestinationError (no
+    botocore or OS error leaks)."""
+    from framepipe.errors import DestinationError
+    from framepipe.storage import AlreadyExists, Destination, LocalDestination, S3Destination
+
+    root = f"s3://{request.getfixturevalue('bucket')}/out" if where == "s3" else str(tmp_path / "out")
+    d = Destination(root)
+    assert isinstance(d, S3Destination if where == "s3" else LocalDestination) and d.is_s3 == (where == "s3")
+    assert d.create("a/commit.json", b"1") == d.url("a/commit.json")
+    with pytest.raises(AlreadyExists):
+        d.create("a/commit.json", b"2")
+    assert d.read("a/commit.json") == b"1" and d.list("a") == ["commit.json"] and d.dirs("") == ["a"]
+    with pytest.raises(FileNotFoundError):
+        d.read("a/missing.json")
+    with pytest.raises(FileNotFoundError):
+        d.mtime("a/missing.json")
+    assert not d.exists("a/missing.json") and d.exists("a/commit.json")
+    d.delete_many(["a/commit.json", "a/missing.json"])
+    assert d.list("a") == []
+    if where == "s3":
+        broken = Destination(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/out")
+    else:
+        (tmp_path / "file").write_bytes(b"")
+        broken = Destination(str(tmp_path / "file" / "out"))  # under a file: no folder can be made
+    with pytest.raises(DestinationError):
+        broken.write("x.json", b"{}")
+    with pytest.raises(DestinationError):
+        broken.read("x.json")
