@@ -21,14 +21,15 @@ No wave barrier and no shuffle: a short video's outputs are written while a long
 has no streaming per-key reduce (``groupby`` is an all-to-all that waits for every input), so the driver gathers
 each video's small face rows from the stream and hands a complete video to a Ray Core task.
 
-Outputs, besides each video's folder ``DEST/<video_id>/``: ``DEST/manifests/videos/<video_id>.parquet`` (one row
-per input, succeeded or failed), ``DEST/manifests/people/<video_id>.parquet`` (one row per person), and
-``DEST/_done/<video_id>.<key>``, written last. The key hashes the object's identity (ETag, or size and mtime), the
+Outputs, besides each video's folder ``DEST/<video_id>/``: its rows in the manifests' two Delta tables
+``DEST/manifests/videos`` (one row per input, succeeded or failed) and ``DEST/manifests/people`` (one row per
+person), one atomic commit per video, and ``DEST/_done/<video_id>.<key>``, written last. The key hashes the object's identity (ETag, or size and mtime), the
 settings that change results and the framepipe and schema versions, so a re-run skips what is done, redoes what
 changed, and a run killed half-way loses nothing finished. ``--force`` redoes all.
 
 Modules: ``jobs/plan.py`` (the layout, what each stage asks of the cluster, the dataset), ``jobs/listing.py`` (the
-listing task), ``jobs/stages.py`` (what else runs on the workers), this one (the arguments and the driver's loop).
+listing task), ``jobs/stages.py`` (what else runs on the workers), ``jobs/driver.py`` (the driver's loop over the
+rows), this one (the arguments, the run).
 """
 
 from __future__ import annotations
@@ -39,46 +40,26 @@ import itertools
 import json
 import logging
 import os
-import pickle
 import re
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from framepipe import pipeline, sources
+from framepipe import sources
 from framepipe.config import Settings
-from framepipe.errors import ErrorCode, FramepipeError
+from framepipe.errors import FramepipeError
 
 from jobs import ray_noise
+from jobs.driver import FusedDriver, SplitDriver
 from jobs.plan import build_dataset, plan_resources
-from jobs.stages import FUSED_COLUMNS, AnalysedFrame, VideoSummary, finish_video
+from jobs.stages import StageContext
 
 log = logging.getLogger("framepipe.backfill")
 
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the driver of a submitted job
 PASSED_ENV = re.compile(r"^(FRAMEPIPE_(?!SERVE_)\w+|AWS_ENDPOINT_URL\w*|AWS_REGION|AWS_DEFAULT_REGION)$")
-
-
-# --------------------------------------------------------------------------------------------------
-# listing: a page at a time, inside the dataset
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Pending:
-    """One video's rows gathered by the driver until it is complete."""
-
-    frames: dict[float, AnalysedFrame] = field(default_factory=dict)  # by pts: a retried task's rows count once
-    summary: VideoSummary | None = None
-    device: str = ""  # what analysed its frames
-    pack: str = ""
-
-    @property
-    def complete(self) -> bool:
-        return self.summary is not None and len(self.frames) >= self.summary.frames
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,130 +164,21 @@ def _run(args) -> dict:
     import ray
 
     settings = Settings().with_overrides(models=args.models)
-    started, wall0 = time.perf_counter(), time.time()
+    started = time.perf_counter()
     res = plan_resources(args, ray.cluster_resources())
     first = _first_inputs(args, settings, res.actors)
     if first < res.actors:  # a small run: no model loaded for an actor that would get nothing to do
         res = dataclasses.replace(res, actors=max(1, first))
     log.info("resources: %s", res)
-    # a finish task lost with its node is retried by Ray elsewhere (its arguments live with the driver)
-    finish = ray.remote(finish_video).options(num_cpus=args.finish_cpus, max_retries=5)
-    settings_json = settings.model_dump_json()
-    run_id = uuid.uuid4().hex  # written into the done markers this run makes
-    summary = pipeline.RunSummary()
-    pending: dict[str, Pending] = {}
-    in_flight: list = []
-    inputs: dict = {}  # finish task -> (video id, its rows, tries), until its result is in
-    placement = {"decode": set(), "analyzer": set()}
-    total_store = ray.cluster_resources().get("object_store_memory", 0)
-    peak_store, sampled = 0.0, 0.0
-    first_output_s = None
-
-    def collect(block: bool) -> None:
-        nonlocal in_flight, first_output_s
-        while in_flight:
-            done, in_flight = ray.wait(in_flight, num_returns=1, timeout=None if block else 0)
-            if not done:
-                return
-            vid, p, tries = inputs.pop(done[0])
-            try:
-                out = ray.get(done[0])
-            except ray.exceptions.RayError as e:  # beyond Ray's own retries: again, a few times (idempotent)
-                if tries >= 3:
-                    raise
-                log.warning("%s: finish failed (%s), again", vid, type(e).__name__)
-                time.sleep(2**tries)
-                start(vid, p, tries + 1)
-                continue
-            if first_output_s is None:
-                first_output_s = out["finished"]
-            summary.add(out["source"], out["status"], out["people"], out["error"])
-            log.info("%s: %s (started at +%.1f s, done at +%.1f s)", out["video_id"], out["error"] or out["status"],
-                     out["started"] - wall0, out["finished"] - wall0)
-            if block:  # one result was waited for; without blocking, take every one that is in
-                return
-
-    def start(vid: str, p: Pending, tries: int = 0) -> None:
-        ref = finish.remote(p.summary, list(p.frames.values()), settings_json, args.dest, p.device, p.pack, run_id)
-        inputs[ref] = (vid, p, tries)
-        in_flight.append(ref)
-
-    def submit(vid: str, p: Pending) -> None:
-        while len(in_flight) >= args.max_finishing:
-            collect(block=True)
-        start(vid, p)
-        del pending[vid]
-
-    def sample_store() -> None:
-        nonlocal peak_store, sampled
-        if total_store and time.perf_counter() - sampled > 1.0:
-            sampled = time.perf_counter()
-            peak_store = max(peak_store, total_store - ray.available_resources().get("object_store_memory", 0))
-
-    def fused_row(row: dict) -> None:
-        nonlocal first_output_s
-        summary.listed += 1
-        placement["decode"].add(row["node"])
-        placement["analyzer"].add(row["node"])
-        if row["status"] == "skipped":
-            summary.skipped += 1
-            return
-        summary.add(row["source"], row["status"], int(row["people"]), row["error"])
-        first_output_s = min(first_output_s or row["finished"], row["finished"])
-        log.info("%s: %s (started at +%.1f s, done at +%.1f s)", row["video_id"], row["error"] or row["status"],
-                 row["started"] - wall0, row["finished"] - wall0)
-
-    def drive_fused(batches) -> None:  # each row is a finished video
-        seen: set[str] = set()
-        for batch in batches:
-            for i, vid in enumerate(batch["video_id"]):
-                if str(vid) not in seen:  # a video's row once, whatever Ray re-ran
-                    seen.add(str(vid))
-                    fused_row({k: batch[k][i].item() if hasattr(batch[k][i], "item") else batch[k][i]
-                               for k in FUSED_COLUMNS})
-            sample_store()
-
-    def drive_split(batches) -> None:  # rows are analysed frames, and each video's summary
-        for batch in batches:
-            for i, vid in enumerate(batch["video_id"]):
-                p = pending.setdefault(str(vid), Pending())
-                if batch["last"][i]:
-                    s: VideoSummary = pickle.loads(batch["summary"][i])
-                    if p.summary is not None:
-                        continue  # a retried decode task's second summary
-                    p.summary = s
-                    summary.listed += 1
-                    placement["decode"].add(s.node)
-                    if s.skipped:
-                        summary.skipped += 1
-                        del pending[str(vid)]
-                        continue
-                else:
-                    pts = float(batch["pts"][i])
-                    p.frames[pts] = AnalysedFrame(pts, batch["faces"][i], batch["jpeg"][i],
-                                                  str(batch["error_code"][i]), str(batch["error_message"][i]))
-                    p.device, p.pack = str(batch["device"][i]), str(batch["pack"][i])
-                    placement["analyzer"].add(str(batch["node"][i]))
-                if p.complete:
-                    log.debug("%s: all frames analysed at +%.1f s", vid, time.time() - wall0)
-                    submit(str(vid), p)
-            collect(block=False)
-            sample_store()
-
+    ctx = StageContext.of(settings, args.dest, args.force, uuid.uuid4().hex)
+    driver = (FusedDriver if res.layout == "fused" else SplitDriver)(args, ctx)
     if first:  # else nothing is listed: no dataset, no model loaded
-        ds = build_dataset(args, settings, res, run_id)
-        drive = drive_fused if res.layout == "fused" else drive_split
-        drive(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        ds = build_dataset(args, settings, res, ctx.run_id)
+        driver.drive(ds.iter_batches(batch_size=None, batch_format="numpy"))
         if args.stats:
             log.info("Ray Data stats:\n%s", ds.stats())
-    for vid, p in list(pending.items()):  # should not happen: Ray re-runs lost work
-        log.error("%s: incomplete (%d frames of %s)", vid, len(p.frames), p.summary and p.summary.frames)
-        if p.summary is not None:
-            p.summary.error = {"type": ErrorCode.INTERNAL_ERROR, "message": "not every frame reached the finish"}
-            submit(vid, p)
-    while in_flight:
-        collect(block=True)
-    out = summary.as_dict()
+    driver.finish()
+    out = driver.summary.as_dict()
     if not args.no_people:  # the person registry, incrementally: ids, names and merges of earlier runs kept
         from framepipe import registry  # the driver alone needs it (pandas, scipy): workers import this module too
 
@@ -319,13 +191,13 @@ def _run(args) -> dict:
             out["people_registry"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     out.update(
         seconds=round(time.perf_counter() - started, 1),
-        first_output_s=round(first_output_s - wall0, 1) if first_output_s else None,
-        peak_object_store_bytes=int(peak_store),
+        first_output_s=round(driver.first_output_s - driver.wall0, 1) if driver.first_output_s else None,
+        peak_object_store_bytes=int(driver.peak_store),
         spilled_bytes=_spilled_bytes(),
-        decode_nodes=sorted(placement["decode"]),
-        analyzer_nodes=sorted(placement["analyzer"]),
+        decode_nodes=sorted(driver.placement["decode"]),
+        analyzer_nodes=sorted(driver.placement["analyzer"]),
     )
-    for line in summary.failures:
+    for line in driver.summary.failures:
         log.warning("failed: %s", line)
     return out
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from framepipe.config import Settings
 
 from jobs.listing import list_inputs
-from jobs.stages import FaceActor, VideoActor, decode_video
+from jobs.stages import FaceActor, StageContext, VideoActor, decode_video
 
 log = logging.getLogger("framepipe.backfill")
 
@@ -73,10 +73,9 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
     import ray
     from ray.data import ActorPoolStrategy
 
-    settings_json = settings.model_dump_json()
-    actor_settings = settings.with_overrides(
-        intra_op_threads=res.actor_threads, device="cuda" if res.actor_gpus else settings.device
-    ).model_dump_json()
+    ctx = StageContext.of(settings, args.dest, args.force, run_id)
+    actor_ctx = ctx.with_settings(settings.with_overrides(
+        intra_op_threads=res.actor_threads, device="cuda" if res.actor_gpus else settings.device))
     ds = ray.data.from_items([{"root": args.source}]).map_batches(
         list_inputs, batch_size=1,  # one CPU, fused with the repartition below into one task
         fn_kwargs={"root": args.source, "images": args.images, "timeout_s": settings.http_timeout_s},
@@ -94,8 +93,7 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
             # behind one other on its actor while another actor is free, so a run's tail can be one video longer
             compute=ActorPoolStrategy(size=res.actors, max_tasks_in_flight_per_actor=2),
             num_cpus=res.actor_cpus,
-            fn_constructor_kwargs={"settings_json": actor_settings, "dest": args.dest, "force": args.force,
-                                   "run_id": run_id},
+            fn_constructor_kwargs={"ctx": actor_ctx},
         )
     ds = ds.map_batches(
         decode_video,
@@ -106,7 +104,7 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
         # inference overlap. Ray Data spreads tasks and actors over the nodes itself (its default strategy).
         memory=DECODE_MEMORY,
         resources=res.decode_resources or None,
-        fn_kwargs={"settings_json": settings_json, "dest": args.dest, "force": args.force, "run_id": run_id},
+        fn_kwargs={"ctx": ctx},
     )
     return ds.map_batches(
         FaceActor,
@@ -116,5 +114,5 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
         num_cpus=res.actor_cpus,
         num_gpus=res.actor_gpus,
         resources=res.actor_resources or None,
-        fn_constructor_kwargs={"settings_json": actor_settings},
+        fn_constructor_kwargs={"ctx": actor_ctx},
     )

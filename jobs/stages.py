@@ -23,6 +23,31 @@ log = logging.getLogger("framepipe.backfill")
 FRAMES_PER_BATCH = 8  # frames per yield of a decode task
 
 
+@dataclass(frozen=True)
+class StageContext:
+    """What every stage of one run is given, in one picklable object (the settings as JSON): each stage builds its
+    settings and destination from it."""
+
+    settings_json: str
+    dest: str
+    force: bool = False  # process videos already done
+    run_id: str = ""  # written into the done markers this run makes
+
+    @classmethod
+    def of(cls, settings: Settings, dest: str, force: bool = False, run_id: str = "") -> "StageContext":
+        return cls(settings.model_dump_json(), dest, force, run_id)
+
+    def settings(self) -> Settings:
+        return Settings.model_validate_json(self.settings_json)
+
+    def destination(self, settings: Settings | None = None) -> Destination:
+        return Destination(self.dest, timeout_s=(settings or self.settings()).http_timeout_s)
+
+    def with_settings(self, settings: Settings) -> "StageContext":
+        """The same run with other settings (the model actors' threads and device)."""
+        return StageContext.of(settings, self.dest, self.force, self.run_id)
+
+
 # --------------------------------------------------------------------------------------------------
 # decode: a task per video
 # --------------------------------------------------------------------------------------------------
@@ -52,11 +77,11 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
-def decode_video(batch: dict, settings_json: str, dest: str, force: bool, run_id: str) -> Iterator[dict]:
-    settings = Settings.model_validate_json(settings_json)
-    destination = Destination(dest, timeout_s=settings.http_timeout_s)
+def decode_video(batch: dict, ctx: StageContext) -> Iterator[dict]:
+    settings = ctx.settings()
+    destination = ctx.destination(settings)
     for source, identity in zip(batch["source"], batch["identity"]):
-        yield from _decode_one(VideoRun(str(source), destination, settings, str(identity), run_id), force)
+        yield from _decode_one(VideoRun(str(source), destination, settings, str(identity), ctx.run_id), ctx.force)
 
 
 def _decode_one(run: VideoRun, force: bool):
@@ -122,10 +147,10 @@ class FaceActor:
     """The models, once per actor (framepipe's LocalAnalyzer). Pixels stop here: out go the faces, and the JPEG of
     frames that hold one."""
 
-    def __init__(self, settings_json: str):
+    def __init__(self, ctx: StageContext):
         from framepipe.analyzer import LocalAnalyzer
 
-        self.settings = Settings.model_validate_json(settings_json)
+        self.settings = ctx.settings()
         self.analyzer = LocalAnalyzer.load(self.settings)
         self.node = _node_id()
 
@@ -167,13 +192,12 @@ class VideoActor:
     extract`` (decoding in the actor's reader threads, the models in its own thread, outputs and done marker written
     here). Out goes one small row per video; frames never leave the process that decodes them."""
 
-    def __init__(self, settings_json: str, dest: str, force: bool, run_id: str):
+    def __init__(self, ctx: StageContext):
         from framepipe.analyzer import LocalAnalyzer
 
-        self.settings = Settings.model_validate_json(settings_json)
-        self.destination = Destination(dest, timeout_s=self.settings.http_timeout_s)
-        self.force = force
-        self.run_id = run_id  # this run's id, written into the done markers it makes
+        self.settings = ctx.settings()
+        self.destination = ctx.destination(self.settings)
+        self.force, self.run_id = ctx.force, ctx.run_id
         self.analyzer = LocalAnalyzer.load(self.settings)
         self.node = _node_id()
 
@@ -214,14 +238,14 @@ class AnalysedFrame:
     error_message: str = ""
 
 
-def finish_video(summary: VideoSummary, frames: list[AnalysedFrame], settings_json: str, dest: str, device: str,
-                 pack: str | None, run_id: str) -> dict:
+def finish_video(summary: VideoSummary, frames: list[AnalysedFrame], ctx: StageContext, device: str,
+                 pack: str | None) -> dict:
     """People, outputs and done marker of one video whose frames have all been analysed: the end of the
     :class:`VideoRun` its decode task began."""
-    settings = Settings.model_validate_json(settings_json)
-    destination = Destination(dest, timeout_s=settings.http_timeout_s)
-    run = VideoRun(summary.source, destination, settings, summary.identity, run_id, started=summary.started,
-                   device=device or "cpu", pack=pack or None, backend=summary.backend, meta=summary.meta)
+    settings = ctx.settings()
+    run = VideoRun(summary.source, ctx.destination(settings), settings, summary.identity, ctx.run_id,
+                   started=summary.started, device=device or "cpu", pack=pack or None, backend=summary.backend,
+                   meta=summary.meta)
 
     def build() -> schema.Result:
         if summary.error:

@@ -287,16 +287,16 @@ def test_cluster_yaml_is_a_valid_ray_cluster_config():
 def test_a_video_call_re_run_in_the_same_run_reports_its_result_and_a_later_run_skips_it(settings, tmp_path):
     """Ray Data re-runs an actor call whose output was lost with its node; the video is done by then (marker written
     with this run's id), so the call reports the result it wrote instead of counting the video as skipped."""
-    from jobs.stages import VideoActor
+    from jobs.stages import StageContext, VideoActor
 
     source = str(MEDIA / CLIPS["in/drama/tears.mp4"])
     batch = {"source": [source], "identity": ["size=1"]}
-    first = VideoActor(settings.model_dump_json(), str(tmp_path), force=False, run_id="run-1")
+    first = VideoActor(StageContext.of(settings, str(tmp_path), run_id="run-1"))
     row = {k: v[0] for k, v in first(batch).items()}
     assert row["status"] == "succeeded" and row["people"] >= 1, row
     result = tmp_path / row["video_id"] / "result.json"
     written = result.stat().st_mtime_ns
     again = first(batch)  # the same run: reported again from what it wrote, nothing redone
     assert (again["status"], again["people"]) == (["succeeded"], [row["people"]]) and result.stat().st_mtime_ns == written
-    later = VideoActor(settings.model_dump_json(), str(tmp_path), force=False, run_id="run-2")(batch)
+    later = VideoActor(StageContext.of(settings, str(tmp_path), run_id="run-2"))(batch)
     assert later["status"] == ["skipped"] and result.stat().st_mtime_ns == written
