@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from framepipe import clustering
+from framepipe.errors import ErrorCode, FramepipeError
 
 
 def cluster_embeddings(embeddings: np.ndarray, max_distance: float) -> np.ndarray:
@@ -93,7 +94,10 @@ def nndescent_neighbours(bits: np.ndarray, k: int = NNDESCENT_NEIGHBOURS) -> np.
 
     with tempfile.TemporaryDirectory(prefix="framepipe-graph-") as tmp:
         np.save(f"{tmp}/bits.npy", bits)
-        subprocess.run([sys.executable, "-m", "framepipe.people_index", tmp, str(k)], check=True)
+        done = subprocess.run([sys.executable, "-m", "framepipe.people_index", tmp, str(k)])
+        if done.returncode:  # killed (memory?) or failed: its own output says why
+            raise FramepipeError.with_code(ErrorCode.INTERNAL_ERROR,
+                                           f"the neighbour graph's process failed (exit {done.returncode})")
         return np.load(f"{tmp}/keys.npy")
 
 
