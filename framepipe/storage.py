@@ -145,7 +145,7 @@ def _local_errors(url: str, doing: str):
     """Local failures as the interface's: a missing file stays ``FileNotFoundError``, any other a DestinationError."""
     try:
         yield
-    except (FileNotFoundError, AlreadyExists):
+    except FileNotFoundError:
         raise
     except OSError as e:
         raise DestinationError(f"cannot {doing} {url}: {e}") from None
