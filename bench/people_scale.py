@@ -25,7 +25,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from framepipe import registry_model as registry
+from framepipe.people import model_registry as registry
 
 
 def synthetic(n: int, dim: int = 128, per_identity: int = 4, alpha: float = 0.7, seed: int = 0) -> np.ndarray:
@@ -113,7 +113,7 @@ def main() -> None:
         print(f"{mark}{ef:>4} {recall:>9.4f} {np.percentile(lat, 50):>7.3f} {np.percentile(lat, 99):>7.3f} "
               f"{60_000 / lat.mean():>15,.0f} {60 * len(queries) / batched:>14,.0f}")
     print("goals: recall@10 >= 0.95 against exact search (NumPy brute force), >= 30,000 queries/min; "
-          "* = framepipe.registry's setting")
+          "* = framepipe.people.registry's setting")
     del index
     registry_path(synthetic(22_000, alpha=0.0))
 

@@ -21,7 +21,7 @@ For each labelled video of ``ground_truth.json`` and ``ground_truth_multishot.js
 
 ``--registry`` adds the registry level: the people of both LFW montages plus every photo of ``photos/lfw/`` (40
 people, one-frame inputs as ``framepipe extract --images`` makes them) attached by the registry
-(:func:`framepipe.registry.in_memory_index`, the code ``framepipe people`` runs), then: global persons (for 40),
+(:func:`framepipe.people.registry.in_memory_index`, the code ``framepipe people`` runs), then: global persons (for 40),
 their purity (members whose identity is their global person's majority identity; a photo's labelled person is
 its central face, a montage person's identity the one that covers it, others unlabelled) and global persons per
 identity.
@@ -47,7 +47,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from framepipe import people_index, pipeline, registry, state
+from framepipe import pipeline, state
+from framepipe.people import grouping, registry
 from framepipe.analyzer import LocalAnalyzer
 from framepipe.config import Settings
 
@@ -157,7 +158,7 @@ def within_video_joins(rows: list[dict], settings: Settings, verbose: bool = Fal
     if not rows:
         return {}
     joins: dict[str, int] = {}
-    for j in people_index.within_video_joins(registry.in_memory_index(pd.DataFrame(rows), settings.people_max_distance,
+    for j in grouping.within_video_joins(registry.in_memory_index(pd.DataFrame(rows), settings.people_max_distance,
                                                                                     settings.models)):
         joins[j.video_id] = joins.get(j.video_id, 0) + len(j.person_ids) - 1
         if verbose:

@@ -4,7 +4,7 @@ Each photo of an identity folder (photos/face_recognition/<name>, photos/dlib_jo
 largest face against a gallery of everything else: the other photos, and the people of the shared videos whose
 identity the ground truth names (talking heads, the composed videos; the other videos' people as strangers,
 short_hamilton_clip left out as its people are unnamed but include photo identities). The gallery goes into a
-person registry (framepipe.registry, as `framepipe people` seeds it) and is ranked as `framepipe search` ranks.
+person registry (framepipe.people.registry, as `framepipe people` seeds it) and is ranked as `framepipe search` ranks.
 
 * top-1 (closed set): the best result, whatever its score, is the query's identity;
 * at threshold t: a query whose identity is in the gallery is "identified" when the best result is its identity
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from framepipe import calibration, pipeline, registry, search
+from framepipe import calibration, pipeline
+from framepipe.people import registry, search
 from framepipe.analyzer import LocalAnalyzer
 from framepipe.config import Settings
 

@@ -204,7 +204,8 @@ def _extract_many(args, settings) -> int:
 def _search(args) -> int:
     import json
 
-    from framepipe import manifests, search
+    from framepipe import manifests
+    from framepipe.people import search
     from framepipe.analyzer import LocalAnalyzer
     from framepipe.config import Settings
     from framepipe.errors import FramepipeError
@@ -308,7 +309,8 @@ def _say_damaged(d) -> None:
 
 
 def _destination_command(args) -> int:
-    from framepipe import manifests, people_index, registry, report, schema, tables
+    from framepipe import manifests, report, schema, table_upkeep, tables
+    from framepipe.people import grouping, registry
     from framepipe.config import Settings
     from framepipe.errors import FramepipeError
 
@@ -341,7 +343,7 @@ def _destination_command(args) -> int:
                 return EXIT_USAGE
             index, updates, _ = registry.update_destination(d, settings.people_max_distance, settings.people_max_count,
                                                          corrections, args.model, models=settings.models)
-            summary = people_index.summary(index)
+            summary = grouping.summary(index)
             multi = summary[summary["videos"] > 1]
             print(
                 f"{len(index)} people in {index['video_id'].nunique() if len(index) else 0} inputs -> "
@@ -353,7 +355,7 @@ def _destination_command(args) -> int:
                       f"{u.detached} detached (inputs processed again)")
             named = index.dropna(subset=["name"]).drop_duplicates("global_person_id")
             listed = multi.head(LISTED)
-            sources = people_index.sources_of(index, listed["global_person_id"])
+            sources = grouping.sources_of(index, listed["global_person_id"])
             for row in listed.itertuples():
                 names = ", ".join(os.path.basename(s) for s in sources[int(row.global_person_id)][:LISTED])
                 print(f"  person {row.global_person_id}: {row.videos} inputs ({names})")
@@ -361,7 +363,7 @@ def _destination_command(args) -> int:
             for row in named.head(LISTED).itertuples():
                 print(f"  person {row.global_person_id} is {row.name}")
             _more(len(named))
-            joins = people_index.within_video_joins(index)
+            joins = grouping.within_video_joins(index)
             print(f"{len(joins)} within-input joins (two persons of one input found to be one person: a split)")
             for j in joins[:LISTED]:
                 print(f"  {os.path.basename(j.source)}: persons {', '.join(map(str, j.person_ids))} -> "
@@ -371,8 +373,8 @@ def _destination_command(args) -> int:
                 print(f"report: {report.write(d)}")
         elif args.command == "compact":
             for kind in tables.KINDS:
-                moved = tables.upgrade(d, kind)
-                dropped = tables.drop_superseded(d, kind)
+                moved = table_upkeep.upgrade(d, kind)
+                dropped = table_upkeep.drop_superseded(d, kind)
                 done = tables.optimize(d, kind)
                 print(f"{kind}: {moved} per-video files moved into the table, {dropped} rows of earlier runs "
                       f"dropped, {done['files_removed']} files merged into {done['files_added']}, "

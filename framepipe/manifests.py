@@ -2,7 +2,8 @@
 
 Every run appends its rows to two Delta Lake tables, ``DEST/manifests/videos`` and ``DEST/manifests/people``
 (:mod:`framepipe.tables`, schemas in :mod:`framepipe.schema`); ``framepipe people`` adds
-``DEST/manifests/people_index.parquet`` and the person registry ``DEST/registry/`` (:mod:`framepipe.registry`).
+``DEST/manifests/people_index.parquet`` and the person registry ``DEST/registry/`` (read with
+:func:`framepipe.people.registry.load_persons`).
 The readers here give each video's current rows (its last run), the same on local folders and S3, cast older
 rows to the current schema (new columns are null), and read destinations written by 0.2.x (a Parquet file per
 video, until ``framepipe compact`` moves them into the tables) and before the ``manifests/`` folder existed::
@@ -20,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from framepipe import commits, schema, tables
+from framepipe import commits, schema, table_upkeep, tables
 from framepipe.storage import Destination, destination
 from framepipe.tables import conform as _conform
 
@@ -97,35 +98,6 @@ def load_people_index(dest: str | Destination, columns: list[str] | None = None)
     return None if found is None else read_people_index(found, columns)
 
 
-def load_registry(dest: str | Destination) -> pd.DataFrame | None:
-    """The person registry's global persons as of its latest committed version (every embedding model, a ``model``
-    column added; the centroid left out), or None before ``framepipe people`` has run."""
-    d = destination(dest)
-    return commits.first_readable(d, schema.REGISTRY, lambda version: _registry_at(d, version))
-
-
-def _registry_at(d: Destination, version: commits.Version) -> pd.DataFrame | None:
-    if version.meta.get("layers"):  # base files and segments written since: the registry reads them
-        from framepipe.registry_model import Registry
-
-        regs = [Registry.load(d, model, int(dim), version, light=True) for model, dim in sorted(
-            version.meta.get("dims", {}).items())]
-        if not regs:
-            return None
-        return pd.concat([r.persons.reset_index(drop=True).drop(columns=["embedding_sum"]).assign(model=r.model)
-                          for r in regs], ignore_index=True)
-    if version.number:
-        found = {name.split("/")[0]: (lambda n=name: commits.read(d, schema.REGISTRY, version, n))
-                 for name in version.files if name.endswith("/persons.parquet")}
-    else:  # written before versions (schema 1.2)
-        found = {m: (lambda m=m: d.read(f"{schema.REGISTRY}/{m}/persons.parquet")) for m in d.dirs(schema.REGISTRY)
-                 if "persons.parquet" in d.list(f"{schema.REGISTRY}/{m}")}
-    if not found:
-        return None
-    tables = [pq.read_table(io.BytesIO(found[m]())).to_pandas().assign(model=m) for m in sorted(found)]
-    return pd.concat(tables, ignore_index=True).drop(columns=["embedding_sum"])
-
-
 OUTPUT_FOLDERS = ("talent", "representative")  # DEST/<video_id>/<folder>/<file>; result.json at DEST/<video_id>/
 
 
@@ -166,9 +138,9 @@ def check(dest: str | Destination) -> list[str]:
     --check``). Readers do without them (a table's other files, the registry's version before); this says which to
     restore or remove."""
     d = destination(dest)
-    bad = [name for kind in tables.KINDS for name in tables.damaged_files(d, kind)]
+    bad = [name for kind in tables.KINDS for name in table_upkeep.damaged_files(d, kind)]
     version = commits.latest(d, schema.REGISTRY)  # damaged log entries are recorded as it passes them
     bad += sorted(p for p in commits.DAMAGED if p.startswith(f"{schema.REGISTRY}/"))
     bad += [path for path in (f"{schema.REGISTRY}/{rel}" for _, rel in sorted(version.files.items()))
-            if tables.unreadable(d, path)]
+            if table_upkeep.unreadable(d, path)]
     return list(dict.fromkeys(bad))

@@ -14,8 +14,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import math
-import os
 import posixpath
 
 import numpy as np
@@ -23,83 +21,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from framepipe import __version__, manifests, schema
+from framepipe import report_pages
 from framepipe.storage import Destination
-
-INDEX = f"{schema.REPORT}/index.html"
-VIDEO_DIR = f"{schema.REPORT}/videos"
-
-
-def _env() -> Environment:
-    return Environment(loader=PackageLoader("framepipe", "templates"), autoescape=select_autoescape(), trim_blocks=True)
-
-
-def fmt_time(s: float | None) -> str:
-    if s is None or (isinstance(s, float) and math.isnan(s)):
-        return "-"
-    m, sec = divmod(max(float(s), 0.0), 60.0)
-    return f"{int(m)}:{sec:04.1f}"
-
-
-def _present(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))
-
-
-def _name(source: str) -> str:
-    return os.path.basename(source.rstrip("/")) or source
-
-
-def timeline(seen: list[float], start: float, duration: float, spacing: float) -> list[dict]:
-    """Bars (left %, width %) for when a person is on screen: consecutive samples (gap under 1.5 sample
-    spacings) join into one bar; each bar is at least one sample wide."""
-    if not seen or duration <= 0:
-        return []
-    bars: list[list[float]] = []
-    for t in sorted(seen):
-        if bars and t - bars[-1][1] <= 1.5 * spacing + 1e-6:
-            bars[-1][1] = t
-        else:
-            bars.append([t, t])
-    out = []
-    for a, b in bars:
-        left = min(max((a - start) / duration, 0.0), 1.0)
-        width = max((b - a + spacing) / duration, 0.004)
-        out.append({"left": round(100 * left, 2), "width": round(100 * min(width, 1.0 - left), 2)})
-    return out
-
-
-def _meta_rows(v) -> list[tuple[str, str]]:
-    """The metadata table of a video's row (a row of ``itertuples``)."""
-    rows = [("video id", v.video_id), ("source", v.source), ("status", v.status)]
-    if _present(getattr(v, "error_type", None)):
-        rows.append(("error", f"{v.error_type}: {v.error_message}"))
-    is_image = getattr(v, "media_type", None) == "image"
-    if _present(v.width):
-        rows.append(("resolution", f"{int(v.width)} x {int(v.height)}"))
-    if not is_image:
-        if _present(v.fps):
-            rows.append(("frame rate", f"{v.fps:g} fps"))
-        if _present(v.total_frames):
-            rows.append(("frames", f"{int(v.total_frames)}"))
-        if _present(v.duration_s):
-            rows.append(("duration", f"{fmt_time(v.duration_s)} ({v.duration_s:g} s)"))
-    rows.append(("type", "photo" if is_image else "video"))
-    if _present(v.codec):
-        rows.append(("codec", v.codec))
-    if _present(v.size_bytes):
-        rows.append(("size", f"{v.size_bytes / 1e6:.1f} MB"))
-    rows += [
-        ("frames analysed", f"{int(v.frames_sampled or 0)}"),
-        ("faces detected", f"{int(v.faces_detected or 0)}"),
-        ("processing", f"{v.processing_s:.1f} s on {v.device}" if _present(v.processing_s) else "-"),
-        ("estimated cost", f"${v.estimated_cost_usd:.5f}" if _present(v.estimated_cost_usd) else "-"),
-        ("models", v.models if _present(v.models) else "-"),
-        ("processed", str(v.processed_at)[:19] if _present(v.processed_at) else "-"),
-    ]
-    return [(k, str(val)) for k, val in rows]
-
 
 VIDEOS_PER_PAGE = 500  # video cards per index page
 PEOPLE_PER_PAGE = 200  # global persons per people page
@@ -112,7 +37,7 @@ PEOPLE_COLUMNS = ["video_id", "source", "person_id", "face_url", "frame_url", "q
 
 def _page(prefix: str, number: int) -> str:
     """Page ``number`` (1 = the first) of a paginated list: ``report/index.html``, then ``report/pages/...``."""
-    return INDEX if number == 1 else f"{schema.REPORT}/pages/{prefix}-{number}.html"
+    return report_pages.INDEX if number == 1 else f"{schema.REPORT}/pages/{prefix}-{number}.html"
 
 
 def _fingerprint(*parts) -> str:
@@ -187,10 +112,10 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
     videos = videos.set_index("video_id", drop=False).loc[order].reset_index(drop=True)
     index_file = manifests.people_index_file(d)  # read once: its light columns for all, the rest for pages redone
     index = None if index_file is None else manifests.read_people_index(index_file, INDEX_COLUMNS)
-    env = _env()
+    env = report_pages.env()
 
     def link(page_dir: str, url: str, vid: str) -> str:  # from a page in page_dir to an output of video vid
-        return _relative(manifests.relative(d, url, vid), page_dir)
+        return report_pages.relative(manifests.relative(d, url, vid), page_dir)
 
     # the people index: who is whom (live persons by id, PEOPLE_PER_PAGE a page)
     live = np.zeros(0, dtype=np.int64)
@@ -234,7 +159,7 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
         ps = people_lists[n - 1] if index is not None and n <= len(people_lists) and (
             n == 1 or old_pages.get(ppage) != state[ppage]) else None
         if n == 1:
-            lists.append((INDEX, 1, vs, ps))
+            lists.append((report_pages.INDEX, 1, vs, ps))
         else:
             lists += [(vpage, n, vs, None)] if vs is not None else []
             lists += [(ppage, n, None, ps)] if ps is not None else []
@@ -263,18 +188,18 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
         is_video = getattr(v, "media_type", None) != "image"
         reps = list(zip(v.representative_urls if v.representative_urls is not None else [],
                         v.representative_timestamps_s if v.representative_timestamps_s is not None else []))
-        page = f"{VIDEO_DIR}/{vid}.html"
+        page = f"{report_pages.VIDEO_DIR}/{vid}.html"
         if vid in redone:
             found = [target.get((vid, int(cols["person_id"][i])), (None, None, 0, None)) for i in rows]
-            pages[page] = _video_page(env, v, cols, rows, [(g, n if _present(n) else None, c, p)
+            pages[page] = report_pages.video_page(env, v, cols, rows, [(g, n if report_pages.present(n) else None, c, p)
                                                            for g, n, c, p in found], reps, is_video, link)
         cards[vid] = {
             "video_id": v.video_id,
-            "name": _name(v.source),
+            "name": report_pages.display_name(v.source),
             "page": posixpath.relpath(page, schema.REPORT),
             "status": v.status,
-            "error": f"{v.error_type}: {v.error_message}" if _present(v.error_type) else "",
-            "kind": ("photo" if not is_video else fmt_time(float(v.duration_s) if _present(v.duration_s) else 0.0)),
+            "error": f"{v.error_type}: {v.error_message}" if report_pages.present(v.error_type) else "",
+            "kind": ("photo" if not is_video else report_pages.fmt_time(float(v.duration_s) if report_pages.present(v.duration_s) else 0.0)),
             "people": len(rows),
             "thumb": link(schema.REPORT, reps[len(reps) // 2][0], vid) if reps else None,
             "faces": [link(schema.REPORT, cols["face_url"][i], vid) for i in rows],
@@ -298,15 +223,15 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
         out = []
         for gid in gids:
             a, b = spans[gid]
-            quality = [q if _present(q) else -1.0 for q in g_cols["quality"][a:b]]
+            quality = [q if report_pages.present(q) else -1.0 for q in g_cols["quality"][a:b]]
             best = a + int(np.argmax(quality))
-            given = next((str(n) for n in g_cols["name"][a:b] if _present(n)), None)
+            given = next((str(n) for n in g_cols["name"][a:b] if report_pages.present(n)), None)
             out.append({
                 "id": gid, "name": given, "videos": len(set(g_cols["video_id"][a:b])),
                 "face": link(schema.REPORT, g_cols["face_url"][best], g_cols["video_id"][best]),
                 "appearances": [{
                     "video_id": g_cols["video_id"][i], "person_id": int(g_cols["person_id"][i]),
-                    "name": _name(g_cols["source"][i]), "page": f"videos/{g_cols['video_id'][i]}.html",
+                    "name": report_pages.display_name(g_cols["source"][i]), "page": f"videos/{g_cols['video_id'][i]}.html",
                     "face": link(schema.REPORT, g_cols["face_url"][i], g_cols["video_id"][i]),
                     "similarity": float(g_cols["similarity"][i])} for i in range(a, b)]})
         return out
@@ -317,13 +242,13 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
     indexed = int(_isin(index["video_id"], videos["video_id"]).sum()) if index is not None else 0
     total_s = float(videos.loc[videos["status"] == "succeeded", "duration_s"].fillna(0).sum()) if len(videos) else 0.0
     stats = {
-        "dest": d.url(""), "dest_name": _name(d.url("")),
+        "dest": d.url(""), "dest_name": report_pages.display_name(d.url("")),
         "inputs": len(videos),
         "succeeded": int((videos["status"] == "succeeded").sum()) if len(videos) else 0,
         "failed": int((videos["status"] != "succeeded").sum()) if len(videos) else 0,
         "people_total": people_total, "global_total": len(live) if index is not None else None,
         "index_rows": 0 if index is None else len(index), "not_indexed": max(people_total - indexed, 0)
-        if index is not None else 0, "hours": f"{total_s / 3600:.2f} h" if total_s >= 3600 else fmt_time(total_s),
+        if index is not None else 0, "hours": f"{total_s / 3600:.2f} h" if total_s >= 3600 else report_pages.fmt_time(total_s),
     }
     # index.html: the stats, every page of both lists and the first of each; then the other list pages that changed
     for page, n, shown, persons in lists:
@@ -335,21 +260,11 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
             generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             root="" if root == "." else root + "/",
             video_pages=[posixpath.relpath(_page("videos", k), here) for k in range(1, len(video_lists) + 1)]
-            if page == INDEX else _neighbours("videos", n, len(video_lists), here),
+            if page == report_pages.INDEX else _neighbours("videos", n, len(video_lists), here),
             people_pages=([posixpath.relpath(_page("people", k), here) for k in range(1, len(people_lists) + 1)]
-                          if page == INDEX else _neighbours("people", n, len(people_lists), here))
+                          if page == report_pages.INDEX else _neighbours("people", n, len(people_lists), here))
             if index is not None else [])
     return pages, {"pages": state, "videos": pd.DataFrame({"video_id": order, "hash": page_hash})}
-
-
-def _relative(path: str, start: str) -> str:
-    """``posixpath.relpath`` for two clean relative paths (no ``.`` or ``..`` parts), without its ``abspath``
-    calls: the report links millions of images."""
-    a, b = path.split("/"), start.split("/")
-    common = 0
-    while common < min(len(a) - 1, len(b)) and a[common] == b[common]:
-        common += 1
-    return "/".join([".."] * (len(b) - common) + a[common:])
 
 
 def _neighbours(prefix: str, n: int, count: int, here: str) -> list[tuple[str, str]]:
@@ -361,44 +276,6 @@ def _neighbours(prefix: str, n: int, count: int, here: str) -> list[tuple[str, s
     if n < count:
         out.append(("next", posixpath.relpath(_page(prefix, n + 1), here)))
     return out
-
-
-def _video_page(env, v, cols: dict, rows: range, targets: list, reps: list, is_video: bool, link) -> str:
-    start = float(v.start_s) if _present(v.start_s) else 0.0
-    duration = float(v.duration_s) if _present(v.duration_s) else 0.0
-    spacing = duration / max(int(v.frames_sampled or 0), 1)
-    person_docs = []
-    for i, (gid, name, count, where) in zip(rows, targets):
-        seen = list(cols["seen_s"][i]) if cols["seen_s"][i] is not None else [cols["first_seen_s"][i],
-                                                                               cols["last_seen_s"][i]]
-        person_docs.append({
-            "person_id": int(cols["person_id"][i]),
-            "face": link(VIDEO_DIR, cols["face_url"][i], v.video_id),
-            "frame": link(VIDEO_DIR, cols["frame_url"][i], v.video_id),
-            "quality": float(cols["quality"][i]),
-            "appearances": int(cols["appearances"][i]),
-            "best": fmt_time(cols["timestamp_s"][i]),
-            "first": fmt_time(cols["first_seen_s"][i]),
-            "last": fmt_time(cols["last_seen_s"][i]),
-            "ticks": timeline(seen, start, duration, spacing) if is_video else [],
-            "global_id": gid,
-            "global_name": name,
-            "global_videos": count,
-            "global_page": posixpath.relpath(where, VIDEO_DIR) if where else None,
-        })
-    doc = {
-        "video_id": v.video_id,
-        "name": _name(v.source),
-        "source": v.source,
-        "status": v.status,
-        "is_video": is_video,
-        "meta": _meta_rows(v),
-        "persons": person_docs,
-        "frames": [{"src": link(VIDEO_DIR, u, v.video_id), "time": fmt_time(t)} for u, t in reps],
-        "start": fmt_time(start),
-        "end": fmt_time(start + duration),
-    }
-    return env.get_template("video.html").render(v=doc, index="../index.html", version=__version__)
 
 
 def write(dest: str | Destination) -> str:
@@ -417,13 +294,13 @@ def write(dest: str | Destination) -> str:
     except (ValueError, OSError, pa.ArrowException):
         previous = None
     pages, state = build_pages(d, previous)
-    for rel in sorted(pages, key=lambda r: r == INDEX):  # index.html last
+    for rel in sorted(pages, key=lambda r: r == report_pages.INDEX):  # index.html last
         d.write(rel, pages[rel].encode("utf-8"))
     # the state last (the videos' hashes, then the pages'): a run killed before redoes what it had not recorded
     d.write(VIDEO_STATE, schema.parquet_bytes(pa.Table.from_pandas(state["videos"], preserve_index=False)))
     d.write(STATE, json.dumps({"pages": state["pages"], "version": REPORT_VERSION}).encode())
     d.delete(WRITING)
-    return d.url(INDEX)
+    return d.url(report_pages.INDEX)
 
 
 REPORT_VERSION = f"{__version__}-4"  # a report of another framepipe (templates) is redone whole

@@ -10,7 +10,7 @@ Every run (CLI, backfill, Serve) also appends the same rows to the destination's
 :func:`framepipe.manifests.load_videos`, ``deltalake.DeltaTable(...).to_pandas()`` or any Delta reader).
 ``framepipe people`` adds ``DEST/manifests/people_index.parquet`` (:data:`PEOPLE_INDEX_SCHEMA`): the
 same person across videos, from the person registry (:data:`GLOBAL_PERSON_SCHEMA`, :data:`MEMBERS_SCHEMA`,
-:mod:`framepipe.registry`). ``SCHEMA_VERSION`` is stored in each file's schema metadata and in every row; bump it
+:mod:`framepipe.people.registry`). ``SCHEMA_VERSION`` is stored in each file's schema metadata and in every row; bump it
 on any change to these schemas (1.1 added ``media_type``, ``seen_s`` and the people index; 1.2 the registry and
 the people index's ``name``; 1.3 the shots, each person's ``time_ranges`` and ``faces_unlisted``; 1.4 ``run_id``,
 the write a row belongs to, as the tables keep every write and a video's last is its current one;

@@ -81,7 +81,7 @@ def exists(d: Destination, kind: str) -> bool:
     return bool(d.list(f"{path(kind)}/_delta_log"))
 
 
-def _open(d: Destination, kind: str, version: int | None = None, attempts: int = 5):
+def open_table(d: Destination, kind: str, version: int | None = None, attempts: int = 5):
     """The table (None: no table yet). A log caught being created (its first commit not yet in place: "no files
     in log segment") is read again a moment later."""
     from deltalake import DeltaTable
@@ -99,7 +99,7 @@ def _open(d: Destination, kind: str, version: int | None = None, attempts: int =
                         _note_damaged(d, name, "reading the table's version before it")
                     number = int(damaged[0].rsplit("/", 1)[-1].split(".")[0])
                     if number > 0:
-                        return _open(d, kind, number - 1, attempts=1)
+                        return open_table(d, kind, number - 1, attempts=1)
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise DestinationError(f"cannot read the table {_uri(d, kind)}: {reason}") from None
             time.sleep(0.1 * (attempt + 1))
@@ -150,7 +150,7 @@ def append(d: Destination, kind: str, rows: pa.Table) -> int:
     last: Exception | None = None
     for attempt in range(ATTEMPTS):
         try:
-            table = _open(d, kind)
+            table = open_table(d, kind)
             if table is None:
                 _create(d, kind)
                 continue
@@ -175,7 +175,7 @@ def _create(d: Destination, kind: str) -> None:
     from deltalake import DeltaTable
 
     if not legacy_files(d, kind):
-        _mark_upgraded(d, kind)
+        mark_upgraded(d, kind)
     try:
         DeltaTable.create(_uri(d, kind), schema=KINDS[kind], mode="ignore", storage_options=storage_options(d))
     except Exception as e:  # most often a concurrent creator won: the caller opens the table again
@@ -184,7 +184,7 @@ def _create(d: Destination, kind: str) -> None:
 
 def version(d: Destination, kind: str) -> int | None:
     """The table's latest version (None: no table yet)."""
-    table = _open(d, kind)
+    table = open_table(d, kind)
     return None if table is None else table.version()
 
 
@@ -266,30 +266,9 @@ def _note_damaged(d: Destination, relpath: str, what: str) -> None:
         log.warning("%s is damaged: %s", d.url(relpath), what)
 
 
-def unreadable(d: Destination, relpath: str) -> bool:
-    """Is this file damaged: a Parquet file whose footer cannot be read (no row read), any other file empty?"""
-    try:
-        data = d.read(relpath)
-        if relpath.endswith(".parquet"):
-            pq.ParquetFile(io.BytesIO(data)).metadata
-        return not data
-    except Exception:  # noqa: BLE001 - what is wrong with it is said by the file's name
-        return True
-
-
-def damaged_files(d: Destination, kind: str) -> list[str]:
-    """The table's log entries and the data files of its current version that cannot be read."""
-    bad = damaged_log_entries(d, kind)
-    table = _open(d, kind)
-    if table is None:
-        return bad
-    names = (f"{path(kind)}/{uri.rsplit('/', 1)[-1]}" for uri in table.file_uris())
-    return bad + [name for name in names if unreadable(d, name)]
-
-
 def current_runs(d: Destination, filter=None) -> pa.Table:
     """(video_id, run_id) of each video's current ``videos`` row: its last write."""
-    table = _open(d, "videos")
+    table = open_table(d, "videos")
     cols = ["video_id", "run_id", "processed_at"]
     return _latest(_raw(d, "videos", table, cols, filter))
 
@@ -314,17 +293,17 @@ def read(d: Destination, kind: str, filter=None, columns: list[str] | None = Non
         need = ["video_id", "run_id"] + (["processed_at"] if kind == "videos" else [])
         columns = list(dict.fromkeys([*columns, *need]))
     if kind == "videos":
-        return _latest(_raw(d, "videos", _open(d, "videos"), columns, filter))
+        return _latest(_raw(d, "videos", open_table(d, "videos"), columns, filter))
     if filter is not None:  # a part: the current runs of its videos only
-        return current_of(d, _raw(d, "people", _open(d, "people"), columns, filter))
+        return current_of(d, _raw(d, "people", open_table(d, "people"), columns, filter))
     runs = current_runs(d)
     if columns is not None and "embedding" not in columns:  # small rows: cut once
-        return current_of(d, _raw(d, "people", _open(d, "people"), columns), runs)
+        return current_of(d, _raw(d, "people", open_table(d, "people"), columns), runs)
     # with the embeddings: cut batch by batch, so that rows of earlier runs are never all in memory
-    return _raw(d, "people", _open(d, "people"), columns, keep=lambda rows: current_of(d, rows, runs))
+    return _raw(d, "people", open_table(d, "people"), columns, keep=lambda rows: current_of(d, rows, runs))
 
 
-def _key(t: pa.Table):
+def run_key(t: pa.Table):
     return pc.binary_join_element_wise(t["video_id"], pc.fill_null(t["run_id"], ""), "\x00")
 
 
@@ -337,7 +316,7 @@ def current_of(d: Destination, people: pa.Table, runs: pa.Table | None = None) -
         runs = current_runs(d, pc.field("video_id").isin(pc.unique(people["video_id"])))
     rerun = runs.filter(pc.is_valid(runs["run_id"]))["video_id"]
     legacy = pc.and_(pc.is_null(people["run_id"]), pc.invert(pc.is_in(people["video_id"], value_set=rerun)))
-    return people.filter(pc.or_(pc.is_in(_key(people), value_set=_key(runs)), legacy))
+    return people.filter(pc.or_(pc.is_in(run_key(people), value_set=run_key(runs)), legacy))
 
 
 def changes(d: Destination, kind: str, since: int) -> tuple[pa.Table, int] | None:
@@ -345,7 +324,7 @@ def changes(d: Destination, kind: str, since: int) -> tuple[pa.Table, int] | Non
     change feed: the data files those commits added, never the whole table), and the version read up to; None when
     the table cannot say (no table, a 0.2.x folder, a version already cleaned from the log): read the whole table
     instead."""
-    table = _open(d, kind)
+    table = open_table(d, kind)
     if table is None or _has_legacy(d, kind, table):
         return None
     latest = table.version()
@@ -388,8 +367,8 @@ def new_people(d: Destination, since: int | None) -> tuple[pa.Table, int | None]
     current = current_of(d, rows)
     if current.num_rows == rows.num_rows:
         return current, latest
-    key = _key(rows)
-    waiting = pc.invert(pc.is_in(key, value_set=_key(current)))
+    key = run_key(rows)
+    waiting = pc.invert(pc.is_in(key, value_set=run_key(current)))
     recent = pc.greater(feed["_commit_timestamp"],
                         pa.scalar(int((time.time() - PENDING_S) * 1000), pa.timestamp("ms", tz="UTC")))
     held = feed.filter(pc.and_(waiting, recent))["_commit_version"]
@@ -400,11 +379,11 @@ def new_people(d: Destination, since: int | None) -> tuple[pa.Table, int | None]
 def optimize(d: Destination, kind: str, vacuum: bool = True) -> dict:
     """Compact the table's small files (Delta's OPTIMIZE), write a checkpoint, drop expired log entries and, with
     ``vacuum``, remove the files no version of the last ``VACUUM_AFTER_H`` hours names."""
-    table = _open(d, kind)
+    table = open_table(d, kind)
     if table is None:
         return {"files_removed": 0, "files_added": 0, "vacuumed": 0}
     metrics = table.optimize.compact(target_size=TARGET_FILE_BYTES)
-    table = _open(d, kind)
+    table = open_table(d, kind)
     table.create_checkpoint()
     table.cleanup_metadata()  # log entries older than the table's log retention (30 days) and a checkpoint
     gone = table.vacuum(retention_hours=VACUUM_AFTER_H, enforce_retention_duration=False, dry_run=False) \
@@ -413,56 +392,6 @@ def optimize(d: Destination, kind: str, vacuum: bool = True) -> dict:
             "vacuumed": len(gone)}
 
 
-def upgrade(d: Destination, kind: str, batch: int = 5000) -> int:
-    """Move a 0.2.x folder's per-video files into the table (in commits of ``batch`` files), then mark the table
-    as holding them all and remove them. Idempotent: the file of a video already in the table (moved by a killed
-    run, or the video processed again since) is not appended. Returns files moved."""
-    files = legacy_files(d, kind)
-    if not files:
-        if exists(d, kind):
-            _mark_upgraded(d, kind)
-        return 0
-    table = _open(d, kind)
-    present = set()
-    if table is not None:
-        have = table.to_pyarrow_dataset().to_table(columns=["video_id"])
-        present = set(have["video_id"].to_pylist())
-    moved = 0
-    known = pa.array(list(present), pa.string())
-    for start in range(0, len(files), batch):
-        chunk = files[start : start + batch]
-        rows = read_files(d, [f for f in chunk if _stem(f) not in present], KINDS[kind])  # named by video id
-        rows = rows.filter(pc.invert(pc.is_in(rows["video_id"], value_set=known)))
-        if rows.num_rows:
-            append(d, kind, rows)
-        moved += len(chunk)
-    _mark_upgraded(d, kind)
-    d.delete_many(files)
-    return moved
-
-
-def _stem(relpath: str) -> str:
-    return relpath.rsplit("/", 1)[-1].removesuffix(".parquet")
-
-
-def _mark_upgraded(d: Destination, kind: str) -> None:
+def mark_upgraded(d: Destination, kind: str) -> None:
     if not d.exists(f"{path(kind)}/{UPGRADED}"):
         d.write(f"{path(kind)}/{UPGRADED}", b"")
-
-
-def drop_superseded(d: Destination, kind: str) -> int:
-    """Delete rows of earlier runs of videos processed again (a rewrite of the files holding them only)."""
-    table = _open(d, kind)
-    if table is None:
-        return 0
-    runs = current_runs(d)
-    rows = table.to_pyarrow_dataset().to_table(columns=["video_id", "run_id"])
-    old = rows.filter(pc.invert(pc.is_in(_key(rows), value_set=_key(runs))))
-    if old.num_rows == 0:
-        return 0
-    stale = sorted({r for r in old["run_id"].to_pylist() if r})
-    if not stale:
-        return 0
-    quoted = ", ".join("'" + r.replace("'", "''") + "'" for r in stale)
-    result = table.delete(f"run_id IN ({quoted})")
-    return int(result.get("num_deleted_rows", old.num_rows))

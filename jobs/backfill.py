@@ -180,7 +180,7 @@ def _run(args) -> dict:
     driver.finish()
     out = driver.summary.as_dict()
     if not args.no_people:  # the person registry, incrementally: ids, names and merges of earlier runs kept
-        from framepipe import registry  # the driver alone needs it (pandas, scipy): workers import this module too
+        from framepipe.people import registry  # the driver alone needs it (pandas, scipy): workers import this module too
 
         try:
             _, updates, _ = registry.update_destination(args.dest, settings.people_max_distance,

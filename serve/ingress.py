@@ -22,7 +22,7 @@ from ray.exceptions import RayError
 from ray.serve.task_consumer import instantiate_adapter_from_config
 
 from framepipe import sources
-from framepipe import search as find
+from framepipe.people import search as find
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError, InputTooLarge, ModelUnavailable, SourceNotFound, WorkerLost
 from framepipe.storage import Destination

@@ -105,11 +105,12 @@ def test_backfill_s3_to_s3_then_rerun(s3_server, videos_bucket, settings, model,
     assert len(people.column("embedding")[0]) == 512  # buffalo_s_dq
     # the person registry is brought up to date at the end of the run (on S3, next to the manifests)
     from framepipe import manifests as fp_manifests
+    from framepipe.people import registry as fp_registry
 
     index = fp_manifests.load_people_index(f"s3://{videos_bucket}/out")
     [(pack, update)] = first["people_registry"].items()
     assert update["created"] == index.global_person_id.nunique() and len(index) == people.num_rows
-    assert fp_manifests.load_registry(f"s3://{videos_bucket}/out").model.tolist() == [pack] * update["created"]
+    assert fp_registry.load_persons(f"s3://{videos_bucket}/out").model.tolist() == [pack] * update["created"]
 
     # the same video gives the same results as `framepipe extract`
     from framepipe import pipeline

@@ -108,7 +108,8 @@ def test_the_report_pages_and_redoes_only_what_changed(clip, tmp_path, monkeypat
     import re
     import shutil
 
-    from framepipe import pipeline, registry, report
+    from framepipe import pipeline, report
+    from framepipe.people import registry
     from framepipe.config import Settings
 
     monkeypatch.setattr(report, "VIDEOS_PER_PAGE", 2)

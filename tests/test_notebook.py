@@ -36,7 +36,8 @@ def html_outputs(nb, marker: str) -> list[str]:
 
 
 def test_notebook_runs_on_a_local_destination_with_a_people_index(library, monkeypatch):
-    from framepipe import manifests, registry
+    from framepipe import manifests
+    from framepipe.people import registry
 
     dest = library["dest"]
     registry.update_destination(dest, 0.6)

@@ -59,14 +59,15 @@ def test_people_are_pure_and_their_talent_frames_match(extracted, key):
 def test_framepipe_people_joins_no_two_persons_of_one_video(extracted, outdir):
     """A cross-video join of two persons of one video is a split the per-video pass missed (or a merge of two
     people by the cross-video pass): none on the labelled shared set."""
-    from framepipe import manifests, people_index, registry
+    from framepipe import manifests
+    from framepipe.people import grouping, registry
     from framepipe.config import Settings
 
     for key in WITH_RANGE:
         extracted(key)
     index = registry.in_memory_index(manifests.load_people(outdir), Settings().people_max_distance)
     assert index["video_id"].nunique() >= len(WITH_RANGE) - 1  # every video with a person
-    assert people_index.within_video_joins(index) == []
+    assert grouping.within_video_joins(index) == []
 
 
 def test_composed_montage_joins_both_appearances_of_the_same_woman(extracted):

@@ -96,7 +96,8 @@ def test_same_person_gets_the_same_global_id_across_videos_and_photos(library):
 
 
 def test_embeddings_of_different_models_are_never_compared(library):
-    from framepipe import manifests, registry
+    from framepipe import manifests
+    from framepipe.people import registry
 
     people = manifests.load_people(library["dest"])
     other = people.assign(embedding_model="buffalo_l", video_id=people.video_id + "-b")

@@ -69,7 +69,8 @@ def test_multishot_persons_per_identity_and_f1_overall(multishot):
 def test_registry_keeps_one_global_person_per_lfw_person(multishot):
     """Both montages and the 472 photos of their 40 people (and the TV and talk clips beside them) through the
     person registry, as ``framepipe people`` runs it: one global person per real person, none shared."""
-    from framepipe import calibration, manifests, registry
+    from framepipe import calibration, manifests
+    from framepipe.people import registry
 
     dest, results, photos = multishot["dest"], multishot["results"], multishot["photos"]
     index, _, _ = registry.update_destination(dest, models=None)
@@ -109,7 +110,8 @@ def test_calibrate_writes_the_thresholds_every_front_door_reads(tmp_path):
     """``framepipe calibrate`` on photos of 8 LFW people: same-person pairs far above different-person pairs, the
     thresholds written into the pack's folder, and the people step, the registry and search reading them there."""
     from conftest import PACK, run_cli
-    from framepipe import calibration, clustering, search
+    from framepipe import calibration, clustering
+    from framepipe.people import search
     from framepipe.config import Settings
 
     pack = tmp_path / "my_pack"

@@ -72,7 +72,8 @@ def finish(procs: list[subprocess.Popen], timeout: float = 240) -> None:
 def state(dest: str):
     """(registry, people index) of the latest committed version, checked whole: every part readable, every member
     of a live person, ids unique, every (video, person) of the manifests a member once."""
-    from framepipe import commits, manifests, registry, schema
+    from framepipe import commits, manifests, schema
+    from framepipe.people import registry
 
     d = manifests.destination(dest)
     version = commits.latest(d, schema.REGISTRY)
@@ -162,7 +163,8 @@ def test_sigkill_at_any_point_leaves_the_registry_whole_and_the_next_run_right(d
         time.sleep(rng.uniform(0.3 * run_s, 1.1 * run_s))  # before, during or after its commit
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        from framepipe import commits, manifests, registry, schema
+        from framepipe import commits, manifests, schema
+        from framepipe.people import registry
 
         d = manifests.destination(url)
         version = commits.latest(d, schema.REGISTRY)
@@ -194,7 +196,8 @@ def test_an_update_after_new_videos_writes_a_segment_not_the_registry_again(tmp_
     files anew."""
     import numpy as np
 
-    from framepipe import commits, manifests, registry, registry_files, registry_model, schema, search
+    from framepipe import commits, manifests, schema
+    from framepipe.people import files as registry_files, model_store, registry, search
 
     whole, layered = str(tmp_path / "whole"), str(tmp_path / "layered")
     add_videos(whole, range(0, 44))
@@ -214,7 +217,7 @@ def test_an_update_after_new_videos_writes_a_segment_not_the_registry_again(tmp_
     assert _groups(index) == _groups(expected)
     reg, _ = state(layered)  # read whole: checked member by member
     light = registry.Registry.load(d, MODEL, DIM, second, light=True)
-    listed = manifests.load_registry(layered)  # a notebook's view: the base and the segment
+    listed = registry.load_persons(layered)  # a notebook's view: the base and the segment
     assert listed.set_index("global_person_id")["members"].to_dict() == reg.persons["members"].to_dict()
     assert "embedding_sum" not in listed
     assert light.persons["members"].to_dict() == reg.persons["members"].to_dict()
@@ -231,7 +234,7 @@ def test_an_update_after_new_videos_writes_a_segment_not_the_registry_again(tmp_
             merged = commits.latest(d, schema.REGISTRY)
             assert not any(registry_files.SEGMENT.match(k.rsplit("/", 1)[-1]) for k in merged.files)
             assert merged.files[f"{MODEL}/persons.parquet"] != base[f"{MODEL}/persons.parquet"]
-            monkeypatch.setattr(registry_model, "COMPACT_SEGMENTS", 2)  # the third segment: the base anew
+            monkeypatch.setattr(model_store, "COMPACT_SEGMENTS", 2)  # the third segment: the base anew
         for n in range(3):
             add_videos(dest, range(44 + n, 45 + n))
             index, _, _ = registry.update_destination(dest, max_distance=0.3)
@@ -251,7 +254,8 @@ def test_a_writer_that_sleeps_past_the_pruned_log_loses_nothing(dest):
     versions are committed (real ``framepipe people --name`` processes) and the log is pruned behind them: the
     number it commits is free again, but its commit is withdrawn and its change applied again on the newest
     version, so its correction is in the latest version and nothing of the others is lost."""
-    from framepipe import commits, manifests, registry, schema
+    from framepipe import commits, manifests, schema
+    from framepipe.people import registry
 
     url, env = dest
     add_videos(url, range(0, 4))

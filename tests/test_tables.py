@@ -202,7 +202,8 @@ def test_the_registry_reads_only_the_people_appended_since_its_version(tmp_path)
     """`framepipe people` records the people table's version it has read; the next update reads the change feed
     from there (the new video's rows only). People rows of a run whose video row is not committed yet are held
     back, not skipped."""
-    from framepipe import commits, manifests, registry, schema, tables
+    from framepipe import commits, manifests, schema, tables
+    from framepipe.people import registry
 
     dest = str(tmp_path / "dest")
     d = manifests.destination(dest)

@@ -25,7 +25,7 @@ newer version). Each version holds, per model (``<model>/...``), and the people 
 :meth:`Registry.update` attaches what is new in the manifests (a video processed since the last update, or
 processed again with other people) and never touches what is already attached:
 
-* an empty registry is seeded by ``framepipe people``'s average-linkage clustering (:mod:`framepipe.people_index`:
+* an empty registry is seeded by ``framepipe people``'s average-linkage clustering (:mod:`framepipe.people.grouping`:
   no chaining, two people seen together in one video never joined), up to ``people_max_count`` people;
 * after that (and beyond that count) each new person is attached to the nearest live global person whose
   centroid is at cosine similarity >= ``1 - people_max_distance``, unless that person already holds someone
@@ -56,9 +56,10 @@ import pandas as pd
 import pyarrow as pa
 
 from framepipe import calibration, commits, manifests, schema, tables
-from framepipe.registry_files import LAYOUT, unit
-from framepipe.registry_model import CANDIDATES, CorrectionError, Registry, Update
-from framepipe.storage import Destination
+from framepipe.people.files import LAYOUT, unit
+from framepipe.people.model_registry import CANDIDATES, CorrectionError, Registry, Update
+from framepipe.people.model_store import persons_at
+from framepipe.storage import Destination, destination
 
 __all__ = ["CANDIDATES", "CorrectionError", "Corrections", "Registry", "Update", "in_memory_index", "index_table",
            "model_groups", "models_of", "people_since", "publish_index", "registered", "unit", "update_destination"]
@@ -220,3 +221,11 @@ def publish_index(d: Destination, version: commits.Version) -> None:
         if newest.number == version.number:
             return
         version = newest
+
+
+def load_persons(dest: str | Destination) -> pd.DataFrame | None:
+    """The person registry's global persons as of its latest committed version (every embedding model, a ``model``
+    column added; the centroid left out), or None before ``framepipe people`` has run: for a notebook,
+    ``registry.load_persons("s3://bucket/out")`` beside :mod:`framepipe.manifests`' readers."""
+    d = destination(dest)
+    return commits.first_readable(d, schema.REGISTRY, lambda version: persons_at(d, version))

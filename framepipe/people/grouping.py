@@ -1,4 +1,4 @@
-"""The same person across videos: the clustering that seeds the person registry (:mod:`framepipe.registry`).
+"""The same person across videos: the clustering that seeds the person registry (:mod:`framepipe.people.registry`).
 
 Each video's people carry the mean of their face embeddings (``people`` manifest). Those embeddings are
 clustered over the whole destination by average-linkage agglomerative clustering on cosine distance: two
@@ -9,7 +9,7 @@ again with that cannot-link, as the per-video pass does).
 Embeddings of different models are never compared (each model has its own registry).
 
 :func:`cluster_embeddings` and :func:`split_co_occurring` seed an empty person registry
-(:meth:`framepipe.registry.Registry.update`); after that, new people are attached to the registry's persons through
+(:meth:`framepipe.people.model_registry.Registry.update`); after that, new people are attached to the registry's persons through
 its vector index and ids never change. :func:`within_video_joins` and :func:`summary` read the people index the
 registry writes.
 
@@ -94,7 +94,7 @@ def nndescent_neighbours(bits: np.ndarray, k: int = NNDESCENT_NEIGHBOURS) -> np.
 
     with tempfile.TemporaryDirectory(prefix="framepipe-graph-") as tmp:
         np.save(f"{tmp}/bits.npy", bits)
-        done = subprocess.run([sys.executable, "-m", "framepipe.people_index", tmp, str(k)])
+        done = subprocess.run([sys.executable, "-m", "framepipe.people.grouping", tmp, str(k)])
         if done.returncode:  # killed (memory?) or failed: its own output says why
             raise FramepipeError.with_code(ErrorCode.INTERNAL_ERROR,
                                            f"the neighbour graph's process failed (exit {done.returncode})")
@@ -188,6 +188,48 @@ def split_co_occurring(emb: np.ndarray, labels: np.ndarray, part: pd.DataFrame, 
     return np.array([order.setdefault(int(lab), len(order)) for lab in labels])
 
 
+CHUNK = 65_536  # rows of a first build's temporaries at once
+
+
+def seed_groups(new: pd.DataFrame, max_distance: float, max_group: int | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An empty registry's groups of the people rows ``new`` (``embedding``, ``video_id``, ``seen_s``): the graph
+    of people within ``max_distance`` of each other (each person's nearest by sign bits), then, inside each
+    connected part of it, average linkage with the cannot-links of people seen together. Returns (a group label
+    per row, -1 for the rows of a part over ``max_group`` people, to be attached one by one; the rows' unit
+    embeddings; their norms)."""
+    column = new["embedding"]
+    candidates = None  # each person's nearest by signature, found before the embeddings' matrix is made:
+    if len(new) > EXACT_UP_TO:  # the two never in memory together
+        candidates = nearest_by_bits(np.concatenate([
+            sign_bits(np.stack(column.iloc[i:i + CHUNK].to_numpy()))
+            for i in range(0, len(new), CHUNK)]))
+    # one matrix of the unit embeddings and their norms (the sums are of the raw ones): memory of one copy
+    emb = np.stack([np.asarray(e, np.float32) for e in column])
+    norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", emb, emb)), 1e-12).astype(np.float32)  # no n x d temporary
+    emb /= norms[:, None]
+    parts = neighbour_parts(emb, max_distance, candidates)
+    del candidates
+    labels = np.full(len(new), -1, dtype=np.int64)
+    light = new[[c for c in ("video_id", "seen_s") if c in new]]  # what the cannot-links read: a part's rows
+    left = []
+    next_label = 0
+    for members in parts:
+        if max_group is not None and len(members) > max_group:
+            left.append(members)
+            continue
+        if len(members) == 1:
+            sub = np.zeros(1, dtype=np.int64)
+        else:
+            part = light.iloc[members]
+            sub = split_co_occurring(
+                emb[members], cluster_embeddings(emb[members], max_distance), part, max_distance)
+        labels[members] = sub + next_label
+        next_label += int(sub.max()) + 1
+    del parts
+    return labels, emb, norms
+
+
 class Join(NamedTuple):
     video_id: str
     source: str
@@ -221,5 +263,5 @@ def sources_of(index: pd.DataFrame, gids) -> dict[int, list[str]]:
     return {int(g): sorted(set(part["source"])) for g, part in rows.groupby("global_person_id")}
 
 
-if __name__ == "__main__":  # nndescent_neighbours' process: python -m framepipe.people_index FOLDER K
+if __name__ == "__main__":  # nndescent_neighbours' process: python -m framepipe.people.grouping FOLDER K
     np.save(f"{sys.argv[1]}/keys.npy", _nndescent(np.load(f"{sys.argv[1]}/bits.npy"), int(sys.argv[2])))

@@ -4,7 +4,7 @@
 
 1. :func:`query_faces`: the faces of the query, largest first. A photo gives each detected face; a video goes
    through the per-video pipeline and gives each person found (their mean embedding, their best face).
-2. :func:`find`: the nearest global persons of the destination's person registry (:mod:`framepipe.registry`, its
+2. :func:`find`: the nearest global persons of the destination's person registry (:mod:`framepipe.people.registry`, its
    HNSW index), then every (video, person) member of those, scored by cosine similarity between the query face and
    that member's own embedding, best first, keeping those at ``min_similarity`` or more.
 
@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from framepipe import calibration, commits, manifests, pipeline, registry, schema
+from framepipe import calibration, commits, manifests, pipeline, schema
+from framepipe.people import registry
 from framepipe.analyzer import Analyzer
 from framepipe.config import Settings
 from framepipe.errors import ErrorCode, FramepipeError
@@ -199,7 +200,7 @@ def destination_packs(dest: str | Destination) -> list[str]:
 
 def _registry(d: Destination, model: str, dim: int, settings: Settings,
               version: commits.Version) -> tuple[registry.Registry, Pending | None]:
-    """This model's committed registry, read light (:meth:`~framepipe.registry.Registry.load` ``light``: the index
+    """This model's committed registry, read light (:meth:`~framepipe.people.registry.Registry.load` ``light``: the index
     memory-mapped, no embeddings but those of the persons found), and the people appended since its version
     (the tables' change feed): never the whole destination once a registry exists. A destination without one is
     registered in memory for the answer. Search never writes the registry (``framepipe people`` and the backfill

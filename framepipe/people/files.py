@@ -1,4 +1,4 @@
-"""The files of one embedding model's person registry (:mod:`framepipe.registry_model`): their layout (a base of
+"""The files of one embedding model's person registry (:mod:`framepipe.people.model_registry`): their layout (a base of
 four Parquet files sorted by global id plus segments, and the HNSW index of the live centroids), how each is
 written, and how a stored index is read or memory-mapped."""
 

@@ -1,0 +1,311 @@
+"""One embedding model's person registry and the changes made to it: attaching new people (an empty registry
+seeded at once by :func:`framepipe.people.grouping.seed_groups`), names, merges, splits. How it is read and written
+is :mod:`framepipe.people.model_store`; :mod:`framepipe.people.registry` keeps a destination's registries up to date
+and commits them (its docstring describes the whole)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from framepipe import schema
+from framepipe.errors import ErrorCode, FramepipeError
+from framepipe.people import grouping
+from framepipe.people.files import missing, unit
+from framepipe.people.model_store import StoredRegistry
+
+CANDIDATES = 10  # nearest global persons looked at when attaching
+CHUNK = grouping.CHUNK
+
+
+class CorrectionError(FramepipeError):
+    code = ErrorCode.BAD_CORRECTION
+
+
+@dataclass
+class Update:
+    attached: int = 0  # new members put with an existing global person
+    created: int = 0  # new global persons
+    detached: int = 0  # members whose video was processed again (or removed)
+    seeded: bool = False
+
+
+class Registry(StoredRegistry):
+    """One model's registry in memory (the fields and their layers: :class:`StoredRegistry`)."""
+
+    # ---- reading -----------------------------------------------------------------------------------
+
+    def _sum(self, gid: int) -> np.ndarray:
+        if gid not in self._sums:
+            self._load_sums([gid])
+            self._sums[gid] = np.asarray(self.persons.at[gid, "embedding_sum"], dtype=np.float64)
+            self._counts[gid] = int(self.persons.at[gid, "members"])
+        return self._sums[gid]
+
+    def resolve(self, gid: int) -> int:
+        """The live id an id stands for (merged ids are aliases of their survivor)."""
+        seen = set()
+        while gid in self.persons.index and pd.notna(self.persons.at[gid, "merged_into"]) and gid not in seen:
+            seen.add(gid)
+            gid = int(self.persons.at[gid, "merged_into"])
+        return gid
+
+    def nearest(self, embedding: np.ndarray, count: int) -> list[tuple[int, float]]:
+        """(global id, cosine similarity) of the ``count`` nearest live persons: the base index's, less those
+        changed since, and the changed ones'."""
+        q = unit(np.asarray(embedding, dtype=np.float32))
+        out = []
+        if self._delta is not None and len(self._delta):
+            found = self._delta.search(q, min(count, len(self._delta)))
+            out += [(int(k), float(1.0 - d)) for k, d in zip(found.keys, found.distances)]
+        if self.index is not None and len(self.index):
+            k = count
+            while True:  # more than count when changed persons shadow some of the nearest
+                found = self.index.search(q, min(k, len(self.index)))
+                base = [(int(k_), float(1.0 - d)) for k_, d in zip(found.keys, found.distances)
+                        if int(k_) not in self._shadow]
+                if len(base) >= count or k >= len(self.index):
+                    break
+                k *= 4
+            out += base
+        return sorted(out, key=lambda x: -x[1])[:count]
+
+    def centroid(self, gid: int) -> np.ndarray | None:
+        """A live person's unit centroid as indexed (None when not live)."""
+        for index, here in ((self._delta, gid in self._shadow), (self.index, gid not in self._shadow)):
+            if here and index is not None and gid in index:
+                return unit(np.asarray(index.get(gid), dtype=np.float32))
+        return None
+
+    # ---- changing ----------------------------------------------------------------------------------
+
+    def _touch(self, gid: int) -> None:
+        """Put a person's current centroid in the index of changed persons (or take it out when it has none)."""
+        self._shadow.add(gid)
+        self._dirty.add(gid)
+        if gid in self._delta:
+            self._delta.remove(gid)
+        self._sum(gid)
+        merged = gid in self.persons.index and pd.notna(self.persons.at[gid, "merged_into"])
+        if self._counts[gid] > 0 and not merged:
+            self._delta.add(gid, unit(self._sums[gid]))
+
+    def _create(self, embedding_sum: np.ndarray, members: int) -> int:
+        gid = max(self.next_id[0], int(self.persons.index.max()) + 1 if len(self.persons) else 0)
+        self.next_id[0] = gid + 1
+        self._new_persons.append({
+            "global_person_id": gid, "name": None, "merged_into": None, "members": members,
+            "embedding_sum": np.asarray(embedding_sum, dtype=np.float32),
+            "created_at": pd.Timestamp(dt.datetime.now(dt.timezone.utc)).floor("ms"),
+            "schema_version": schema.SCHEMA_VERSION})
+        self._sums[gid] = np.asarray(embedding_sum, dtype=np.float64)
+        self._counts[gid] = members
+        return gid
+
+    def _add_to(self, gid: int, embedding: np.ndarray, sign: int) -> None:
+        self._sums[gid] = self._sum(gid) + sign * np.asarray(embedding, dtype=np.float64)
+        self._counts[gid] += sign
+
+    def _member_rows(self, rows: pd.DataFrame, gids: list[int], similarity: list[float], pinned=False):
+        n = len(rows)
+        col = lambda name: rows[name].to_numpy(dtype=object) if name in rows else [None] * n  # noqa: E731
+        self._new_members.append(pd.DataFrame({
+            "video_id": col("video_id"), "person_id": np.asarray(rows["person_id"], dtype=np.int64),
+            "global_person_id": np.asarray(gids, dtype=np.int64), "similarity": np.asarray(similarity, np.float64),
+            "pinned": np.full(n, pinned), "source": col("source"), "embedding": col("embedding"),
+            "seen_s": col("seen_s"), "face_url": col("face_url"), "frame_url": col("frame_url"),
+            "timestamp_s": col("timestamp_s"), "quality": col("quality"), "schema_version": schema.SCHEMA_VERSION}))
+
+    def update(self, people: pd.DataFrame, max_distance: float, seed_max_count: int | None = None,
+               partial: bool = False) -> Update:
+        """Attach the people rows (``manifests.load_people``, this model's only) that are not attached yet.
+        ``partial``: the rows are the whole current people of their videos only (what changed since the last
+        update), not of the destination: members of other videos are left as they are."""
+        self.flush()
+        report = Update()
+        people = people.sort_values(["source", "person_id"], ignore_index=True)
+        key = lambda df: list(zip(df["video_id"], df["person_id"].astype(int)))  # noqa: E731
+        current = {k: np.asarray(e, np.float32) for k, e in zip(key(people), people["embedding"])}
+        # members whose video was processed again with other people (or is gone): detached
+        changed = set(people["video_id"]) if partial else None
+        rows = self.members.index if changed is None else self.members.index[self.members["video_id"].isin(changed)]
+        self._load_embeddings(rows)
+        mine = self.members.loc[rows]
+        stale = [i for i, k, e in zip(rows, key(mine), mine["embedding"])
+                 if k not in current or missing(e) or not np.allclose(current[k], e, atol=1e-6)]
+        gone = self.members.loc[stale, "global_person_id"].astype(int)
+        self._load_sums(set(gone))
+        for i, gid in zip(stale, gone):
+            self._add_to(gid, self.members.at[i, "embedding"], -1)
+        touched = set(gone)
+        if stale:
+            self.members = self.members.drop(index=stale).reset_index(drop=True)
+            self._rewrite = True  # the base files hold them
+        report.detached = len(stale)
+        attached = set(key(self.members if changed is None else
+                           self.members[self.members["video_id"].isin(set(people["video_id"]))]))
+        new = people[np.array([k not in attached for k in key(people)], dtype=bool)].reset_index(drop=True)
+        # who is already attached for the videos being added (same-time people are never one person)
+        kept = self.members[self.members["video_id"].isin(set(new["video_id"]))]
+        self._together = {v: list(zip(g["global_person_id"].astype(int), g["seen_s"])) for v, g in
+                          kept.groupby("video_id")}
+        rest, joined = new.iloc[0:0], []
+        if len(new) and not len(self.live_ids()) and len(self.persons) == 0:
+            report.seeded = True
+            report.created, rest = self._seed(new, max_distance, seed_max_count)
+            new = rest.reset_index(drop=True)
+            for m in self._new_members:  # the seeded people of a video, for the rows attached one by one
+                for v, g, seen in zip(m["video_id"], m["global_person_id"], m["seen_s"]):
+                    self._together.setdefault(v, []).append((int(g), seen))
+        if not report.seeded or len(rest):
+            for i in range(len(new)):
+                gid, sim = self._attach_one(new.iloc[i], max_distance)
+                if gid is None:  # a new person: in the index at once, for the next rows of this update
+                    gid = self._create(np.asarray(new.at[i, "embedding"], np.float32), 1)
+                    self._touch(gid)
+                    report.created += 1
+                    sim = 1.0
+                else:  # a known person: its centroid moves, re-indexed once at the end
+                    joined.append((gid, new.at[i, "embedding"]))
+                    report.attached += 1
+                self._member_rows(new.iloc[[i]], [gid], [sim])
+                self._together.setdefault(new.at[i, "video_id"], []).append((gid, new.at[i, "seen_s"]
+                                                                            if "seen_s" in new else None))
+        self._load_sums({gid for gid, _ in joined})  # one read of the base's row groups, not one per person
+        for gid, embedding in joined:
+            self._add_to(gid, embedding, +1)
+            touched.add(gid)
+        for gid in touched:
+            self._touch(gid)
+        self.flush()
+        return report
+
+    def _seed(self, new: pd.DataFrame, max_distance: float, max_group: int | None) -> tuple[int, pd.DataFrame]:
+        """An empty registry built from ``new`` at once, in the groups of :func:`~framepipe.people.grouping.seed_groups`
+        (the same groups as average linkage over everyone, without its n x n matrix). Parts over ``max_group``
+        people are returned, to be attached one by one through the index. Returns (persons created, rows left)."""
+        labels, emb, norms = grouping.seed_groups(new, max_distance, max_group)
+        rest = new.iloc[np.flatnonzero(labels < 0)]
+        keep = labels >= 0
+        if not keep.all():
+            new, emb, norms, labels = new[keep].reset_index(drop=True), emb[keep], norms[keep], labels[keep]
+        _, first, labels = np.unique(labels, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)  # numbered in order of first appearance
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        labels = rank[labels]
+        count = len(first)
+        sums = np.zeros((count, emb.shape[1]), dtype=np.float32)
+        chunks = [slice(i, i + CHUNK) for i in range(0, len(emb), CHUNK)]  # temporaries of a chunk only
+        for c in chunks:
+            np.add.at(sums, labels[c], emb[c] * norms[c, None])
+        sizes = np.bincount(labels, minlength=count)
+        gids = self._create_many(sums, sizes)
+        lengths = np.maximum(np.linalg.norm(sums, axis=1), 1e-12).astype(np.float32)
+        sims = np.concatenate([np.einsum("ij,ij->i", emb[c], sums[labels[c]] / lengths[labels[c], None])
+                               for c in chunks]) if chunks else np.zeros(0, np.float32)
+        del emb
+        self._member_rows(new, gids[labels], sims)
+        for c in (slice(i, i + CHUNK) for i in range(0, count, CHUNK)):  # unit centroids a chunk at a time
+            self.index.add(gids[c].astype(np.uint64), sums[c] / lengths[c, None])
+        return count, rest
+
+    def _create_many(self, sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """New persons in bulk (an empty registry's seed): their ids, in order."""
+        self.flush()
+        start = max(self.next_id[0], int(self.persons.index.max()) + 1 if len(self.persons) else 0)
+        gids = np.arange(start, start + len(sizes), dtype=np.int64)
+        self.next_id[0] = start + len(sizes)
+        now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).floor("ms")
+        block = pd.DataFrame({
+            "global_person_id": gids, "name": pd.Series([None] * len(gids), dtype=object),
+            "merged_into": pd.array([pd.NA] * len(gids), dtype="Int64"), "members": sizes.astype(np.int64),
+            "embedding_sum": list(np.asarray(sums, dtype=np.float32)), "created_at": now,  # row views
+            "schema_version": schema.SCHEMA_VERSION}).set_index("global_person_id", drop=False)
+        self.persons = pd.concat([self.persons, block]) if len(self.persons) else block
+        return gids
+
+    def _attach_one(self, row: pd.Series, max_distance: float) -> tuple[int | None, float]:
+        seen = set(row["seen_s"]) if "seen_s" in row and row["seen_s"] is not None else set()
+        same_video = self._together.get(row["video_id"], [])
+        for gid, sim in self.nearest(row["embedding"], CANDIDATES):
+            if sim < 1.0 - max_distance:
+                break
+            if seen and any(g == gid and s is not None and seen & set(s) for g, s in same_video):
+                continue  # that person is on screen at the same time in this video: someone else
+            return gid, sim
+        return None, 0.0
+
+    # ---- corrections ---------------------------------------------------------------------------------
+
+    def _live(self, gid: int) -> int:
+        self.flush()
+        if gid not in self.persons.index:
+            raise CorrectionError(f"no global person {gid}")
+        return self.resolve(gid)
+
+    def name(self, gid: int, name: str) -> None:
+        gid = self._live(gid)
+        self.persons.at[gid, "name"] = name.strip() or None
+        self._dirty.add(gid)
+
+    def merge(self, keep: int, other: int) -> int:
+        """Merge ``other`` into ``keep`` (the id ``other`` stays an alias of ``keep``); returns the survivor."""
+        keep, other = self._live(keep), self._live(other)
+        if keep == other:
+            return keep
+        self._sums[keep] = self._sum(keep) + self._sum(other)
+        self._counts[keep] += self._counts[other]
+        self._sums[other], self._counts[other] = np.zeros_like(self._sums[other]), 0
+        if pd.isna(self.persons.at[keep, "name"]):
+            self.persons.at[keep, "name"] = self.persons.at[other, "name"]
+        self.persons.at[other, "merged_into"] = keep
+        self._rewrite = True  # members change their global id: the base files are written anew
+        moved = self.members["global_person_id"] == other
+        self._load_embeddings(self.members.index[moved])  # found by their old id only
+        self.members.loc[moved, "global_person_id"] = keep
+        self._touch(other)
+        self._touch(keep)
+        self.flush()
+        return keep
+
+    def split(self, video_id: str, person_id: int) -> int:
+        """Give one (video, person) a global person of its own, pinned there; returns the new id."""
+        self.flush()
+        rows = self.members.index[(self.members["video_id"] == video_id) & (self.members["person_id"] == person_id)]
+        if not len(rows):
+            raise CorrectionError(f"no person {person_id} of video {video_id} in the registry")
+        i = rows[0]
+        old = int(self.members.at[i, "global_person_id"])
+        if bool(self.members.at[i, "pinned"]) and (self.members["global_person_id"] == old).sum() == 1:
+            return old  # split off already (the same correction applied again after a concurrent commit)
+        self._load_embeddings([i])
+        emb = np.asarray(self.members.at[i, "embedding"], np.float32)
+        self._add_to(old, emb, -1)
+        self._rewrite = True  # a member changes its global id: the base files are written anew
+        gid = self._create(emb, 1)
+        self.members.at[i, "global_person_id"] = gid
+        self.members.at[i, "pinned"] = True
+        self.members.at[i, "similarity"] = 1.0
+        self._touch(old)
+        self._touch(gid)
+        self.flush()
+        return gid
+
+    # ---- the people index view -----------------------------------------------------------------------
+
+    def index_rows(self) -> pd.DataFrame:
+        """Members as people-index rows (:data:`~framepipe.schema.PEOPLE_INDEX_SCHEMA`), with names."""
+        self.flush()
+        m = self.members
+        names = self.persons["name"]
+        return pd.DataFrame({
+            "global_person_id": m["global_person_id"].astype(int),
+            "name": m["global_person_id"].map(names),
+            "video_id": m["video_id"], "person_id": m["person_id"].astype(int), "similarity": m["similarity"],
+            "source": m["source"], "face_url": m["face_url"], "frame_url": m["frame_url"],
+            "timestamp_s": m["timestamp_s"], "quality": m["quality"], "embedding_model": self.model or None,
+            "schema_version": schema.SCHEMA_VERSION,
+        })
