@@ -118,6 +118,41 @@ def test_the_configuration_reference_is_generated_from_the_settings():
     assert gen["reference"]() in doc, "docs/configuration.md is stale: python docs/generate_configuration.py"
 
 
+def test_the_thresholds_the_docs_state_are_the_codes():
+    """Every threshold the prose of docs/ states as what the code does (pipeline, results, serve) is built here from
+    the settings and the shipped calibrations: a changed default or a new calibration fails this until the docs
+    say the same (the configuration reference is checked whole, above)."""
+    from framepipe import calibration
+    from framepipe.config import Settings
+
+    s = Settings()
+    buffalo, scrfd = calibration.lookup("buffalo_s_dq", 512), calibration.lookup("scrfd_mobilefacenet", 128)
+    match = f"{buffalo.match_similarity:.3f}"
+    distance = f"{1 - buffalo.match_similarity:.3f}"
+    stated = {
+        "pipeline.md": [
+            f"`FRAMEPIPE_DECODE_WORKERS` ({s.decode_workers})",
+            ("one frame per second" if s.sample_fps == 1 else f"{s.sample_fps:g} frames per second")
+            + " (`FRAMEPIPE_SAMPLE_FPS`)",
+            f"detection at {s.det_size}×{s.det_size}",
+            f"faces below detector score {s.min_det_score:g} or smaller than {s.min_face_px} px dropped",
+            f"differ by more than {s.shot_cut_distance:g} (total-variation distance)",
+            f"overlap (IoU ≥ {s.track_min_iou:g})",
+            f"`1 - link_similarity`, {1 - buffalo.link_similarity:.3f} for buffalo_s_dq",
+            f"detected with confidence ≥ {s.track_min_det_score:g} or has quality ≥ {s.track_min_quality:g}",
+            f"{distance} for buffalo_s_dq, {1 - scrfd.match_similarity:.3f} for scrfd_mobilefacenet",
+            f"only if its quality is ≥ {s.singleton_min_quality:g}",
+            f"cut into {s.representative_count} equal time bins",
+        ],
+        "results.md": [f"`1 - match_similarity`: {distance} for"],
+        "serve.md": [f'"min_similarity": {match},', f"match similarity, {match} for buffalo_s_dq"],
+    }
+    for name, phrases in stated.items():
+        text = " ".join((ROOT / "docs" / name).read_text().split())
+        missing = [p for p in phrases if p not in text]
+        assert not missing, f"docs/{name} no longer says what the code does: {missing}"
+
+
 def test_a_new_calibration_of_the_pack_redoes_its_videos(tmp_path):
     from framepipe import calibration
 
@@ -307,7 +342,7 @@ def test_calibration_lookup_prefers_the_pack_folder(tmp_path):
 def test_people_index_never_joins_two_people_seen_together():
     import pandas as pd
 
-    from framepipe import people_index, registry
+    from framepipe.people import grouping, registry
 
     e = np.eye(4)[0].astype(np.float32)
     rows = pd.DataFrame([
@@ -321,9 +356,9 @@ def test_people_index_never_joins_two_people_seen_together():
     index = registry.in_memory_index(rows, 0.6)
     ids = dict(zip(zip(index["video_id"], index["person_id"]), index["global_person_id"]))
     assert ids[("v", 0)] != ids[("v", 1)] and ids[("w", 0)] in (ids[("v", 0)], ids[("v", 1)])
-    assert people_index.within_video_joins(index) == []
+    assert grouping.within_video_joins(index) == []
     rows.loc[1, "seen_s"] = [5.0]  # not on screen together: a split the per-video pass missed, and reported
-    joins = people_index.within_video_joins(registry.in_memory_index(rows, 0.6))
+    joins = grouping.within_video_joins(registry.in_memory_index(rows, 0.6))
     assert [(j.video_id, j.person_ids) for j in joins] == [("v", [0, 1])]
 
 
@@ -532,7 +567,12 @@ def test_an_unexpected_error_while_decoding_costs_one_video_not_the_dataset(tmp_
 
 
 def test_every_error_code_is_declared_and_failures_keep_their_type():
-    from framepipe import errors, framesource, registry, search  # noqa: F401 (their error classes)
+    import importlib
+
+    from framepipe import errors
+
+    for module in ("framesource", "people.model_registry", "people.search"):  # their error classes
+        importlib.import_module(f"framepipe.{module}")
 
     def classes(cls):
         return [cls] + [c for sub in cls.__subclasses__() for c in classes(sub)]
@@ -581,7 +621,7 @@ def test_the_first_builds_neighbour_graph_finds_the_exact_parts(search):
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    from framepipe import people_index
+    from framepipe.people import grouping
 
     rng = np.random.default_rng(7)
     n, dim, max_distance = 6000, 512, 0.6339
@@ -593,9 +633,9 @@ def test_the_first_builds_neighbour_graph_finds_the_exact_parts(search):
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     rows, cols = np.nonzero(x @ x.T >= 1.0 - max_distance)
     _, exact = connected_components(coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)), directed=False)
-    candidates = getattr(people_index, search)(people_index.sign_bits(x))
+    candidates = getattr(grouping, search)(grouping.sign_bits(x))
     assert candidates.shape[0] == n and (candidates < n).all()
-    parts = people_index.neighbour_parts(x, max_distance, candidates)
+    parts = grouping.neighbour_parts(x, max_distance, candidates)
     assert sorted(np.concatenate(parts).tolist()) == list(range(n))
     for part in parts:  # no pair too many: a found part lies inside one exact part
         assert len(set(exact[part])) == 1
