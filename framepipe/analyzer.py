@@ -23,7 +23,8 @@ class Analyzer(Protocol):
     pack: str  # the model pack's name
     batch_size: int  # frames per analyze() call that suit it
 
-    def analyze(self, images: Sequence[np.ndarray]) -> list[list[Face]]: ...
+    def analyze(self, images: Sequence[np.ndarray], photo: bool = False) -> list[list[Face]]: ...
+    # photo: the images are one-frame inputs (photos), searched for close-ups too (FaceModel.detect)
 
 
 class LocalAnalyzer:
@@ -38,5 +39,5 @@ class LocalAnalyzer:
     def load(cls, settings: Settings) -> "LocalAnalyzer":
         return cls(load_face_model(settings), settings.analyze_batch)
 
-    def analyze(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        return self.model.analyze_batch(list(images))
+    def analyze(self, images: Sequence[np.ndarray], photo: bool = False) -> list[list[Face]]:
+        return self.model.analyze_batch(list(images), photo)

@@ -27,8 +27,10 @@ What the field does for video face clustering, and what is used of it here:
 7. **Who is listed.** A group is a person when one of its faces is clear enough to identify (quality >=
    ``singleton_min_quality``) or it is seen in at least ``weak_min_samples`` samples; and not when it is a
    background face: seen in one shot only and always smaller than ``background_max_ratio`` of the largest face of
-   its frames (a passer-by behind the subject, a second face in a photo). People are numbered in order of first
-   appearance.
+   its frames (a passer-by behind the subject). People are numbered in order of first appearance.
+8. **A one-frame input (a photo)** is a user's reference, not a stream of samples: every face detected surely
+   (``track_min_det_score``) or clear enough to identify is a person, a smaller face beside a larger one included
+   (the rule of 7 judges a face by the many samples a video gives it).
 
 Measured (bench/quality.py, buffalo_s_dq, both halves of the labelled videos): see docs/people.md.
 
@@ -134,10 +136,12 @@ def average_linkage(
 
 
 def linkage_on(
-    d: np.ndarray, cannot: np.ndarray, max_distance: float, weights: np.ndarray | None = None
+    d: np.ndarray, cannot: np.ndarray, max_distance: float, weights: np.ndarray | None = None, limit=None
 ) -> np.ndarray:
     """Average linkage on a distance matrix ``d`` (n x n; changed in place), stopping at ``max_distance``, never
-    across a ``cannot`` pair."""
+    across a ``cannot`` pair. ``limit(a, b)``: the distance two groups of these sizes (arrays) may be apart to join,
+    when it depends on their sizes (the pair of groups nearest in units of their own limit joins first, while
+    that is at most ``max_distance`` units)."""
     n = len(d)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -146,7 +150,15 @@ def linkage_on(
     size = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64).copy()
     group = np.arange(n)
     alive = np.ones(n, dtype=bool)
-    row_min, row_arg = d.min(axis=1), d.argmin(axis=1)
+
+    def scaled(rows: np.ndarray) -> np.ndarray:  # the rows' distances in units of each pair's limit
+        return d[rows] if limit is None else d[rows] / limit(size[rows][:, None], size[None, :])
+
+    row_min, row_arg = np.full(n, np.inf), np.zeros(n, dtype=np.int64)
+    for start in range(0, n, 1024):
+        rows = np.arange(start, min(start + 1024, n))
+        part = scaled(rows)
+        row_min[rows], row_arg[rows] = part.min(axis=1), part.argmin(axis=1)
     while True:
         i = int(np.argmin(np.where(alive, row_min, np.inf)))
         if not alive[i] or row_min[i] > max_distance:
@@ -164,9 +176,11 @@ def linkage_on(
         stale[i] = True
         if stale.any():
             idx = np.flatnonzero(stale)
-            row_min[idx], row_arg[idx] = d[idx].min(axis=1), d[idx].argmin(axis=1)
-        closer = alive & (d[:, i] < row_min)
-        row_min[closer], row_arg[closer] = d[closer, i], i
+            part = scaled(idx)
+            row_min[idx], row_arg[idx] = part.min(axis=1), part.argmin(axis=1)
+        column = d[:, i] if limit is None else d[:, i] / limit(size, np.full(n, size[i]))
+        closer = alive & (column < row_min)
+        row_min[closer], row_arg[closer] = column[closer], i
     return group
 
 
@@ -208,13 +222,16 @@ def group_faces(
     sample: np.ndarray,
     shot: np.ndarray,
     params: Params,
+    one_frame: bool = False,
 ) -> Grouping:
-    """The people of a video's faces (see the module docstring). Faces must come sorted by ``sample``."""
+    """The people of a video's faces (see the module docstring). Faces must come sorted by ``sample``.
+    ``one_frame``: the input is one frame (a photo): who is listed follows rule 8."""
     n = len(embeddings)
     if n == 0:
         return Grouping(np.zeros(0, dtype=np.int64), 0)
     emb = np.asarray(embeddings, dtype=np.float32)
     qualities = np.asarray(qualities, dtype=np.float64)
+    det_scores = np.asarray(det_scores, dtype=np.float64)
     boxes = np.asarray(boxes, dtype=np.float64)
     track = tracks(emb, boxes, sample, shot, params)
     t = int(track.max()) + 1
@@ -252,6 +269,10 @@ def group_faces(
     listed = np.zeros(t, dtype=bool)
     for g in np.unique(face_group[face_group >= 0]):
         members = face_group == g
+        if one_frame:
+            listed[g] = det_scores[members].max() >= params.track_min_det_score or \
+                qualities[members].max() >= params.singleton_min_quality
+            continue
         if qualities[members].max() < params.singleton_min_quality and \
                 len(set(sample[members])) < params.weak_min_samples:
             continue  # no face clear enough to identify, and seen too briefly to stand on its own

@@ -44,6 +44,20 @@ from framepipe.errors import ModelNotFound
 
 log = logging.getLogger(__name__)
 
+PHOTO_PAD = 0.25  # a photo is searched again on a black canvas this much of its size larger on each side
+SAME_FACE_IOU = 0.4  # two detections of a photo overlapping this much are one face
+
+
+def _once(faces: list["Face"]) -> list["Face"]:
+    """Detections of one picture with the less confident of two overlapping ones dropped (OpenCV's NMS)."""
+    if len(faces) < 2:
+        return faces
+    boxes = [[float(f.bbox[0]), float(f.bbox[1]), float(f.bbox[2] - f.bbox[0]), float(f.bbox[3] - f.bbox[1])]
+             for f in faces]
+    keep = cv2.dnn.NMSBoxes(boxes, [f.det_score for f in faces], 0.0, SAME_FACE_IOU)
+    return sorted((faces[int(i)] for i in np.asarray(keep).ravel()), key=lambda f: -f.det_score)
+
+
 QUALITY_WEIGHTS = {"confidence": 0.20, "size": 0.20, "sharpness": 0.20, "frontal": 0.25, "exposure": 0.15}
 
 
@@ -170,8 +184,27 @@ class FaceModel:
         nw, nh = (d, int(d * h / w)) if h <= w else (int(d * w / h), d)
         return min(d, math.ceil((nw + 32) / 32) * 32), min(d, math.ceil((nh + 32) / 32) * 32)
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """Faces in a BGR frame that pass the confidence and size filters (no embedding yet)."""
+    def detect(self, image: np.ndarray, photo: bool = False) -> list[Face]:
+        """Faces in a BGR frame that pass the confidence and size filters (no embedding yet). ``photo``: a
+        one-frame input, also searched on a canvas ``PHOTO_PAD`` larger on every side, where a close-up whose face
+        fills the picture (beyond the detector's largest anchors, or cut by its border) is found; a face found on
+        both is kept once, with its more confident detection."""
+        faces = self._detect(image)
+        if photo:
+            h, w = image.shape[:2]
+            pad_y, pad_x = round(h * PHOTO_PAD), round(w * PHOTO_PAD)
+            canvas = cv2.copyMakeBorder(image, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            shift = np.array([pad_x, pad_y], dtype=np.float32)
+            more = []
+            for f in self._detect(canvas):
+                f.bbox = np.clip(f.bbox - np.tile(shift, 2), 0, [w, h, w, h]).astype(np.float32)
+                f.kps = (f.kps - shift).astype(np.float32)
+                if f.size_px >= self.min_face_px:
+                    more.append(f)
+            faces = _once(faces + more)
+        return faces
+
+    def _detect(self, image: np.ndarray) -> list[Face]:
         size = self.detector_input(image.shape)
         bboxes, kpss = self.detector.detect(image, input_size=size, max_num=0, metric="default")
         faces = []
@@ -183,13 +216,14 @@ class FaceModel:
                 faces.append(face)
         return faces
 
-    def analyze(self, image: np.ndarray) -> list[Face]:
-        return self.analyze_batch([image])[0]
+    def analyze(self, image: np.ndarray, photo: bool = False) -> list[Face]:
+        return self.analyze_batch([image], photo)[0]
 
-    def analyze_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
+    def analyze_batch(self, images: list[np.ndarray], photo: bool = False) -> list[list[Face]]:
         """Faces of each frame: detection per frame, then every face of every frame aligned, scored and embedded
-        in one recognizer call (the recognizer takes any batch size)."""
-        found = [self.detect(image) for image in images]
+        in one recognizer call (the recognizer takes any batch size). ``photo``: the frames are one-frame inputs
+        (:meth:`detect`)."""
+        found = [self.detect(image, photo) for image in images]
         aligned = []
         for image, faces in zip(images, found):
             for face in faces:

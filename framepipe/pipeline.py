@@ -37,9 +37,10 @@ def analyse(fs: FrameSource, analyzer: Analyzer, state: VideoState, progress: Pr
     ``analyzer.batch_size``; decoding goes on in the reader threads meanwhile)."""
     quality = fs.settings.jpeg_quality
     planned = len(fs.times)
+    photo = fs.info.media_type == "image"  # a one-frame input: searched for close-ups too (FaceModel.detect)
 
     def flush(batch):
-        for f, faces in zip(batch, analyzer.analyze([f.image for f in batch])):
+        for f, faces in zip(batch, analyzer.analyze([f.image for f in batch], photo=photo)):
             state.add(f.pts_s, f.measure, faces, lambda img=f.image: outputs.encode_jpeg(img, quality))
         if progress:
             progress(state.frames_sampled, planned)

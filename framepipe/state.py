@@ -102,8 +102,9 @@ class PeopleState:
         shot (without them, frames holding faces count as consecutive samples of one shot)."""
         return self.group(settings, shots)[0]
 
-    def group(self, settings: Settings, shots: selection.Shots | None = None) -> tuple[list[Person], int]:
-        """(people, faces of no listed person)."""
+    def group(self, settings: Settings, shots: selection.Shots | None = None, one_frame: bool = False
+              ) -> tuple[list[Person], int]:
+        """(people, faces of no listed person); ``one_frame``: the input is one frame, a photo."""
         records = sorted(self.records, key=lambda r: r.pts_s)  # frames may arrive out of order
         if not records:
             return [], 0
@@ -121,6 +122,7 @@ class PeopleState:
             sample,
             shot,
             clustering.Params.from_settings(settings, len(records[0].face.embedding)),
+            one_frame,
         )
         labels = grouping.labels
         people = []
@@ -150,7 +152,7 @@ def reduce(
     """People and representative frames of a video whose frames have all been analysed."""
     if frames_sampled == 0:
         raise NoFrames("no frame of the video could be decoded")
-    people, unlisted = people_state.group(settings, representatives.shots)
+    people, unlisted = people_state.group(settings, representatives.shots, one_frame=frames_sampled == 1)
     frames = {p.best.pts_s: people_state.face_frames[p.best.pts_s] for p in people}
     frames.update({f.pts_s: f.jpeg for f in representatives.frames})
     return VideoReduction(people, representatives, frames, frames_sampled, len(people_state.records), unlisted)

@@ -98,6 +98,7 @@ def _decode_one(run: VideoRun, force: bool):
             run.opened(fs)
             summary.meta, summary.backend = run.meta, run.backend
             picks = state.FramePicks(fs.info, settings)
+            photo = fs.info.media_type == "image"  # its frame is searched for close-ups too (FaceModel.detect)
             quality = settings.jpeg_quality
             rows: list = []
             with fs.frames() as frames:
@@ -105,11 +106,11 @@ def _decode_one(run: VideoRun, force: bool):
                     picks.add(f.pts_s, f.measure, lambda img=f.image: outputs.encode_jpeg(img, quality))
                     rows.append(f)
                     if len(rows) == FRAMES_PER_BATCH:
-                        yield _frame_rows(vid, rows)
+                        yield _frame_rows(vid, rows, photo)
                         summary.frames += len(rows)
                         rows = []
             if rows:
-                yield _frame_rows(vid, rows)
+                yield _frame_rows(vid, rows, photo)
                 summary.frames += len(rows)
             summary.representatives = picks.pick() if picks.frames_sampled else None
             summary.warnings = list(fs.warnings)
@@ -122,16 +123,18 @@ def _decode_one(run: VideoRun, force: bool):
         "video_id": [vid],
         "pts": np.array([math.nan]),
         "image": np.zeros((1, 1, 1, 3), np.uint8),
+        "photo": np.array([False]),
         "last": np.array([True]),
         "summary": [pickle.dumps(summary)],
     }
 
 
-def _frame_rows(vid: str, frames: list) -> dict:
+def _frame_rows(vid: str, frames: list, photo: bool) -> dict:
     return {
         "video_id": [vid] * len(frames),
         "pts": np.array([f.pts_s for f in frames]),
         "image": np.stack([f.image for f in frames]),  # one video: one shape; a tensor column
+        "photo": np.full(len(frames), photo),
         # typed columns: an all-None column would come back as float NaNs from a block that holds no summary
         "last": np.zeros(len(frames), dtype=bool),
         "summary": [b""] * len(frames),
@@ -159,10 +162,13 @@ class FaceActor:
         faces, jpegs, codes, messages = [b""] * n, [b""] * n, [""] * n, [""] * n
         todo = [i for i in range(n) if not batch["last"][i]]
         size = self.analyzer.batch_size
-        for start in range(0, len(todo), size):
-            chunk = todo[start : start + size]
+        # a batch's frames by kind: photos (one-frame inputs) are searched for close-ups too
+        runs = [[i for i in todo if bool(batch["photo"][i]) == kind] for kind in (False, True)]
+        chunks = [(run[at:at + size], kind) for kind, run in zip((False, True), runs)
+                  for at in range(0, len(run), size)]
+        for chunk, photo in chunks:
             try:
-                found = self.analyzer.analyze([batch["image"][i] for i in chunk])
+                found = self.analyzer.analyze([batch["image"][i] for i in chunk], photo=photo)
             except Exception as e:  # costs the video (a transient failure, retried by the next run), not the job
                 error = typed_error(e, "the face models")
                 for i in chunk:

@@ -24,6 +24,10 @@ class FaceModelDeployment:
     async def analyze(self, images: list) -> list:
         return self.model.analyze_batch(images)
 
+    def analyze_photo(self, image) -> list:
+        """A one-frame input's faces (close-ups too: ``FaceModel.detect``), not batched: one picture a call."""
+        return self.model.analyze(image, photo=True)
+
 
 class HandleAnalyzer:
     """The FaceModel deployment as the pipeline's analyzer. Called from a worker thread: a batch of frames goes out as
@@ -32,9 +36,10 @@ class HandleAnalyzer:
     def __init__(self, handle, info: dict, batch_size: int):
         self.handle, self.device, self.pack, self.batch_size = handle, info["device"], info["pack"], batch_size
 
-    def analyze(self, images):
+    def analyze(self, images, photo: bool = False):
         try:
-            responses = [self.handle.analyze.remote(image) for image in images]
+            method = self.handle.analyze_photo if photo else self.handle.analyze
+            responses = [method.remote(image) for image in images]
             return [r.result() for r in responses]
         except RayError as e:  # the model replica died or restarts: the job is run again once it is back
             raise ModelUnavailable(f"the model deployment failed: {type(e).__name__}") from None

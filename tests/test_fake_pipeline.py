@@ -25,7 +25,7 @@ class FakeAnalyzer:
     def __init__(self, fail_after: int | None = None):
         self.calls, self.fail_after = 0, fail_after
 
-    def analyze(self, images):
+    def analyze(self, images, photo=False):
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise RuntimeError("the fake model broke")
@@ -159,8 +159,8 @@ def test_settings_a_then_b_then_a_redoes_a(clip, tmp_path):
 
 
 class OneFaceAnalyzer(FakeAnalyzer):
-    def analyze(self, images):
-        return [faces[:1] for faces in super().analyze(images)]
+    def analyze(self, images, photo=False):
+        return [faces[:1] for faces in super().analyze(images, photo)]
 
 
 def test_a_redo_leaves_only_what_its_result_names(clip, tmp_path):

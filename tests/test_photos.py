@@ -42,3 +42,29 @@ def test_rgba_png_and_group_photo(tmp_path, settings, model):
     group = pipeline.extract(str(MEDIA / "photos/face_recognition/groups/kit_with_rose.jpg"), str(tmp_path), settings,
                            model=model, raise_errors=True)
     assert len(group.talent_frames) == 2
+
+
+def test_a_close_up_filling_the_photo_and_a_half_turned_face_are_people(tmp_path, settings, model):
+    """A photo is a user's reference: a close-up whose face fills the frame (which the detector alone does not
+    find) and a clear but half-turned face (which the video gate would not list) each give their person, and the
+    same person as the ordinary photo they come from."""
+    import numpy as np
+
+    from framepipe import manifests, pipeline
+
+    source = MEDIA / "photos/lfw/Tony_Blair/Tony_Blair_0014.jpg"  # one face
+    plain = pipeline.extract(str(source), str(tmp_path / "out"), settings, model=model, raise_errors=True)
+    [x1, y1, x2, y2] = max(plain.talent_frames, key=lambda t: t.bbox[2] - t.bbox[0]).bbox
+    close = tmp_path / "close_up.jpg"
+    with Image.open(source) as im:  # the face alone, 3x: it fills the picture edge to edge
+        im.crop((int(x1), int(y1), int(x2), int(y2))).resize((3 * int(x2 - x1), 3 * int(y2 - y1))).save(close)
+    assert not model.analyze(np.asarray(Image.open(close))[:, :, ::-1].copy())  # the plain detector misses it
+    r = pipeline.extract(str(close), str(tmp_path / "out"), settings, model=model, raise_errors=True)
+    assert len(r.talent_frames) == 1
+    turned = MEDIA / "lfw_view2/photos/Tatiana_Gratcheva_0001.jpg"  # detected surely (0.82), quality 0.40: frontal 0
+    t = pipeline.extract(str(turned), str(tmp_path / "out"), settings, model=model, raise_errors=True)
+    assert len(t.talent_frames) == 1 and t.talent_frames[0].quality < settings.singleton_min_quality
+
+    people = manifests.load_people(str(tmp_path / "out"))
+    emb = {row.video_id: np.asarray(row.embedding) for row in people.itertuples()}
+    assert float(emb[r.video_id] @ emb[plain.video_id]) > 0.5  # the same man
