@@ -12,6 +12,8 @@ For each labelled video of ``ground_truth.json`` and ``ground_truth_multishot.js
 * ``purity`` (merges): the share of all persons' ``seen_s`` that lie in on-screen spans of the one identity best
   covering each person (times in wide shots where every face is tiny, ``quality_labels.json``, and in don't-care
   spans left out);
+* ``second``: a montage's persons that are none of its photos' labelled people (the other faces of those
+  photos), left out of F1, purity and ``ppi``;
 * ``ppi`` (splits): persons per identity. A person all of whose appearances have one identity on screen belongs to
   it (when several identities are on screen all the time, the one it was matched to for F1); ``ppi`` is the mean,
   over the identities with a person, of how many persons belong to each (1.00: no split);
@@ -47,11 +49,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from framepipe import pipeline, state
+from framepipe import faces, pipeline, state
 from framepipe.people import grouping, registry
 from framepipe.analyzer import LocalAnalyzer
 from framepipe.config import Settings
 
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared"
 CACHE = HERE / ".cache" / "quality"
@@ -84,8 +87,11 @@ def dont_care(truth: dict) -> list:
     return spans + [tuple(s) for s in truth.get("non_human_faces", [])]
 
 
+MORE = json.loads((SHARED / "media/ground_truth_more.json").read_text())  # montages d and e: never tuned on
+
+
 def half(key: str) -> str:
-    return "tune" if key in LABELS["tune"] else "held"
+    return "new" if key in MORE else "tune" if key in LABELS["tune"] else "held"
 
 
 def inside(t: float, spans) -> bool:
@@ -143,6 +149,8 @@ def score(people: list[tuple[list[float], float]], spans: dict, wide: list, opti
 def analysed(key: str, path: Path, settings: Settings, analyzer: Callable[[], LocalAnalyzer], fresh: bool) -> state.VideoState:
     knobs = settings.model_dump(include={"models", "sample_fps", "min_samples", "det_size", "det_thresh",
                                          "min_face_px", "sampling"})
+    if path.suffix.lower() in PHOTO_SUFFIXES:  # a photo's detection (close-ups: a padded canvas too)
+        knobs["photo_pad"] = faces.PHOTO_PAD
     digest = hashlib.sha1(json.dumps([key, knobs], sort_keys=True, default=str).encode()).hexdigest()[:16]
     cached = CACHE / f"{digest}.pkl"
     if cached.exists() and not fresh:
@@ -169,7 +177,7 @@ def within_video_joins(rows: list[dict], settings: Settings, verbose: bool = Fal
 def load(settings: Settings, fresh: bool = False) -> list[tuple[str, dict, state.VideoState]]:
     """(key, ground truth, analysed state) of every labelled shared video."""
     gt = {**json.loads((SHARED / "media/ground_truth.json").read_text()),
-          **json.loads((SHARED / "media/ground_truth_multishot.json").read_text())}
+          **json.loads((SHARED / "media/ground_truth_multishot.json").read_text()), **MORE}
     loaded: list[LocalAnalyzer] = []
 
     def analyzer() -> LocalAnalyzer:  # the models only when something is not cached
@@ -191,7 +199,9 @@ def evaluate(videos, settings: Settings, verbose: bool = False) -> pd.DataFrame:
         red = state.reduce(st.people, reps, st.frames_sampled, settings)
         reduce_ms = (time.perf_counter() - t0) * 1000
         spans = identity_spans(truth, st.picks.picker.start_s + st.picks.picker.duration_s)
-        s = score([(p.seen_s, p.best.pts_s) for p in red.people], spans, wide_shots(key), dont_care(truth)) \
+        second = second_faces(truth, red.people, settings)
+        scored = [p for p in red.people if p.person_id not in second]
+        s = score([(p.seen_s, p.best.pts_s) for p in scored], spans, wide_shots(key), dont_care(truth)) \
             if spans or truth["accept"] == [0, 0] else {"purity": np.nan, "f1": np.nan, "ppi": np.nan,
                                                           "identities": 0}
         shots = reps.shots
@@ -202,7 +212,7 @@ def evaluate(videos, settings: Settings, verbose: bool = False) -> pd.DataFrame:
             rows.append(person_row(key, p))
         table.append({"half": half(key), "video": key.removeprefix("videos/"), "exp": f"{low}-{high}", "found": n,
                       "in_range": low <= n <= high, "F1": round(s["f1"], 2), "purity": round(s["purity"], 3),
-                      "ppi": round(s["ppi"], 2), "ids": s["identities"], "shots": shots.count,
+                      "ppi": round(s["ppi"], 2), "ids": s["identities"], "second": len(second), "shots": shots.count,
                       "rep/shot": max(map(rep_shots.count, set(rep_shots)), default=0),
                       "unlisted": red.unlisted_faces, "reduce_ms": round(reduce_ms, 1)})
         if verbose:
@@ -216,6 +226,25 @@ def evaluate(videos, settings: Settings, verbose: bool = False) -> pd.DataFrame:
     return df
 
 
+def second_faces(truth: dict, people: list, settings: Settings) -> set[int]:
+    """A montage's persons that are none of its photos' labelled (central) people: the other faces those photos
+    hold (the ground truth allows for them in its range and labels none). Left out of F1, purity and persons per
+    identity, counted apart (``second``); a montage person is labelled when its best face is a shot photo's
+    central face (cosine >= 0.7: the same picture, resized)."""
+    if not truth.get("shots"):
+        return set()
+    from framepipe import calibration
+
+    files = sorted({photo for shot in truth["shots"] for photo in shot})
+    refs = []
+    for _, path, _, st in every_input(settings, False, files):
+        red = state.reduce(st.people, st.picks.pick(), st.frames_sampled, settings)
+        if red.people:
+            refs.append(red.people[calibration.central([p.best.face.bbox for p in red.people], LFW_SHAPE)]
+                        .best.face.embedding)
+    return {p.person_id for p in people if max((float(p.best.face.embedding @ e) for e in refs), default=0) < 0.7}
+
+
 def person_row(key: str, p) -> dict:
     """A people-manifest row (the columns the registry reads) of one person of the bench."""
     return {"video_id": key, "source": key, "person_id": p.person_id, "embedding": p.mean_embedding,
@@ -226,7 +255,8 @@ def person_row(key: str, p) -> dict:
 def summary(df: pd.DataFrame) -> str:
     """One line per half: videos in range, purity, persons per identity (pooled over identities), F1."""
     lines = []
-    for name, part in [("tune", df[df["half"] == "tune"]), ("held", df[df["half"] == "held"]), ("all", df)]:
+    for name, part in [("tune", df[df["half"] == "tune"]), ("held", df[df["half"] == "held"]),
+                       ("all", df[df["half"] != "new"]), ("new", df[df["half"] == "new"])]:
         ids = part["ids"].sum()
         pooled = (part["ppi"].fillna(0) * part["ids"]).sum() / ids if ids else float("nan")
         many = part[part["shots"] >= 10]
@@ -238,15 +268,14 @@ def summary(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-# ---- the registry level --------------------------------------------------------------------------------
+# ---- the registry level (bench/registry_level.py) ------------------------------------------------------------
 
 
-LFW_SHAPE = (250, 250)  # every deep-funneled LFW photo
-
-
-def lfw_photos(settings: Settings, fresh: bool = False) -> list[tuple[str, str, state.VideoState]]:
-    """(photo key, person, analysed state) of every photo of ``photos/lfw/``, each a one-frame input."""
-    root = SHARED / "media/photos/lfw"
+def every_input(settings: Settings, fresh: bool, where: list[str]) -> list[tuple[str, Path, dict | None, state.VideoState]]:
+    """(key, path, ground truth or None, analysed state) of every video and photo of these files and folders of
+    ``../shared/media``."""
+    truth = {**json.loads((SHARED / "media/ground_truth.json").read_text()),
+             **json.loads((SHARED / "media/ground_truth_multishot.json").read_text()), **MORE}
     loaded: list[LocalAnalyzer] = []
 
     def analyzer() -> LocalAnalyzer:
@@ -254,58 +283,41 @@ def lfw_photos(settings: Settings, fresh: bool = False) -> list[tuple[str, str, 
             loaded.append(LocalAnalyzer.load(settings))
         return loaded[0]
 
-    return [(f"photos/lfw/{d.name}/{f.name}", d.name, analysed(f"photos/lfw/{d.name}/{f.name}", f, settings,
-                                                               analyzer, fresh))
-            for d in sorted(root.iterdir()) if d.is_dir() for f in sorted(d.glob("*.jpg"))]
+    media = SHARED / "media"
+    paths = sorted({p for w in where for p in ([media / w] if (media / w).is_file() else (media / w).rglob("*"))
+                    if p.is_file() and (p.suffix.lower() in PHOTO_SUFFIXES or p.suffix.lower() == ".mp4")})
+    out = []
+    for path in paths:
+        key = str(path.relative_to(media))
+        cache_key = f"lfw_view2/{path.name}" if key.startswith("lfw_view2/") else key  # bench/lfw_view2.py's
+        out.append((cache_key, path, truth.get(key), analysed(cache_key, path, settings, analyzer, fresh)))
+    return out
 
 
-def registry_level(videos, photos, settings: Settings) -> dict:
-    """Global persons, purity and global persons per identity after the registry attached both montages' people
-    and every LFW photo's people.
+LFW_SHAPE = (250, 250)  # every deep-funneled LFW photo
 
-    Labels: a photo's central face is its folder's person. A montage person is the person of a shot's photo when
-    its best face is that photo's central face (cosine >= 0.7 to the photo's own embedding: the same picture,
-    resized); a face of the montage that matches no shot's central face is another person of a photo (Cherie
-    Blair beside Tony Blair, say) and unlabelled, like the other faces of the photos."""
-    from framepipe import calibration
 
-    rows, label, central_of = [], [], {}
-    for key, person, st in photos:
-        red = state.reduce(st.people, st.picks.pick(), st.frames_sampled, settings)
-        if not red.people:
-            continue
-        central = red.people[calibration.central([p.best.face.bbox for p in red.people], LFW_SHAPE)]
-        for p in red.people:
-            rows.append(person_row(key, p))
-            label.append(person if p is central else None)
-        central_of[key] = (person, central.best.face.embedding)
-    for key, truth, st in videos:
-        if "lfw_montage" not in key:
-            continue
-        red = state.reduce(st.people, st.picks.pick(), st.frames_sampled, settings)
-        shown = {photo for shot in truth["shots"] for photo in shot}
-        refs = [central_of[p] for p in sorted(shown) if p in central_of]
-        for p in red.people:
-            rows.append(person_row(key, p))
-            sims = [(float(p.best.face.embedding @ e), who) for who, e in refs]
-            best = max(sims, default=(0.0, None))
-            label.append(best[1] if best[0] >= 0.7 else None)
-    people = pd.DataFrame(rows)
-    people["embedding_model"] = pack_model(settings)
-    index = registry.in_memory_index(people, settings.people_max_distance, settings.models)
-    index = index.merge(pd.DataFrame({"video_id": people["video_id"], "person_id": people["person_id"],
-                                      "identity": label}), on=["video_id", "person_id"])
-    labelled = index.dropna(subset=["identity"])
-    majority = labelled.groupby("global_person_id")["identity"].agg(lambda s: s.value_counts().index[0])
-    pure = (labelled["identity"] == labelled["global_person_id"].map(majority)).mean()
-    per_identity = labelled.groupby("identity")["global_person_id"].nunique()
-    return {"inputs": int(people["video_id"].nunique()), "people": len(people), "labelled": len(labelled),
-            "global_persons": int(index["global_person_id"].nunique()),
-            "global_persons_of_the_40": int(labelled["global_person_id"].nunique()),
-            "global_persons_of_others": int(index["global_person_id"].nunique() - labelled["global_person_id"].nunique()),
-            "identities": int(per_identity.size), "purity": round(float(pure), 4),
-            "global_per_identity": round(float(per_identity.mean()), 3),
-            "split_identities": {k: int(v) for k, v in per_identity[per_identity > 1].items()}}
+def lfw_photos(settings: Settings, fresh: bool = False) -> list[tuple[str, str, state.VideoState]]:
+    """(photo key, person, analysed state) of every photo of ``photos/lfw/`` and ``photos/lfw_more``, each a
+    one-frame input."""
+    return [(key, path.parent.name, st) for key, path, _, st in every_input(settings, fresh,
+                                                                            ["photos/lfw", "photos/lfw_more"])]
+
+
+MONTAGE = "videos/composed/lfw_montage_{}_20people.mp4"
+REGISTRY_SETS = {
+    "montages a, b + photos/lfw": [MONTAGE.format("a"), MONTAGE.format("b"), "photos/lfw"],
+    "montages a, d, e + photos/lfw, lfw_more": [MONTAGE.format(m) for m in "ade"] + ["photos/lfw", "photos/lfw_more"],
+    "the whole shared folder (every video and photo, lfw_view2's too)": ["videos", "photos", "lfw_view2/photos"],
+}
+
+
+def registry_level(settings: Settings, fresh: bool = False) -> dict:
+    """The figures of :mod:`registry_level` for each set of inputs of ``REGISTRY_SETS``."""
+    import registry_level as level  # bench/
+
+    return {name: level.evaluate(every_input(settings, fresh, where), settings, person_row, pack_model(settings))
+            for name, where in REGISTRY_SETS.items()}
 
 
 def pack_model(settings: Settings) -> str:
@@ -329,7 +341,8 @@ def main() -> int:
     print(df.sort_values(["half", "video"]).to_string(index=False))
     print("\n" + summary(df))
     if args.registry:
-        print("\nregistry:", json.dumps(registry_level(videos, lfw_photos(settings, args.fresh), settings)))
+        for name, figures in registry_level(settings, args.fresh).items():
+            print(f"\nregistry over {name}:", json.dumps(figures))
     return 0
 
 

@@ -117,7 +117,7 @@ def montages(settings: Settings) -> None:
             queries += [(person, f) for f in files]
     people = pd.DataFrame(rows)
     reg = registry.Registry.empty("bench", len(people["embedding"].iloc[0]))
-    reg.update(people, calibration.people_max_distance(settings.people_max_distance, None, reg.dim, settings.models))
+    reg.update(people, registry.join_rule(settings.people_max_distance, None, reg.dim, settings.models))
     who_is = dict(zip(people["video_id"], label))
     floor = calibration.search_min_similarity(settings.search_min_similarity, None, reg.dim, settings.models)
     found = false = missed = 0
@@ -133,7 +133,7 @@ def montages(settings: Settings) -> None:
             found += 1
         else:
             false += 1
-    print(f"montages: {len(people)} people of 2 montages in the registry ({reg.live_ids().size} global persons); "
+    print(f"montages: {len(people)} people of {len(videos)} montages in the registry ({reg.live_ids().size} global persons); "
           f"{len(queries)} unseen photos of their {len({p for p, _ in queries})} people as queries, floor {floor}")
     print(f"found {found}/{len(queries)}, false matches {false}, nothing at the floor {missed}")
 

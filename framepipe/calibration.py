@@ -23,6 +23,9 @@ How the thresholds follow from the measured distributions (``impostor``: the sim
   reaches: two faces (or people) this alike are one person. It is also the floor of search results.
 * ``link_similarity``: a looser floor (1 in 100 impostor pairs reach it): two faces in consecutive samples of one
   shot, whose boxes overlap, are one track from here (the overlap already rules out most other people).
+* ``group_similarity``: 1 in 10,000 impostor pairs reach it (measured where there are 30,000 such pairs or more):
+  the person registry's lowest bar, for a person's odd photo against the many others of that person
+  (:class:`framepipe.people.grouping.JoinRule`).
 * distances are ``1 - similarity``: ``cluster_max_distance`` and ``people_max_distance`` are
   ``1 - match_similarity``, ``track_max_distance`` is ``1 - link_similarity``.
 """
@@ -45,6 +48,7 @@ FILE = "calibration.json"
 SHIPPED = Path(__file__).resolve().parent / "calibrations"
 FAR_STRICT = 1e-3
 FAR_LOOSE = 1e-2
+FAR_GROUP = 1e-4  # group_similarity: where a person's odd photo may still join the many others of that person
 # a threshold that 1 in 1/FAR_STRICT different-person pairs reach is placed by the pairs above it: with fewer than
 # 3/FAR_STRICT pairs it is set by one or two pairs (4 photos of 2 people: 4 pairs, and "1 in 1,000" is the highest
 # of them). Below these counts, calibrate refuses (unless forced)
@@ -65,6 +69,7 @@ class Calibration:
     match_similarity: float  # different people reach it once in 1/FAR_STRICT pairs
     link_similarity: float  # different people reach it once in 1/FAR_LOOSE pairs
     set_match_similarity: float  # centroids of 2-4 photos of different people reach it once in 1/FAR_STRICT pairs
+    group_similarity: float = float("nan")  # different people reach it once in 1/FAR_GROUP pairs (NaN: too few)
     # what it was measured on
     photos: int = 0
     identities: int = 0
@@ -84,14 +89,15 @@ class Calibration:
         return round(1.0 - self.link_similarity, 4)
 
     def to_json(self) -> str:
-        doc = {k: v for k, v in asdict(self).items() if k != "source"}
+        doc = {k: None if isinstance(v, float) and v != v else v for k, v in asdict(self).items() if k != "source"}
         return json.dumps(doc, indent=2) + "\n"
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "Calibration":
         doc = json.loads(Path(path).read_text())
         fields = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in doc.items() if k in fields and k != "source"}, source=str(path))
+        return cls(**{k: float("nan") if v is None else v for k, v in doc.items() if k in fields and k != "source"},
+                   source=str(path))
 
 
 def pack_name(models: str) -> str:
@@ -220,10 +226,11 @@ def from_embeddings(embeddings: np.ndarray, labels: Iterable[str], pack: str, fo
             "photos of more people (about 80 photos of 8 people), or --force to write it anyway")
     match = threshold_at(impostor, FAR_STRICT)
     link = min(threshold_at(impostor, FAR_LOOSE), match)
+    group = threshold_at(impostor, FAR_GROUP) if len(impostor) >= 3 / FAR_GROUP else float("nan")
     sets = max(match, set_threshold(emb, lab))
     return Calibration(
         pack=pack, embedding_dim=int(emb.shape[1]), match_similarity=round(match, 4), link_similarity=round(link, 4),
-        set_match_similarity=round(sets, 4),
+        set_match_similarity=round(sets, 4), group_similarity=round(group, 4),
         photos=len(emb), identities=len(set(lab)), genuine_pairs=int(len(genuine)),
         impostor_pairs=int(len(impostor)), genuine_median=round(float(np.median(genuine)), 4),
         impostor_median=round(float(np.median(impostor)), 4),
@@ -238,7 +245,7 @@ def embed_photos(photos: dict[str, list[Path]], analyzer) -> tuple[np.ndarray, l
     for person, files in photos.items():
         for f in files:
             image = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            faces = analyzer.analyze([image])[0] if image is not None else []
+            faces = analyzer.analyze([image], photo=True)[0] if image is not None else []  # as a photo input is
             i = central([f.bbox for f in faces], image.shape) if faces else None
             face = faces[i] if i is not None else None
             if face is None or face.embedding is None:

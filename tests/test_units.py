@@ -362,6 +362,90 @@ def test_people_index_never_joins_two_people_seen_together():
     assert [(j.video_id, j.person_ids) for j in joins] == [("v", [0, 1])]
 
 
+def _person_rows(embeddings: dict, seen: dict | None = None):
+    """People rows of (video, person) -> embedding, each seen at its own time unless ``seen`` says otherwise."""
+    import pandas as pd
+
+    return pd.DataFrame([
+        {"video_id": v, "source": v, "person_id": p, "embedding": np.asarray(e, np.float32), "embedding_model": "m",
+         "seen_s": (seen or {}).get((v, p), [float(10 * p)]), "face_url": None, "frame_url": None,
+         "timestamp_s": 0.0, "quality": 0.8}
+        for (v, p), e in embeddings.items()])
+
+
+def _at(*weights: float, dim: int = 64) -> np.ndarray:
+    """A unit vector with these cosines to the first axes (the rest on the next axis)."""
+    v = np.zeros(dim)
+    v[:len(weights)] = weights
+    v[len(weights)] = np.sqrt(max(0.0, 1.0 - float(np.sum(np.square(weights)))))
+    return v
+
+
+RULE = dict(match=0.37, floor=0.30, single=0.45, typical=0.0, same_input=0.45, margin=0.05)
+
+
+def test_the_registry_joins_single_photos_only_on_strong_evidence_and_odd_photos_on_their_group():
+    """Two single photos at 0.41 (a match for one pair, but where look-alikes meet by chance in a registry of
+    thousands) stay apart; a person's odd photo at 0.36 joins the six others of that person (its average against
+    them reaches the group's lower bar), built at once or attached later."""
+    from framepipe.people import grouping, registry
+
+    rule = grouping.JoinRule(**RULE)
+    assert rule.similarity(1, 1) == pytest.approx(0.45) and rule.similarity(1, 6) == pytest.approx(0.30)
+    pair = _person_rows({("a", 0): _at(1.0), ("b", 0): _at(0.41)})
+    reg = registry.Registry.empty("m", 64)
+    reg.update(pair, rule)
+    assert reg.index_rows()["global_person_id"].nunique() == 2
+    reg = registry.Registry.empty("m", 64)
+    reg.update(pair, grouping.JoinRule.fixed(1 - 0.37))  # one threshold for every join: one person
+    assert reg.index_rows()["global_person_id"].nunique() == 1
+
+    rng = np.random.default_rng(0)
+    noise = np.zeros((6, 64))
+    noise[:, 8:] = rng.normal(scale=0.03, size=(6, 56))  # on axes of their own: about 0.95 to each other
+    six = {(f"p{i}", 0): (_at(1.0) + n) / np.linalg.norm(_at(1.0) + n) for i, n in enumerate(noise)}
+    odd = {("odd", 0): _at(0.36, 0.0, 0.5)}
+    assert 0.32 < np.mean([odd["odd", 0] @ e for e in six.values()]) < 0.37
+    reg = registry.Registry.empty("m", 64)
+    reg.update(_person_rows(six), rule)
+    assert reg.update(_person_rows(odd), rule, partial=True).attached == 1
+    index = reg.index_rows()
+    assert index["global_person_id"].nunique() == 1
+    strict = registry.Registry.empty("m", 64)
+    strict.update(_person_rows(six), grouping.JoinRule.fixed(1 - 0.37))
+    assert strict.update(_person_rows(odd), grouping.JoinRule.fixed(1 - 0.37), partial=True).created == 1
+
+
+def test_the_registry_keeps_apart_who_one_input_kept_apart_and_guards_look_alikes():
+    """Two people of one video at 0.41 (the per-video step compared their tracks and kept them apart) are never
+    joined, even through a photo close to both; a new person barely nearer one of two global persons than the
+    other is not joined on that alone."""
+    from framepipe.people import grouping, registry
+
+    rule = grouping.JoinRule(**RULE)
+    rows = {("v", 0): _at(1.0), ("v", 1): _at(0.41, 0.91), ("w", 0): _at(0.8, 0.55)}  # w: 0.8 and 0.83 to them
+    for build in ("batch", "w first, then v"):
+        reg = registry.Registry.empty("m", 64)
+        if build == "batch":
+            reg.update(_person_rows(rows), rule)
+        else:  # an update per video: v's two people attached one at a time, w's person already there
+            for video in ("w", "v"):
+                reg.update(_person_rows({k: e for k, e in rows.items() if k[0] == video}), rule, partial=True)
+        ids = dict(zip(zip(reg.index_rows()["video_id"], reg.index_rows()["person_id"]),
+                       reg.index_rows()["global_person_id"]))
+        assert ids[("v", 0)] != ids[("v", 1)], build
+        assert ids[("w", 0)] in (ids[("v", 0)], ids[("v", 1)]), build
+
+    a = {(f"a{i}", 0): _at(1.0, 0.0) for i in range(3)}
+    b = {(f"b{i}", 0): _at(0.0, 1.0) for i in range(3)}
+    between = {("q", 0): _at(0.40, 0.37)}  # 0.40 to one, 0.37 to the other: a look-alike of both
+    for margin, created in ((0.05, 1), (0.0, 0)):
+        reg = registry.Registry.empty("m", 64)
+        reg.update(_person_rows({**a, **b}), grouping.JoinRule(**{**RULE, "margin": margin}))
+        assert reg.update(_person_rows(between), grouping.JoinRule(**{**RULE, "margin": margin}),
+                          partial=True).created == created
+
+
 # ---- the representative-frame picker ---------------------------------------------------------------
 
 

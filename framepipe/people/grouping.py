@@ -1,21 +1,21 @@
 """The same person across videos: the clustering that seeds the person registry (:mod:`framepipe.people.registry`).
 
 Each video's people carry the mean of their face embeddings (``people`` manifest). Those embeddings are
-clustered over the whole destination by average-linkage agglomerative clustering on cosine distance: two
-groups join while the mean distance between their members is below ``people_max_distance``. Average linkage
-does not chain the way single linkage (or DBSCAN) does, so one ambiguous face cannot bridge two people. Two
-people of one video seen at the same time are never one global person (a cluster holding such a pair is clustered
-again with that cannot-link, as the per-video pass does).
-Embeddings of different models are never compared (each model has its own registry).
+clustered over the whole destination by average-linkage agglomerative clustering on cosine similarity under a
+:class:`JoinRule`: two groups join while the mean similarity between their members reaches a bar that falls with
+the evidence (two single photos need far more than a photo against the twelve others of its person). Average
+linkage does not chain the way single linkage (or DBSCAN) does, so one ambiguous face cannot bridge two people.
+Two people of one video that the per-video step kept apart are not joined unless they are far more alike than a
+match, and never when seen at the same time. Embeddings of different models are never compared (each model has
+its own registry).
 
-:func:`cluster_embeddings` and :func:`split_co_occurring` seed an empty person registry
-(:meth:`framepipe.people.model_registry.Registry.update`); after that, new people are attached to the registry's persons through
-its vector index and ids never change. :func:`within_video_joins` and :func:`summary` read the people index the
-registry writes.
+:func:`seed_groups` seeds an empty person registry (:meth:`framepipe.people.model_registry.Registry.update`);
+after that, new people are attached to the registry's persons through its vector index, under the same rule, and
+ids never change. :func:`within_video_joins` and :func:`summary` read the people index the registry writes.
 
-Scale: the pairwise distances are held in memory for one connected part of the graph of people within the
-threshold of each other at a time (:func:`neighbour_parts`, found through the people's sign bits), so memory grows
-with the square of the largest part (a few people per recurring identity), not of everyone. A part over
+Scale: the pairwise similarities are held in memory for one connected part of the graph of people within the
+match threshold of each other at a time (:func:`neighbour_parts`, found through the people's sign bits), so memory
+grows with the square of the largest part (a few people per recurring identity), not of everyone. A part over
 ``people_max_count`` people (a chain of look-alikes) is not clustered: its people are attached one by one through
 the registry's vector index instead.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -31,18 +32,6 @@ import pandas as pd
 
 from framepipe import clustering
 from framepipe.errors import ErrorCode, FramepipeError
-
-
-def cluster_embeddings(embeddings: np.ndarray, max_distance: float) -> np.ndarray:
-    """Cluster labels (0..k-1, in order of first appearance) of embeddings (n x d), by cosine distance."""
-    if len(embeddings) < 2:
-        return np.zeros(len(embeddings), dtype=int)
-    from scipy.cluster.hierarchy import fcluster, linkage  # here: scipy's import is 0.4 s of a small update
-
-    tree = linkage(embeddings.astype(np.float64), method="average", metric="cosine")
-    raw = fcluster(tree, t=max_distance, criterion="distance")
-    order: dict[int, int] = {}
-    return np.array([order.setdefault(int(lab), len(order)) for lab in raw])
 
 
 EXACT_UP_TO = 2000  # people: up to this, the graph is computed exactly (one matrix product)
@@ -154,61 +143,116 @@ def _within(embeddings: np.ndarray, max_distance: float, keys: np.ndarray) -> tu
     return np.repeat(np.arange(n), k)[near.ravel()], keys.ravel()[near.ravel()]
 
 
-def co_occurring(part: pd.DataFrame) -> np.ndarray:
-    """Pairs (boolean n x n) of people of one video seen at the same time: two people, whatever their faces say."""
+LOOKALIKE_MARGIN = 0.05  # a person joins its nearest global person only this much (average similarity) over the next
+
+
+@dataclass(frozen=True)
+class JoinRule:
+    """When two groups of people (across videos and photos) are one person.
+
+    * They must be linked by a chain of pairs at ``match`` or more (the graph whose connected parts
+      :func:`neighbour_parts` finds), and
+    * the average similarity of their members, pair by pair, must reach a bar that falls with the evidence: two
+      single people need ``single``; groups of ``a`` and ``b`` people ``typical + (single - typical) / sqrt(a *
+      b)`` (the mean of a * b pairs of two different people strays from their typical similarity that much less),
+      never under ``floor``. In a registry of thousands of people, two single photos are where look-alikes meet
+      by chance: one pair at the match threshold is no longer rare there, while a group's average is; a person's
+      odd photo (another decade, a profile) joins the many others of that person on their average.
+    * Two people of one input were kept apart by the per-video step, which compared their whole tracks: they join
+      only from ``same_input``, and never when seen at the same time.
+    * ``margin``: the look-alike guard of an attach (:meth:`framepipe.people.model_registry.Registry.update`): a
+      person whose nearest global person is not this much closer than the next one is not joined on that alone
+      (face identification's ratio test): it then needs ``single``, the bar of the strongest evidence.
+    """
+    match: float
+    floor: float
+    single: float
+    typical: float
+    same_input: float
+    margin: float = LOOKALIKE_MARGIN
+
+    @classmethod
+    def fixed(cls, max_distance: float) -> "JoinRule":
+        """One threshold for every join (tests; the behaviour of framepipe before 0.9)."""
+        s = 1.0 - max_distance
+        return cls(s, s, s, s, s, 0.0)
+
+    @classmethod
+    def calibrated(cls, cal, max_distance: float | None = None) -> "JoinRule":
+        """From a pack's :class:`~framepipe.calibration.Calibration`: ``match`` its match similarity (or ``1 -
+        max_distance`` when given), ``floor`` its group similarity (1 in 10,000 pairs of different people; the
+        match similarity where not measured), ``single`` and ``same_input`` the similarity of 2-4-photo centroids
+        of different people (``set_match_similarity``), ``typical`` the median of different people's pairs."""
+        match = cal.match_similarity if max_distance is None else 1.0 - max_distance
+        strict = max(match, cal.set_match_similarity)
+        known = lambda v, default: v if v == v else default  # noqa: E731 - NaN: not measured
+        return cls(match, min(known(cal.group_similarity, match), match), strict,
+                   min(known(cal.impostor_median, 0.0), match), strict)
+
+    @property
+    def max_distance(self) -> float:
+        """The graph's threshold as a cosine distance: every join lies within a part of it."""
+        return 1.0 - self.match
+
+    def similarity(self, a, b) -> np.ndarray:
+        """The average similarity groups of ``a`` and ``b`` people need to be one person."""
+        bar = self.typical + (self.single - self.typical) / np.sqrt(np.asarray(a, np.float64) * np.asarray(b))
+        return np.maximum(bar, self.floor)
+
+    def limit(self, a, b) -> np.ndarray:
+        return 1.0 - self.similarity(a, b)
+
+
+def kept_apart(part: pd.DataFrame, sim: np.ndarray, rule: JoinRule) -> np.ndarray:
+    """Pairs (boolean n x n) of people the per-video step kept apart (``sim``: their similarities): two people of
+    one input seen at the same time (always), or less alike than ``rule.same_input``."""
     n = len(part)
-    cannot = np.zeros((n, n), dtype=bool)
-    seen = [set(s) if s is not None and len(s) else set() for s in part.get("seen_s", pd.Series([None] * n))]
-    videos = part["video_id"].to_numpy()
-    for i in range(n):
-        for j in range(i + 1, n):
-            if videos[i] == videos[j] and seen[i] & seen[j]:
-                cannot[i, j] = cannot[j, i] = True
+    _, video = np.unique(part["video_id"].to_numpy(), return_inverse=True)
+    if video.max(initial=-1) + 1 == n:
+        return np.zeros((n, n), dtype=bool)
+    cannot = (video[:, None] == video[None, :]) & (sim < rule.same_input)
+    seen = part["seen_s"].to_numpy() if "seen_s" in part else None
+    if seen is not None:
+        for i, j in zip(*np.nonzero(np.triu((video[:, None] == video[None, :]) & ~cannot, 1))):
+            if seen[i] is not None and seen[j] is not None and set(seen[i]) & set(seen[j]):
+                cannot[i, j] = True  # seen together: two people, however alike
+    cannot |= cannot.T
+    np.fill_diagonal(cannot, False)
     return cannot
 
 
-def split_co_occurring(emb: np.ndarray, labels: np.ndarray, part: pd.DataFrame, max_distance: float) -> np.ndarray:
-    """Clusters holding two people seen together in one video are clustered again with that cannot-link (average
-    linkage, the same threshold): the per-video pass already knew they were two."""
-    labels = labels.copy()
-    next_label = int(labels.max()) + 1 if len(labels) else 0
-    for lab in np.unique(labels):
-        members = np.flatnonzero(labels == lab)
-        if len(members) < 2 or part["video_id"].iloc[members].nunique() == len(members):
-            continue
-        cannot = co_occurring(part.iloc[members])
-        if not cannot.any():
-            continue
-        sub = clustering.average_linkage(emb[members], cannot, max_distance)
-        for k, g in enumerate(np.unique(sub)):
-            if k:
-                labels[members[sub == g]] = next_label
-                next_label += 1
+def group_part(emb: np.ndarray, part: pd.DataFrame, rule: JoinRule) -> np.ndarray:
+    """Labels (0.., by first appearance) of one connected part's people: average linkage under ``rule`` (each
+    pair of groups against the bar of its sizes), never across a pair the per-video step kept apart."""
+    if len(emb) == 1:
+        return np.zeros(1, dtype=np.int64)
+    sim = emb.astype(np.float64) @ emb.T.astype(np.float64)
+    cannot = kept_apart(part, sim, rule)
+    group = clustering.linkage_on(np.subtract(1.0, sim, out=sim), cannot, 1.0, None, rule.limit)
     order: dict[int, int] = {}
-    return np.array([order.setdefault(int(lab), len(order)) for lab in labels])
+    return np.array([order.setdefault(int(g), len(order)) for g in group])
 
 
 CHUNK = 65_536  # rows of a first build's temporaries at once
 
 
-def seed_groups(new: pd.DataFrame, max_distance: float, max_group: int | None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def seed_groups(new: pd.DataFrame, rule: JoinRule, max_group: int | None) -> tuple[np.ndarray, np.ndarray]:
     """An empty registry's groups of the people rows ``new`` (``embedding``, ``video_id``, ``seen_s``): the graph
-    of people within ``max_distance`` of each other (each person's nearest by sign bits), then, inside each
-    connected part of it, average linkage with the cannot-links of people seen together. Returns (a group label
+    of people within ``rule.max_distance`` of each other (each person's nearest by sign bits), then, inside each
+    connected part of it, :func:`group_part`. Returns (a group label
     per row, -1 for the rows of a part over ``max_group`` people, to be attached one by one; the rows' unit
-    embeddings; their norms)."""
+    embeddings)."""
     column = new["embedding"]
     candidates = None  # each person's nearest by signature, found before the embeddings' matrix is made:
     if len(new) > EXACT_UP_TO:  # the two never in memory together
         candidates = nearest_by_bits(np.concatenate([
             sign_bits(np.stack(column.iloc[i:i + CHUNK].to_numpy()))
             for i in range(0, len(new), CHUNK)]))
-    # one matrix of the unit embeddings and their norms (the sums are of the raw ones): memory of one copy
+    # one matrix of the unit embeddings: memory of one copy
     emb = np.stack([np.asarray(e, np.float32) for e in column])
     norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", emb, emb)), 1e-12).astype(np.float32)  # no n x d temporary
     emb /= norms[:, None]
-    parts = neighbour_parts(emb, max_distance, candidates)
+    parts = neighbour_parts(emb, rule.max_distance, candidates)
     del candidates
     labels = np.full(len(new), -1, dtype=np.int64)
     light = new[[c for c in ("video_id", "seen_s") if c in new]]  # what the cannot-links read: a part's rows
@@ -218,16 +262,11 @@ def seed_groups(new: pd.DataFrame, max_distance: float, max_group: int | None
         if max_group is not None and len(members) > max_group:
             left.append(members)
             continue
-        if len(members) == 1:
-            sub = np.zeros(1, dtype=np.int64)
-        else:
-            part = light.iloc[members]
-            sub = split_co_occurring(
-                emb[members], cluster_embeddings(emb[members], max_distance), part, max_distance)
+        sub = group_part(emb[members], light.iloc[members], rule)
         labels[members] = sub + next_label
         next_label += int(sub.max()) + 1
     del parts
-    return labels, emb, norms
+    return labels, emb
 
 
 class Join(NamedTuple):

@@ -14,6 +14,7 @@ import pandas as pd
 from framepipe import schema
 from framepipe.errors import ErrorCode, FramepipeError
 from framepipe.people import grouping
+from framepipe.people.grouping import JoinRule
 from framepipe.people.files import missing, unit
 from framepipe.people.model_store import StoredRegistry
 
@@ -106,7 +107,9 @@ class Registry(StoredRegistry):
         return gid
 
     def _add_to(self, gid: int, embedding: np.ndarray, sign: int) -> None:
-        self._sums[gid] = self._sum(gid) + sign * np.asarray(embedding, dtype=np.float64)
+        """A member in (+1) or out (-1): the sum is of unit embeddings, so that ``e @ sum / members`` is the
+        average similarity of ``e`` to the members (average linkage's)."""
+        self._sums[gid] = self._sum(gid) + sign * unit(np.asarray(embedding, dtype=np.float32)).astype(np.float64)
         self._counts[gid] += sign
 
     def _member_rows(self, rows: pd.DataFrame, gids: list[int], similarity: list[float], pinned=False):
@@ -119,11 +122,13 @@ class Registry(StoredRegistry):
             "seen_s": col("seen_s"), "face_url": col("face_url"), "frame_url": col("frame_url"),
             "timestamp_s": col("timestamp_s"), "quality": col("quality"), "schema_version": schema.SCHEMA_VERSION}))
 
-    def update(self, people: pd.DataFrame, max_distance: float, seed_max_count: int | None = None,
+    def update(self, people: pd.DataFrame, rule: JoinRule | float, seed_max_count: int | None = None,
                partial: bool = False) -> Update:
-        """Attach the people rows (``manifests.load_people``, this model's only) that are not attached yet.
-        ``partial``: the rows are the whole current people of their videos only (what changed since the last
-        update), not of the destination: members of other videos are left as they are."""
+        """Attach the people rows (``manifests.load_people``, this model's only) that are not attached yet, by
+        ``rule`` (a float: one cosine distance for every join, :meth:`JoinRule.fixed`). ``partial``: the rows are
+        the whole current people of their videos only (what changed since the last update), not of the
+        destination: members of other videos are left as they are."""
+        rule = rule if isinstance(rule, JoinRule) else JoinRule.fixed(float(rule))
         self.flush()
         report = Update()
         people = people.sort_values(["source", "person_id"], ignore_index=True)
@@ -148,50 +153,51 @@ class Registry(StoredRegistry):
         attached = set(key(self.members if changed is None else
                            self.members[self.members["video_id"].isin(set(people["video_id"]))]))
         new = people[np.array([k not in attached for k in key(people)], dtype=bool)].reset_index(drop=True)
-        # who is already attached for the videos being added (same-time people are never one person)
-        kept = self.members[self.members["video_id"].isin(set(new["video_id"]))]
-        self._together = {v: list(zip(g["global_person_id"].astype(int), g["seen_s"])) for v, g in
+        # who is already attached for the videos being added (the per-video step kept them apart)
+        kept = self.members.index[self.members["video_id"].isin(set(new["video_id"]))]
+        self._load_embeddings(kept)
+        kept = self.members.loc[kept]
+        self._together = {v: list(zip(g["global_person_id"].astype(int), g["seen_s"], g["embedding"])) for v, g in
                           kept.groupby("video_id")}
-        rest, joined = new.iloc[0:0], []
+        rest = new.iloc[0:0]
         if len(new) and not len(self.live_ids()) and len(self.persons) == 0:
             report.seeded = True
-            report.created, rest = self._seed(new, max_distance, seed_max_count)
+            report.created, rest = self._seed(new, rule, seed_max_count)
             new = rest.reset_index(drop=True)
             for m in self._new_members:  # the seeded people of a video, for the rows attached one by one
-                for v, g, seen in zip(m["video_id"], m["global_person_id"], m["seen_s"]):
-                    self._together.setdefault(v, []).append((int(g), seen))
+                for v, g, seen, e in zip(m["video_id"], m["global_person_id"], m["seen_s"], m["embedding"]):
+                    self._together.setdefault(v, []).append((int(g), seen, e))
         if not report.seeded or len(rest):
+            embeddings = [unit(np.asarray(e, np.float32)) for e in new["embedding"]]
+            self._load_sums({gid for e in embeddings for gid, _ in self.nearest(e, CANDIDATES)})  # one read
             for i in range(len(new)):
-                gid, sim = self._attach_one(new.iloc[i], max_distance)
+                gid, sim = self._attach_one(new.iloc[i], embeddings[i], rule)
                 if gid is None:  # a new person: in the index at once, for the next rows of this update
-                    gid = self._create(np.asarray(new.at[i, "embedding"], np.float32), 1)
+                    gid = self._create(embeddings[i], 1)
                     self._touch(gid)
                     report.created += 1
                     sim = 1.0
-                else:  # a known person: its centroid moves, re-indexed once at the end
-                    joined.append((gid, new.at[i, "embedding"]))
+                else:  # a known person: its sum grows now, its centroid is re-indexed once at the end
+                    self._add_to(gid, new.at[i, "embedding"], +1)
+                    touched.add(gid)
                     report.attached += 1
                 self._member_rows(new.iloc[[i]], [gid], [sim])
-                self._together.setdefault(new.at[i, "video_id"], []).append((gid, new.at[i, "seen_s"]
-                                                                            if "seen_s" in new else None))
-        self._load_sums({gid for gid, _ in joined})  # one read of the base's row groups, not one per person
-        for gid, embedding in joined:
-            self._add_to(gid, embedding, +1)
-            touched.add(gid)
+                self._together.setdefault(new.at[i, "video_id"], []).append(
+                    (gid, new.at[i, "seen_s"] if "seen_s" in new else None, embeddings[i]))
         for gid in touched:
             self._touch(gid)
         self.flush()
         return report
 
-    def _seed(self, new: pd.DataFrame, max_distance: float, max_group: int | None) -> tuple[int, pd.DataFrame]:
+    def _seed(self, new: pd.DataFrame, rule: JoinRule, max_group: int | None) -> tuple[int, pd.DataFrame]:
         """An empty registry built from ``new`` at once, in the groups of :func:`~framepipe.people.grouping.seed_groups`
         (the same groups as average linkage over everyone, without its n x n matrix). Parts over ``max_group``
         people are returned, to be attached one by one through the index. Returns (persons created, rows left)."""
-        labels, emb, norms = grouping.seed_groups(new, max_distance, max_group)
+        labels, emb = grouping.seed_groups(new, rule, max_group)
         rest = new.iloc[np.flatnonzero(labels < 0)]
         keep = labels >= 0
         if not keep.all():
-            new, emb, norms, labels = new[keep].reset_index(drop=True), emb[keep], norms[keep], labels[keep]
+            new, emb, labels = new[keep].reset_index(drop=True), emb[keep], labels[keep]
         _, first, labels = np.unique(labels, return_index=True, return_inverse=True)
         rank = np.empty(len(first), dtype=np.int64)  # numbered in order of first appearance
         rank[np.argsort(first, kind="stable")] = np.arange(len(first))
@@ -200,7 +206,7 @@ class Registry(StoredRegistry):
         sums = np.zeros((count, emb.shape[1]), dtype=np.float32)
         chunks = [slice(i, i + CHUNK) for i in range(0, len(emb), CHUNK)]  # temporaries of a chunk only
         for c in chunks:
-            np.add.at(sums, labels[c], emb[c] * norms[c, None])
+            np.add.at(sums, labels[c], emb[c])  # unit embeddings (_add_to)
         sizes = np.bincount(labels, minlength=count)
         gids = self._create_many(sums, sizes)
         lengths = np.maximum(np.linalg.norm(sums, axis=1), 1e-12).astype(np.float32)
@@ -227,16 +233,31 @@ class Registry(StoredRegistry):
         self.persons = pd.concat([self.persons, block]) if len(self.persons) else block
         return gids
 
-    def _attach_one(self, row: pd.Series, max_distance: float) -> tuple[int | None, float]:
+    def _attach_one(self, row: pd.Series, e: np.ndarray, rule: JoinRule) -> tuple[int | None, float]:
+        """The global person a new person (``e``: its unit embedding) joins, and their average similarity; None
+        for a person of its own. Its nearest global persons by centroid are compared as average linkage compares
+        groups (the new person against each member, through the person's embedding sum): the nearest joins when
+        it reaches ``rule``'s bar for its size (``rule.single`` when the next is within ``rule.margin``: the
+        look-alike guard) and holds no person of this input that the per-video step kept apart from this one."""
         seen = set(row["seen_s"]) if "seen_s" in row and row["seen_s"] is not None else set()
-        same_video = self._together.get(row["video_id"], [])
-        for gid, sim in self.nearest(row["embedding"], CANDIDATES):
-            if sim < 1.0 - max_distance:
-                break
-            if seen and any(g == gid and s is not None and seen & set(s) for g, s in same_video):
-                continue  # that person is on screen at the same time in this video: someone else
-            return gid, sim
-        return None, 0.0
+        same_input = self._together.get(row["video_id"], [])
+        options = []
+        for gid, _ in self.nearest(e, CANDIDATES):
+            if any(g == gid and ((seen and s is not None and seen & set(s)) or
+                                 (m is not None and float(e @ unit(np.asarray(m, np.float32))) < rule.same_input))
+                   for g, s, m in same_input):
+                continue  # kept apart from someone of this person already in this input
+            options.append((float(e @ self._sum(gid)) / max(self._counts[gid], 1), gid))
+        if not options:
+            return None, 0.0
+        options.sort(reverse=True)
+        (best, gid), runner = options[0], (options[1][0] if len(options) > 1 else -1.0)
+        # the bar of a person against a group of n; against another single person, the match threshold: in an
+        # update two photos of one person meet one at a time (a batch build compares them all at once)
+        bar = min(float(rule.similarity(1, self._counts[gid])), rule.match)
+        if best - runner < rule.margin:  # a look-alike nearly as close: that alone is not enough
+            bar = max(bar, rule.single)
+        return (gid, best) if best >= bar else (None, 0.0)
 
     # ---- corrections ---------------------------------------------------------------------------------
 
@@ -285,7 +306,7 @@ class Registry(StoredRegistry):
         emb = np.asarray(self.members.at[i, "embedding"], np.float32)
         self._add_to(old, emb, -1)
         self._rewrite = True  # a member changes its global id: the base files are written anew
-        gid = self._create(emb, 1)
+        gid = self._create(unit(emb), 1)
         self.members.at[i, "global_person_id"] = gid
         self.members.at[i, "pinned"] = True
         self.members.at[i, "similarity"] = 1.0

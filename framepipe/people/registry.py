@@ -25,11 +25,16 @@ newer version). Each version holds, per model (``<model>/...``), and the people 
 :meth:`Registry.update` attaches what is new in the manifests (a video processed since the last update, or
 processed again with other people) and never touches what is already attached:
 
-* an empty registry is seeded by ``framepipe people``'s average-linkage clustering (:mod:`framepipe.people.grouping`:
-  no chaining, two people seen together in one video never joined), up to ``people_max_count`` people;
-* after that (and beyond that count) each new person is attached to the nearest live global person whose
-  centroid is at cosine similarity >= ``1 - people_max_distance``, unless that person already holds someone
-  seen at the same time in the same video; otherwise it becomes a new global person with the next id.
+* an empty registry is seeded by ``framepipe people``'s average-linkage clustering under the pack's
+  :class:`~framepipe.people.grouping.JoinRule` (no chaining; two single photos join only on strong evidence, an
+  odd photo joins the many others of its person on their average; two people one video kept apart are not
+  joined), up to ``people_max_count`` people;
+* after that (and beyond that count) each new person is compared with its nearest live global persons as
+  average linkage compares groups and joins the nearest that reaches the rule's bar for its size, by a margin over
+  the next (else only on the strongest evidence: the look-alike guard), unless that person holds someone the
+  per-video step kept apart from it; otherwise it becomes a new global person with the next id. Two photos of one
+  person that arrive in separate updates are compared as two groups of one (the match threshold): a batch build
+  and updates input by input differ there (``bench/registry_level.py`` measures how often).
 
 Global ids are never renumbered or reused: they come from the committed version only, and all of one version's
 files change together. Corrections (:meth:`name`, :meth:`merge`, :meth:`split`) are stored in the same files, so
@@ -57,12 +62,14 @@ import pyarrow as pa
 
 from framepipe import calibration, commits, manifests, schema, tables
 from framepipe.people.files import LAYOUT, unit
+from framepipe.people.grouping import JoinRule
 from framepipe.people.model_registry import CANDIDATES, CorrectionError, Registry, Update
 from framepipe.people.model_store import persons_at
 from framepipe.storage import Destination, destination
 
-__all__ = ["CANDIDATES", "CorrectionError", "Corrections", "Registry", "Update", "in_memory_index", "index_table",
-           "model_groups", "models_of", "people_since", "publish_index", "registered", "unit", "update_destination"]
+__all__ = ["CANDIDATES", "CorrectionError", "Corrections", "JoinRule", "Registry", "Update", "in_memory_index",
+           "index_table", "join_rule", "model_groups", "models_of", "people_since", "publish_index", "registered",
+           "unit", "update_destination"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,12 @@ def index_table(registries: list[Registry]) -> pa.Table:
                                 preserve_index=False)
 
 
+def join_rule(max_distance: float | None, model: str | None, dim: int | None, models: str | None) -> JoinRule:
+    """When people of ``model`` (``dim``-d) are one person: the pack's calibration, its loosest join at
+    ``max_distance`` when given (``people_max_distance``)."""
+    return JoinRule.calibrated(calibration.lookup(model, dim, models), max_distance)
+
+
 def in_memory_index(people: pd.DataFrame, max_distance: float | None = None, models: str | None = None) -> pd.DataFrame:
     """People-index rows of registries built from scratch in memory (nothing read or written): a notebook's view
     of a destination on which ``framepipe people`` has not run, and the benchmarks' and tests' view of a set of
@@ -97,7 +110,7 @@ def in_memory_index(people: pd.DataFrame, max_distance: float | None = None, mod
     for name, dim, part in models_of(people):
         reg = Registry.empty(name, dim)
         reg.next_id = next_id
-        reg.update(part, calibration.people_max_distance(max_distance, name, dim, models))
+        reg.update(part, join_rule(max_distance, name, dim, models))
         registries.append(reg)
     return index_table(registries).to_pandas()
 
@@ -141,8 +154,8 @@ def update_destination(
         updates = {}
         for reg, (_, _, rows) in zip(registries, groups):
             reg.next_id = next_id
-            threshold = calibration.people_max_distance(max_distance, reg.model, reg.dim, models)
-            updates[reg.model] = reg.update(rows, threshold, seed_max_count, partial=partial)
+            rule = join_rule(max_distance, reg.model, reg.dim, models)
+            updates[reg.model] = reg.update(rows, rule, seed_max_count, partial=partial)
         if corrections:
             _correct(registries, corrections, model)
         parts, dropped = {}, set()

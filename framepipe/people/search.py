@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, replace
 
-import cv2
 import numpy as np
 import pandas as pd
 
@@ -67,21 +66,11 @@ class Hit:
         return asdict(self)
 
 
-CHIP_SIDE = 640  # a face chip is tried again at most this large (the detector's own input size)
-
-
 def faces_in_image(image: np.ndarray, analyzer: Analyzer) -> list[QueryFace]:
-    """Every face of a photo, largest first. A photo that is one tight face crop (a face chip, an avatar) shows no
-    face to a full-frame detector: it is tried again, shrunk to ``CHIP_SIDE`` at most (a face filling it is still
-    far larger than the recognizer's 112 px), inside a border half its size on each side."""
-    faces, pad, scale = analyzer.analyze([image])[0], 0, 1.0
-    if not faces:
-        scale = min(1.0, CHIP_SIDE / max(image.shape[:2]))
-        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image
-        pad = max(small.shape[:2]) // 2
-        faces = analyzer.analyze([cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_CONSTANT)])[0]
-    found = [QueryFace(f.embedding, [round((float(x) - pad) / scale, 1) for x in f.bbox], round(f.quality, 4), 0.0,
-                       f.size_px / scale) for f in faces]
+    """Every face of a photo, largest first, found as a one-frame input's are (a tight face crop, an avatar, a
+    close-up filling the picture included: ``FaceModel.detect``'s ``photo``)."""
+    found = [QueryFace(f.embedding, [round(float(x), 1) for x in f.bbox], round(f.quality, 4), 0.0, f.size_px)
+             for f in analyzer.analyze([image], photo=True)[0]]
     return sorted(found, key=lambda q: -q.size_px)
 
 
@@ -171,9 +160,9 @@ def _hit(reg: registry.Registry, q: np.ndarray, row, gid: int | None, person_sim
 class Pending:
     """People appended to the destination since the registry's committed version (``framepipe people`` or the
     backfill's end registers them): scored one by one, each under the live global person it would join
-    (the nearest within ``max_distance``), or none yet (``global_person_id`` null)."""
+    (the nearest, when it reaches ``rule``'s bar for a single person), or none yet (``global_person_id`` null)."""
     rows: pd.DataFrame
-    max_distance: float
+    rule: registry.JoinRule
 
     def hits(self, reg: registry.Registry, q: np.ndarray, min_similarity: float) -> list[Hit]:
         out = []
@@ -182,7 +171,7 @@ class Pending:
             if float(q @ e) < min_similarity:
                 continue
             near = reg.nearest(e, 1)
-            gid = near[0][0] if near and near[0][1] >= 1.0 - self.max_distance else None
+            gid = near[0][0] if near and near[0][1] >= self.rule.match else None
             out.append(_hit(reg, q, row, gid, None))
         return out
 
@@ -200,8 +189,7 @@ def destination_packs(dest: str | Destination) -> list[str]:
 
 def _registry(d: Destination, model: str, dim: int, settings: Settings,
               version: commits.Version) -> tuple[registry.Registry, Pending | None]:
-    """This model's committed registry, read light (:meth:`~framepipe.people.registry.Registry.load` ``light``: the index
-    memory-mapped, no embeddings but those of the persons found), and the people appended since its version
+    """This model's committed registry, read light (``Registry.load``'s ``light``: the index memory-mapped, no embeddings but those of the persons found), and the people appended since its version
     (the tables' change feed): never the whole destination once a registry exists. A destination without one is
     registered in memory for the answer. Search never writes the registry (``framepipe people`` and the backfill
     do)."""
@@ -216,10 +204,10 @@ def _registry(d: Destination, model: str, dim: int, settings: Settings,
                               + (f"; it holds people of {', '.join(models)}: search with --models naming that "
                                  "pack (or leave --models out)" if models else ""))
     [(name, rows)] = mine
-    max_distance = calibration.people_max_distance(settings.people_max_distance, name, dim, settings.models)
+    rule = registry.join_rule(settings.people_max_distance, name, dim, settings.models)
     if partial and name in dict(registry.registered(version)):
-        return registry.Registry.load(d, name, dim, version, light=True), Pending(rows, max_distance)
+        return registry.Registry.load(d, name, dim, version, light=True), Pending(rows, rule)
     reg = registry.Registry.load(d, name, dim, version)  # none yet (or an older layout): built in memory
     if len(rows):
-        reg.update(rows, max_distance, settings.people_max_count, partial=partial)
+        reg.update(rows, rule, settings.people_max_count, partial=partial)
     return reg, None
