@@ -119,9 +119,9 @@ def test_the_configuration_reference_is_generated_from_the_settings():
 
 
 def test_the_thresholds_the_docs_state_are_the_codes():
-    """Every threshold the prose of docs/ states as what the code does (pipeline, results, serve) is built here from
-    the settings and the shipped calibrations: a changed default or a new calibration fails this until the docs
-    say the same (the configuration reference is checked whole, above)."""
+    """Every threshold the prose of docs/ states as what the code does (pipeline, results, serve, the calibration
+    table of configuration) is built here from the settings and the shipped calibrations: a changed default or a
+    new calibration fails this until the docs say the same (the configuration reference is checked whole, above)."""
     from framepipe import calibration
     from framepipe.config import Settings
 
@@ -142,9 +142,15 @@ def test_the_thresholds_the_docs_state_are_the_codes():
             f"detected with confidence ≥ {s.track_min_det_score:g} or has quality ≥ {s.track_min_quality:g}",
             f"{distance} for buffalo_s_dq, {1 - scrfd.match_similarity:.3f} for scrfd_mobilefacenet",
             f"only if its quality is ≥ {s.singleton_min_quality:g}",
+            f"A photo's faces are people when detected with confidence ≥ {s.track_min_det_score:g} or of quality "
+            f"≥ {s.singleton_min_quality:g}",
             f"cut into {s.representative_count} equal time bins",
         ],
         "results.md": [f"`1 - match_similarity`: {distance} for"],
+        "configuration.md": [f"| {buffalo.match_similarity:.3f} | {scrfd.match_similarity:.3f} |",
+                             f"| {buffalo.link_similarity:.3f} | {scrfd.link_similarity:.3f} |",
+                             f"| {buffalo.set_match_similarity:.3f} | {scrfd.set_match_similarity:.3f} |",
+                             f"| {buffalo.group_similarity:.3f} (100 LFW people) |"],
         "serve.md": [f'"min_similarity": {match},', f"match similarity, {match} for buffalo_s_dq"],
     }
     for name, phrases in stated.items():
