@@ -252,9 +252,10 @@ class Registry(StoredRegistry):
             return None, 0.0
         options.sort(reverse=True)
         (best, gid), runner = options[0], (options[1][0] if len(options) > 1 else -1.0)
-        # the bar of a person against a group of n; against another single person, the match threshold: in an
-        # update two photos of one person meet one at a time (a batch build compares them all at once)
-        bar = min(float(rule.similarity(1, self._counts[gid])), rule.match)
+        # the batch build's bar of a person against a group of n: two single photos need the strongest evidence
+        # here too (an update cannot later merge two persons as the batch build's next steps would: a split, which
+        # a correction mends, rather than a merge of look-alikes)
+        bar = float(rule.similarity(1, self._counts[gid]))
         if best - runner < rule.margin:  # a look-alike nearly as close: that alone is not enough
             bar = max(bar, rule.single)
         return (gid, best) if best >= bar else (None, 0.0)

@@ -32,9 +32,9 @@ processed again with other people) and never touches what is already attached:
 * after that (and beyond that count) each new person is compared with its nearest live global persons as
   average linkage compares groups and joins the nearest that reaches the rule's bar for its size, by a margin over
   the next (else only on the strongest evidence: the look-alike guard), unless that person holds someone the
-  per-video step kept apart from it; otherwise it becomes a new global person with the next id. Two photos of one
-  person that arrive in separate updates are compared as two groups of one (the match threshold): a batch build
-  and updates input by input differ there (``bench/registry_level.py`` measures how often).
+  per-video step kept apart from it; otherwise it becomes a new global person with the next id. An update cannot
+  merge two global persons as the batch build's later steps would, so updates input by input split more than a
+  batch build (``bench/registry_level.py`` measures how often they differ).
 
 Global ids are never renumbered or reused: they come from the committed version only, and all of one version's
 files change together. Corrections (:meth:`name`, :meth:`merge`, :meth:`split`) are stored in the same files, so
