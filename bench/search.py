@@ -150,7 +150,7 @@ def main() -> int:
         return 0
     g = gallery(settings)
     dim = len(g["embedding"].iloc[0])
-    max_distance = calibration.people_max_distance(settings.people_max_distance, None, dim, settings.models)
+    rule = registry.join_rule(settings.people_max_distance, None, dim, settings.models)  # as framepipe people
     floor = calibration.search_min_similarity(settings.search_min_similarity, None, dim, settings.models)
     photos = g[g["kind"] == "photo"]
     ident = dict(zip(g["key"], g["identity"]))
@@ -159,12 +159,12 @@ def main() -> int:
         rest = g[g["key"] != row.key]
         if (rest["identity"] == row.identity).any():  # closed set: the identity is elsewhere in the gallery
             reg = registry.Registry.empty("bench", len(row.embedding))
-            reg.update(as_people(rest), max_distance)
+            reg.update(as_people(rest), rule)
             hit = best(reg, row.embedding)
             closed.append((ident[hit.source] == row.identity, hit.similarity))
         strangers = g[g["identity"] != row.identity]  # open set: nobody of this identity left
         reg = registry.Registry.empty("bench", len(row.embedding))
-        reg.update(as_people(strangers), max_distance)
+        reg.update(as_people(strangers), rule)
         hit = best(reg, row.embedding)
         opened.append(hit.similarity if hit else -1.0)
     print(f"gallery: {len(photos)} photos of {photos['identity'].nunique()} identities + {int((g.kind == 'video').sum())} "

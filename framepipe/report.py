@@ -199,7 +199,8 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
             "page": posixpath.relpath(page, schema.REPORT),
             "status": v.status,
             "error": f"{v.error_type}: {v.error_message}" if report_pages.present(v.error_type) else "",
-            "kind": ("photo" if not is_video else report_pages.fmt_time(float(v.duration_s) if report_pages.present(v.duration_s) else 0.0)),
+            "kind": ("photo" if not is_video else report_pages.fmt_time(
+                float(v.duration_s) if report_pages.present(v.duration_s) else 0.0)),
             "people": len(rows),
             "thumb": link(schema.REPORT, reps[len(reps) // 2][0], vid) if reps else None,
             "faces": [link(schema.REPORT, cols["face_url"][i], vid) for i in rows],
@@ -231,7 +232,8 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
                 "face": link(schema.REPORT, g_cols["face_url"][best], g_cols["video_id"][best]),
                 "appearances": [{
                     "video_id": g_cols["video_id"][i], "person_id": int(g_cols["person_id"][i]),
-                    "name": report_pages.display_name(g_cols["source"][i]), "page": f"videos/{g_cols['video_id'][i]}.html",
+                    "name": report_pages.display_name(g_cols["source"][i]),
+                    "page": f"videos/{g_cols['video_id'][i]}.html",
                     "face": link(schema.REPORT, g_cols["face_url"][i], g_cols["video_id"][i]),
                     "similarity": float(g_cols["similarity"][i])} for i in range(a, b)]})
         return out
@@ -247,8 +249,9 @@ def build_pages(d: Destination, previous: dict | None = None) -> tuple[dict[str,
         "succeeded": int((videos["status"] == "succeeded").sum()) if len(videos) else 0,
         "failed": int((videos["status"] != "succeeded").sum()) if len(videos) else 0,
         "people_total": people_total, "global_total": len(live) if index is not None else None,
-        "index_rows": 0 if index is None else len(index), "not_indexed": max(people_total - indexed, 0)
-        if index is not None else 0, "hours": f"{total_s / 3600:.2f} h" if total_s >= 3600 else report_pages.fmt_time(total_s),
+        "index_rows": 0 if index is None else len(index),
+        "not_indexed": max(people_total - indexed, 0) if index is not None else 0,
+        "hours": f"{total_s / 3600:.2f} h" if total_s >= 3600 else report_pages.fmt_time(total_s),
     }
     # index.html: the stats, every page of both lists and the first of each; then the other list pages that changed
     for page, n, shown, persons in lists:

@@ -173,7 +173,8 @@ class JoinRule:
 
     @classmethod
     def fixed(cls, max_distance: float) -> "JoinRule":
-        """One threshold for every join (tests; the behaviour of framepipe before 0.9)."""
+        """One threshold for every join, whatever the groups' sizes, and no look-alike guard (an explicit
+        distance given to :meth:`Registry.update <framepipe.people.model_registry.Registry.update>`, tests)."""
         s = 1.0 - max_distance
         return cls(s, s, s, s, s, 0.0)
 
@@ -210,10 +211,11 @@ def kept_apart(part: pd.DataFrame, sim: np.ndarray, rule: JoinRule) -> np.ndarra
     _, video = np.unique(part["video_id"].to_numpy(), return_inverse=True)
     if video.max(initial=-1) + 1 == n:
         return np.zeros((n, n), dtype=bool)
-    cannot = (video[:, None] == video[None, :]) & (sim < rule.same_input)
+    same = video[:, None] == video[None, :]
+    cannot = same & (sim < rule.same_input)
     seen = part["seen_s"].to_numpy() if "seen_s" in part else None
     if seen is not None:
-        for i, j in zip(*np.nonzero(np.triu((video[:, None] == video[None, :]) & ~cannot, 1))):
+        for i, j in zip(*np.nonzero(np.triu(same & ~cannot, 1))):
             if seen[i] is not None and seen[j] is not None and set(seen[i]) & set(seen[j]):
                 cannot[i, j] = True  # seen together: two people, however alike
     cannot |= cannot.T
@@ -239,9 +241,8 @@ CHUNK = 65_536  # rows of a first build's temporaries at once
 def seed_groups(new: pd.DataFrame, rule: JoinRule, max_group: int | None) -> tuple[np.ndarray, np.ndarray]:
     """An empty registry's groups of the people rows ``new`` (``embedding``, ``video_id``, ``seen_s``): the graph
     of people within ``rule.max_distance`` of each other (each person's nearest by sign bits), then, inside each
-    connected part of it, :func:`group_part`. Returns (a group label
-    per row, -1 for the rows of a part over ``max_group`` people, to be attached one by one; the rows' unit
-    embeddings)."""
+    connected part of it, :func:`group_part`. Returns (a group label per row, -1 for the rows of a part over
+    ``max_group`` people, to be attached one by one; the rows' unit embeddings)."""
     column = new["embedding"]
     candidates = None  # each person's nearest by signature, found before the embeddings' matrix is made:
     if len(new) > EXACT_UP_TO:  # the two never in memory together

@@ -190,8 +190,9 @@ class Registry(StoredRegistry):
         return report
 
     def _seed(self, new: pd.DataFrame, rule: JoinRule, max_group: int | None) -> tuple[int, pd.DataFrame]:
-        """An empty registry built from ``new`` at once, in the groups of :func:`~framepipe.people.grouping.seed_groups`
-        (the same groups as average linkage over everyone, without its n x n matrix). Parts over ``max_group``
+        """An empty registry built from ``new`` at once, in the groups of
+        :func:`~framepipe.people.grouping.seed_groups` (the same groups as average linkage over everyone, without
+        its n x n matrix). Parts over ``max_group``
         people are returned, to be attached one by one through the index. Returns (persons created, rows left)."""
         labels, emb = grouping.seed_groups(new, rule, max_group)
         rest = new.iloc[np.flatnonzero(labels < 0)]

@@ -189,10 +189,10 @@ def destination_packs(dest: str | Destination) -> list[str]:
 
 def _registry(d: Destination, model: str, dim: int, settings: Settings,
               version: commits.Version) -> tuple[registry.Registry, Pending | None]:
-    """This model's committed registry, read light (``Registry.load``'s ``light``: the index memory-mapped, no embeddings but those of the persons found), and the people appended since its version
-    (the tables' change feed): never the whole destination once a registry exists. A destination without one is
-    registered in memory for the answer. Search never writes the registry (``framepipe people`` and the backfill
-    do)."""
+    """This model's committed registry, read light (``Registry.load``'s ``light``: the index memory-mapped, no
+    embeddings but those of the persons found), and the people appended since its version (the tables' change
+    feed): never the whole destination once a registry exists. A destination without one is registered in memory
+    for the answer. Search never writes the registry (``framepipe people`` and the backfill do)."""
     people, partial, _ = registry.people_since(d, version)
     groups = registry.model_groups(people, version, partial)
     # registries are named as models_of names them
