@@ -151,6 +151,7 @@ def analysed(key: str, path: Path, settings: Settings, analyzer: Callable[[], Lo
                                          "min_face_px", "sampling"})
     if path.suffix.lower() in PHOTO_SUFFIXES:  # a photo's detection (close-ups: a padded canvas too)
         knobs["photo_pad"] = faces.PHOTO_PAD
+        knobs["photo_path"] = 3  # 3: decoded by OpenCV, the canvas's detection preferred, surer score kept
     digest = hashlib.sha1(json.dumps([key, knobs], sort_keys=True, default=str).encode()).hexdigest()[:16]
     cached = CACHE / f"{digest}.pkl"
     if cached.exists() and not fresh:

@@ -48,14 +48,28 @@ PHOTO_PAD = 0.25  # a photo is searched again on a black canvas this much of its
 SAME_FACE_IOU = 0.4  # two detections of a photo overlapping this much are one face
 
 
-def _once(faces: list["Face"]) -> list["Face"]:
-    """Detections of one picture with the less confident of two overlapping ones dropped (OpenCV's NMS)."""
-    if len(faces) < 2:
-        return faces
+def _once(faces: list["Face"], preferred: list["Face"] = ()) -> list["Face"]:
+    """Detections of one picture with one of two overlapping ones dropped (OpenCV's NMS): a ``preferred``
+    detection wins over any of ``faces``, the more confident one otherwise; the one kept takes the higher
+    confidence of the two."""
+    every = [*preferred, *faces]
+    if len(every) < 2:
+        return every
     boxes = [[float(f.bbox[0]), float(f.bbox[1]), float(f.bbox[2] - f.bbox[0]), float(f.bbox[3] - f.bbox[1])]
-             for f in faces]
-    keep = cv2.dnn.NMSBoxes(boxes, [f.det_score for f in faces], 0.0, SAME_FACE_IOU)
-    return sorted((faces[int(i)] for i in np.asarray(keep).ravel()), key=lambda f: -f.det_score)
+             for f in every]
+    ranks = [f.det_score + (1.0 if i < len(preferred) else 0.0) for i, f in enumerate(every)]  # scores are <= 1
+    kept = [every[int(i)] for i in np.asarray(cv2.dnn.NMSBoxes(boxes, ranks, 0.0, SAME_FACE_IOU)).ravel()]
+    for face in kept:  # one face: as sure as the surer of its two detections
+        face.det_score = max(f.det_score for f in every if f is face or _iou(f.bbox, face.bbox) >= SAME_FACE_IOU)
+    return sorted(kept, key=lambda f: -f.det_score)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0])))
+    h = max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
+    inter = w * h
+    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / union if union > 0 else 0.0
 
 
 QUALITY_WEIGHTS = {"confidence": 0.20, "size": 0.20, "sharpness": 0.20, "frontal": 0.25, "exposure": 0.15}
@@ -188,7 +202,8 @@ class FaceModel:
         """Faces in a BGR frame that pass the confidence and size filters (no embedding yet). ``photo``: a
         one-frame input, also searched on a canvas ``PHOTO_PAD`` larger on every side, where a close-up whose face
         fills the picture (beyond the detector's largest anchors, or cut by its border) is found; a face found on
-        both is kept once, with its more confident detection."""
+        both is kept once, with its detection on the canvas, whose landmarks align it better (the head whole
+        inside the detector's view: LFW View 2 through the pipeline 99.48% -> 99.59%, bench/lfw_view2.py)."""
         faces = self._detect(image)
         if photo:
             h, w = image.shape[:2]
@@ -201,7 +216,7 @@ class FaceModel:
                 f.kps = (f.kps - shift).astype(np.float32)
                 if f.size_px >= self.min_face_px:
                     more.append(f)
-            faces = _once(faces + more)
+            faces = _once(faces, preferred=more)
         return faces
 
     def _detect(self, image: np.ndarray) -> list[Face]:
