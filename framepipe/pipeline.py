@@ -151,12 +151,14 @@ def process_unless_done(
     analyzer: Analyzer | Callable[[], Analyzer],
     force: bool = False,
     run_id: str = "",
+    on_written: Callable[[], None] | None = None,
 ) -> schema.Result | None:
     """:func:`process_video` with the done markers (``framepipe extract SRC_DIR`` and the backfill's actors): None
     when the input is done already (same object, settings and versions), else its result, marked done when final.
     ``run_id``: an id written into the markers this run makes; an input this same run marked done (a call re-run
     after its output was lost with a node) gives back the result it wrote instead of None. ``analyzer`` may be a
-    function making it, called only when there is work."""
+    function making it, called only when there is work. ``on_written``: called between the outputs and the done
+    marker (the backfill's failpoint)."""
     run = VideoRun(source, destination, settings, identity=identity, run_id=run_id)
     if not force:
         by = run.done_by()
@@ -165,6 +167,8 @@ def process_unless_done(
         if run.is_done(by):
             return None
     result = process_video(source, destination, settings, analyzer, run=run)
+    if on_written is not None:
+        on_written()
     run.mark_done(result)
     return result
 

@@ -51,7 +51,7 @@ from framepipe import sources
 from framepipe.config import Settings
 from framepipe.errors import FramepipeError
 
-from jobs import ray_noise
+from jobs import faults, ray_noise
 from jobs.driver import FusedDriver, SplitDriver
 from jobs.plan import build_dataset, plan_resources
 from jobs.stages import StageContext
@@ -97,10 +97,14 @@ def parse_args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--finish-cpus", type=float, default=0.0,
                     help="CPUs reserved per finish task (default 0: the work is short and mostly I/O, and must never "
                     "wait behind the dataset's own tasks)")
+    ap.add_argument("--finish-resources", help="custom resources per finish task, JSON (split layout)")
     ap.add_argument("--batch-size", type=int, default=8, help="frames per actor call")
     ap.add_argument("--max-finishing", type=int, default=2,
                     help="finish tasks in flight at once (default 2: bounds memory, and a task that reserves no CPU "
                     "gets a worker process of its own per concurrent call, each start costing more than a finish)")
+    ap.add_argument("--max-errored-blocks", type=int, default=faults.DEFAULT_ERRORED_BLOCKS,
+                    help="blocks that may fail beyond their retries (their inputs lost to this run, named in the "
+                    "summary, exit code 3) before one more aborts the run (default %(default)s; -1: no limit)")
     ap.add_argument("--stats", action="store_true", help="log Ray Data's per-stage statistics at the end")
     ap.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or "local",
                     help="Ray cluster (default: RAY_ADDRESS, as set by `ray job submit`, else a local Ray)")
@@ -170,15 +174,18 @@ def _run(args) -> dict:
     if first < res.actors:  # a small run: no model loaded for an actor that would get nothing to do
         res = dataclasses.replace(res, actors=max(1, first))
     log.info("resources: %s", res)
-    ctx = StageContext.of(settings, args.dest, args.force, uuid.uuid4().hex)
+    attempts = faults.start_attempts()
+    ctx = StageContext.of(settings, args.dest, args.force, uuid.uuid4().hex, attempts)
     driver = (FusedDriver if res.layout == "fused" else SplitDriver)(args, ctx)
-    if first:  # else nothing is listed: no dataset, no model loaded
-        ds = build_dataset(args, settings, res, ctx.run_id)
-        driver.drive(ds.iter_batches(batch_size=None, batch_format="numpy"))
-        if args.stats:
-            log.info("Ray Data stats:\n%s", ds.stats())
-    driver.finish()
+    with faults.ErroredBlocks() as errored:
+        if first:  # else nothing is listed: no dataset, no model loaded
+            ds = build_dataset(args, settings, res, ctx.run_id, attempts)
+            driver.drive(ds.iter_batches(batch_size=None, batch_format="numpy"))
+            if args.stats:
+                log.info("Ray Data stats:\n%s", ds.stats())
+        driver.finish()
     out = driver.summary.as_dict()
+    out["faults"] = fault_report(driver, attempts, errored.count)
     if not args.no_people:  # the person registry, incrementally: ids, names and merges of earlier runs kept
         from framepipe.people import registry  # the driver alone needs it (pandas, scipy): workers import this module too
 
@@ -200,6 +207,25 @@ def _run(args) -> dict:
     for line in driver.summary.failures:
         log.warning("failed: %s", line)
     return out
+
+
+def fault_report(driver, attempts, errored_blocks: int) -> dict:
+    """What the run lost and redid (jobs/faults.py): nodes lost and joined, work retried, actors restarted, blocks
+    dropped under the error budget, and the inputs whose work started and never ended (lost to this run)."""
+    import ray
+
+    driver.nodes.sample(force=True)
+    try:
+        seen = ray.get(attempts.report.remote(), timeout=60)
+    except Exception as e:  # noqa: BLE001 - a report, never worth failing the job for
+        log.warning("no retry report: %s", e)
+        seen = {"tasks_retried": None, "videos_retried": None, "actors_restarted": None, "unfinished": []}
+    lost = seen.pop("unfinished")
+    retried = seen["tasks_retried"]
+    if retried is not None and driver.finish_retries:
+        retried["finish"] = retried.get("finish", 0) + driver.finish_retries
+    return {"nodes_lost": driver.nodes.lost, "nodes_joined": driver.nodes.joined, **seen,
+            "errored_blocks": errored_blocks, "lost": len(lost), "lost_inputs": lost[:faults.MOST_NAMED]}
 
 
 def preflight(args) -> None:
@@ -237,6 +263,10 @@ def main(argv=None) -> int:
     import ray
 
     ray.shutdown()  # now, not in Ray's exit hook (which first sleeps for late log lines that log_to_driver=False drops)
+    if out["faults"]["errored_blocks"] or out["faults"]["lost"]:
+        log.error("%d inputs lost to this run (%d blocks dropped): run it again to take them (no done marker)",
+                  out["faults"]["lost"], out["faults"]["errored_blocks"])
+        return faults.LOST_EXIT_CODE
     return 0
 
 

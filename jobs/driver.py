@@ -4,6 +4,7 @@ per video and handed to a finish task once complete."""
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from framepipe import pipeline
 from framepipe.errors import ErrorCode
 
+from jobs import faults
 from jobs.stages import FUSED_COLUMNS, AnalysedFrame, StageContext, VideoSummary, finish_video
 
 log = logging.getLogger("framepipe.backfill")
@@ -45,6 +47,8 @@ class Driver:
         self.first_output_s: float | None = None
         self.total_store = ray.cluster_resources().get("object_store_memory", 0)
         self.peak_store, self._sampled = 0.0, 0.0
+        self.nodes = faults.Nodes()
+        self.finish_retries = 0  # finish tasks the driver started again after Ray's own retries
 
     def drive(self, batches) -> None:
         raise NotImplementedError
@@ -59,6 +63,7 @@ class Driver:
             self._sampled = time.perf_counter()
             used = self.total_store - ray.available_resources().get("object_store_memory", 0)
             self.peak_store = max(self.peak_store, used)
+        self.nodes.sample()
 
     def done(self, row: dict) -> None:
         """A video's result (``result_row`` and its times)."""
@@ -97,7 +102,9 @@ class SplitDriver(Driver):
         import ray
 
         super().__init__(args, ctx)
-        self.finish_task = ray.remote(finish_video).options(num_cpus=args.finish_cpus, max_retries=5)
+        self.finish_task = ray.remote(finish_video).options(
+            num_cpus=args.finish_cpus, max_retries=faults.FINISH_RETRIES,
+            resources=json.loads(args.finish_resources) if args.finish_resources else None)
         self.pending: dict[str, Pending] = {}
         self.in_flight: list = []
         self.inputs: dict = {}  # finish task -> (video id, its rows, tries), until its result is in
@@ -164,6 +171,7 @@ class SplitDriver(Driver):
                 if tries >= 3:
                     raise
                 log.warning("%s: finish failed (%s), again", vid, type(e).__name__)
+                self.finish_retries += 1
                 time.sleep(2**tries)
                 self.start(vid, p, tries + 1)
                 continue

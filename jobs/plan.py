@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from framepipe.config import Settings
 
+from jobs import faults
 from jobs.listing import list_inputs
 from jobs.stages import FaceActor, StageContext, VideoActor, decode_video
 
@@ -69,15 +70,20 @@ def plan_resources(args, cluster: dict) -> Resources:
                      args.decode_cpus, json.loads(args.decode_resources or "{}"), args.batch_size, threads)
 
 
-def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
+def build_dataset(args, settings: Settings, res: Resources, run_id: str = "", attempts=None):
+    """The dataset, with what it survives said explicitly (jobs/faults.py): task retries, actor restarts and the
+    error budget (``DataContext.max_errored_blocks``, captured here with the dataset)."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    ctx = StageContext.of(settings, args.dest, args.force, run_id)
+    ray.data.DataContext.get_current().max_errored_blocks = args.max_errored_blocks
+    actor_faults = {"max_restarts": faults.ACTOR_RESTARTS, "max_task_retries": faults.ACTOR_TASK_RETRIES}
+    ctx = StageContext.of(settings, args.dest, args.force, run_id, attempts)
     actor_ctx = ctx.with_settings(settings.with_overrides(
         intra_op_threads=res.actor_threads, device="cuda" if res.actor_gpus else settings.device))
     ds = ray.data.from_items([{"root": args.source}]).map_batches(
         list_inputs, batch_size=1,  # one CPU, fused with the repartition below into one task
+        max_retries=faults.TASK_RETRIES,
         fn_kwargs={"root": args.source, "images": args.images, "timeout_s": settings.http_timeout_s},
     )
     # a block per input, streamed (no all-to-all): each video gets its own decode task, or actor call when fused
@@ -93,7 +99,9 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
             # behind one other on its actor while another actor is free, so a run's tail can be one video longer
             compute=ActorPoolStrategy(size=res.actors, max_tasks_in_flight_per_actor=2),
             num_cpus=res.actor_cpus,
+            resources=res.actor_resources or None,
             fn_constructor_kwargs={"ctx": actor_ctx},
+            **actor_faults,
         )
     ds = ds.map_batches(
         decode_video,
@@ -105,6 +113,7 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
         memory=DECODE_MEMORY,
         resources=res.decode_resources or None,
         fn_kwargs={"ctx": ctx},
+        max_retries=faults.TASK_RETRIES,
     )
     return ds.map_batches(
         FaceActor,
@@ -115,4 +124,5 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = ""):
         num_gpus=res.actor_gpus,
         resources=res.actor_resources or None,
         fn_constructor_kwargs={"ctx": actor_ctx},
+        **actor_faults,
     )

@@ -14,9 +14,11 @@ import numpy as np
 
 from framepipe import ids, outputs, pipeline, schema, selection, state
 from framepipe.config import Settings
-from framepipe.errors import FramepipeError
+from framepipe.errors import ErrorCode, FramepipeError
 from framepipe.storage import Destination
 from framepipe.videorun import VideoRun, result_row, typed_error
+
+from jobs import faults
 
 log = logging.getLogger("framepipe.backfill")
 
@@ -32,10 +34,12 @@ class StageContext:
     dest: str
     force: bool = False  # process videos already done
     run_id: str = ""  # written into the done markers this run makes
+    attempts: object = None  # the run's jobs.faults.Attempts actor: what was retried, what was lost
 
     @classmethod
-    def of(cls, settings: Settings, dest: str, force: bool = False, run_id: str = "") -> "StageContext":
-        return cls(settings.model_dump_json(), dest, force, run_id)
+    def of(cls, settings: Settings, dest: str, force: bool = False, run_id: str = "",
+           attempts: object = None) -> "StageContext":
+        return cls(settings.model_dump_json(), dest, force, run_id, attempts)
 
     def settings(self) -> Settings:
         return Settings.model_validate_json(self.settings_json)
@@ -45,7 +49,7 @@ class StageContext:
 
     def with_settings(self, settings: Settings) -> "StageContext":
         """The same run with other settings (the model actors' threads and device)."""
-        return StageContext.of(settings, self.dest, self.force, self.run_id)
+        return StageContext.of(settings, self.dest, self.force, self.run_id, self.attempts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,10 +85,13 @@ def decode_video(batch: dict, ctx: StageContext) -> Iterator[dict]:
     settings = ctx.settings()
     destination = ctx.destination(settings)
     for source, identity in zip(batch["source"], batch["identity"]):
-        yield from _decode_one(VideoRun(str(source), destination, settings, str(identity), ctx.run_id), ctx.force)
+        run = VideoRun(str(source), destination, settings, str(identity), ctx.run_id)
+        attempt = faults.started(ctx.attempts, "decode", run.video_id, run.video_id)
+        yield from _decode_one(run, ctx.force, attempt)
+        faults.ended(ctx.attempts, "decode", run.video_id)
 
 
-def _decode_one(run: VideoRun, force: bool):
+def _decode_one(run: VideoRun, force: bool, attempt: int = 1):
     from framepipe.framesource import open_source
 
     source, settings, vid = run.source, run.settings, run.video_id
@@ -93,6 +100,8 @@ def _decode_one(run: VideoRun, force: bool):
     try:
         if not force and run.is_done():
             summary.skipped = True
+        elif attempt > faults.MOST_ATTEMPTS:
+            summary.error = {"type": ErrorCode.WORKER_LOST, "message": faults.worker_lost(attempt)}
         else:
             fs = open_source(source, settings)
             run.opened(fs)
@@ -109,6 +118,7 @@ def _decode_one(run: VideoRun, force: bool):
                         yield _frame_rows(vid, rows, photo)
                         summary.frames += len(rows)
                         rows = []
+                        faults.failpoint("decode", vid)
             if rows:
                 yield _frame_rows(vid, rows, photo)
                 summary.frames += len(rows)
@@ -156,11 +166,26 @@ class FaceActor:
         self.settings = ctx.settings()
         self.analyzer = LocalAnalyzer.load(self.settings)
         self.node = _node_id()
+        self.attempts = ctx.attempts
+        faults.note_actor(self.attempts, "analysis")
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["video_id"])
+        key = f"{batch['video_id'][0]}@{float(batch['pts'][0])}"  # a call's frames: the same on a re-run
+        attempt = faults.started(self.attempts, "analysis", key, str(batch["video_id"][0]))
+        if attempt <= faults.MOST_ATTEMPTS:
+            faults.failpoint("analysis", str(batch["video_id"][0]))
+        out = self._call(batch, n, attempt)
+        faults.ended(self.attempts, "analysis", key)
+        return out
+
+    def _call(self, batch: dict, n: int, attempt: int = 1) -> dict:
         faces, jpegs, codes, messages = [b""] * n, [b""] * n, [""] * n, [""] * n
         todo = [i for i in range(n) if not batch["last"][i]]
+        if attempt > faults.MOST_ATTEMPTS:  # these frames crash the models' worker: their videos fail, nothing else
+            for i in todo:
+                codes[i], messages[i] = ErrorCode.WORKER_LOST, faults.worker_lost(attempt)
+            todo = []
         size = self.analyzer.batch_size
         # a batch's frames by kind: photos (one-frame inputs) are searched for close-ups too
         runs = [[i for i in todo if bool(batch["photo"][i]) == kind] for kind in (False, True)]
@@ -206,6 +231,8 @@ class VideoActor:
         self.force, self.run_id = ctx.force, ctx.run_id
         self.analyzer = LocalAnalyzer.load(self.settings)
         self.node = _node_id()
+        self.attempts = ctx.attempts
+        faults.note_actor(self.attempts, "video")
 
     def __call__(self, batch: dict) -> dict:
         rows = [self._one(str(s), str(i)) for s, i in zip(batch["source"], batch["identity"])]
@@ -214,14 +241,27 @@ class VideoActor:
     def _one(self, source: str, identity: str) -> dict:
         row = {"video_id": ids.video_id(source), "source": source, "status": "skipped", "people": 0, "error": "",
                "started": time.time(), "node": self.node}
+        attempt = faults.started(self.attempts, "video", row["video_id"], row["video_id"])
+        if attempt <= faults.MOST_ATTEMPTS:
+            faults.failpoint("analysis", row["video_id"])
         try:
-            result = pipeline.process_unless_done(source, identity, self.destination, self.settings, self.analyzer,
-                                                  self.force, self.run_id)
+            if attempt > faults.MOST_ATTEMPTS:
+                run = VideoRun(source, self.destination, self.settings, identity, self.run_id)
+                if self.force or not run.is_done():
+                    result = run.fail(FramepipeError.with_code(ErrorCode.WORKER_LOST, faults.worker_lost(attempt)))
+                    run.mark_done(result)
+                    row.update(result_row(result))
+                faults.ended(self.attempts, "video", row["video_id"])
+                return {**row, "finished": time.time()}
+            result = pipeline.process_unless_done(
+                source, identity, self.destination, self.settings, self.analyzer, self.force, self.run_id,
+                on_written=lambda: faults.failpoint("finish", row["video_id"]))
             if result is not None:
                 row.update(result_row(result))
         except Exception as e:  # the destination failed under the failure record too: this video, not the dataset
             error = typed_error(e, f"processing {source}")
             row.update(status="failed", error=error.line)
+        faults.ended(self.attempts, "video", row["video_id"])
         return {**row, "finished": time.time()}
 
 
@@ -264,6 +304,12 @@ def finish_video(summary: VideoSummary, frames: list[AnalysedFrame], ctx: StageC
             people.add(f.pts, pickle.loads(f.faces), f.jpeg)
         return run.succeed(state.reduce(people, summary.representatives, summary.frames, settings), summary.warnings)
 
+    attempt = faults.started(ctx.attempts, "finish", summary.video_id, summary.video_id)
+    if attempt > faults.MOST_ATTEMPTS:
+        summary.error = {"type": ErrorCode.WORKER_LOST, "message": faults.worker_lost(attempt)}
     result = run.attempt(build)
+    if attempt <= faults.MOST_ATTEMPTS:
+        faults.failpoint("finish", summary.video_id)  # the outputs and manifest rows written, the done marker not yet
     run.mark_done(result)
+    faults.ended(ctx.attempts, "finish", summary.video_id)
     return {**result_row(result), "started": summary.started, "finished": time.time()}

