@@ -1,7 +1,7 @@
 """Backfill throughput: `framepipe extract SRC_DIR` (one process, no Ray) vs the Ray Data job (not a test).
 
     python bench/backfill.py [--models PACK] [--copies 1,3] [--all] [--split] [--cluster] [--no-local] [--repeat N]
-                             [--long]
+                             [--long] [--kill-node [--kill-at S]]
 
 In one run, on the same inputs, each command a fresh process timed as a whole (start-up included):
 
@@ -17,6 +17,11 @@ In one run, on the same inputs, each command a fresh process timed as a whole (s
 (b)/(a) for each, and the job's peak object-store use and spilled bytes. ``--repeat N``: the commands in turn N
 times, each ratio against the extract of its own round, then each ratio's median (this machine's speed drifts by
 10% within minutes: one pair is one sample).
+``--kill-node``: only the cost of losing a node, on a three-node Ray on this machine (``ray.cluster_utils``: a head
+of 1 CPU, two workers of 2 CPUs with a custom ``t4`` resource for the model actors, ``--actor-resources``), per
+layout: the job undisturbed, then on a fresh cluster the same job with one worker node killed ``--kill-at`` seconds
+in and a fresh one added 5 s later; the ratio of the times, the summary's ``faults`` and the bytes spilled
+(``--all --copies 3``: the 72-video set).
 ``--long``: two 12-minute 720p videos plus the 16 short ones in one Ray run: says when the first short video's
 outputs were written against when the first 12-minute video was finished, peak object store and spilled bytes.
 """
@@ -116,6 +121,38 @@ def cluster_job(src: str, models: str, *extra: str) -> tuple[float, float, dict]
         shutil.rmtree(out, ignore_errors=True)
 
 
+def node_loss(src: str, models: str, layout: str, kill_at: float | None) -> tuple[float, dict]:
+    """The backfill on a three-node Ray started here; ``kill_at``: seconds into the job when one worker node is
+    killed (a fresh one joins 5 s later). (seconds, summary)."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    out = tempfile.mkdtemp(prefix="fpbench-kill-")
+    try:
+        workers = [c.add_node(num_cpus=2, resources={"t4": 1}) for _ in range(2)]
+        c.wait_for_nodes()
+        env = {**os.environ, "FRAMEPIPE_MODELS": models}
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.backfill", "--source", src, "--dest", out,
+                                 "--ray-address", c.address, "--layout", layout, "--actors", "2",
+                                 "--actor-resources", '{"t4": 1}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        if kill_at is not None:
+            time.sleep(kill_at)
+            c.remove_node(workers[0], allow_graceful=False)
+            time.sleep(5)
+            c.add_node(num_cpus=2, resources={"t4": 1})
+        stdout, _ = proc.communicate()
+        secs = time.perf_counter() - t0
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("backfill summary: ")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"exit {proc.returncode}: {stdout[-2000:]}")
+        return secs, json.loads(lines[-1].split(": ", 1)[1])
+    finally:
+        c.shutdown()
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def finished_at(out: str) -> dict[str, float]:
     """When each video's result.json was written (mtime)."""
     return {d: os.path.getmtime(os.path.join(out, d, "result.json")) for d in os.listdir(out)
@@ -137,8 +174,25 @@ def main() -> None:
     ap.add_argument("--no-local", action="store_true", help="skip (b), the job on a local Ray it starts itself")
     ap.add_argument("--repeat", type=int, default=1,
                     help="time (a), (b) and (c) in turn this many times; prints the median of each ratio")
+    ap.add_argument("--kill-node", action="store_true", help="only the cost of losing a worker node (see above)")
+    ap.add_argument("--kill-at", type=float, default=20.0, help="seconds into the job (--kill-node)")
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores")
+    if args.kill_node:
+        for copies in [int(c) for c in args.copies.split(",") if c]:
+            src, n = videos_dir(copies, every=args.all)
+            try:
+                for layout in ("fused", "split"):
+                    calm, s0 = node_loss(src, args.models, layout, None)
+                    hit, s1 = node_loss(src, args.models, layout, args.kill_at)
+                    print(f"{n} videos, {layout}: undisturbed {calm:6.1f} s (spilled {mib(s0['spilled_bytes'])}, "
+                          f"faults {json.dumps(s0['faults'])})")
+                    print(f"{n} videos, {layout}: a worker node killed at {args.kill_at:.0f} s {hit:6.1f} s, ratio "
+                          f"{hit / calm:.2f} ({s1['succeeded']} ok, {s1['failed']} failed; spilled "
+                          f"{mib(s1['spilled_bytes'])}; faults {json.dumps(s1['faults'])})", flush=True)
+            finally:
+                shutil.rmtree(src, ignore_errors=True)
+        return
     for copies in [int(c) for c in args.copies.split(",") if c]:
         src, n = videos_dir(copies, every=args.all)
         rate = lambda secs: n / secs * 60  # noqa: E731
