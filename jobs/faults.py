@@ -1,19 +1,19 @@
 """What a backfill survives, said in one place, and what it reports of it (``jobs/backfill.py`` prints the report in
 its summary's ``faults``).
 
-**The settings** (Ray's and Ray Data's defaults change between releases: these are the project's, passed
-explicitly by ``jobs/plan.py`` and ``jobs/driver.py``):
+**The settings** (what the run relies on; ``tests/test_units.py`` fails when a Ray upgrade changes any of them):
 
-* ``TASK_RETRIES``: a listing or decode task lost with its worker or node is run again up to this many times (Ray
-  Data's default is without limit). A finish task: ``FINISH_RETRIES`` by Ray, then the driver's own tries.
-* ``ACTOR_RESTARTS``: a model actor lost with its node is started again (without limit: it holds no video's state
-  between calls, only the models) wherever its resources are, and its calls in flight are re-run on it
-  (``ACTOR_TASK_RETRIES``, without limit: until the cluster notices a node's death, a call to its actor fails at
-  once with ``ActorUnavailableError``, and any finite number of retries was spent within a second, dropping the
-  calls' blocks: measured, tests/test_cluster.py).
-* ``MOST_ATTEMPTS``: the bound on all of these for one video, a poison pill (an input that crashes its worker every
-  time): the stage that starts a video's work for the fourth time without any earlier start having ended records
-  the video failed (``worker_lost``, final: marked done, not retried by later runs) instead of running it again.
+* ``RAY_DATA_RETRIES``: Ray Data's own, which Ray 2.60 no longer lets a job set per stage (its ``ray_remote_args``
+  are deprecated): a listing or decode task lost with its worker or node is run again without limit, a model actor
+  is restarted without limit (it holds only the models, no video's state between calls) wherever its resources
+  are, and its calls in flight are re-run on it without limit. Without limit is right for a lost node: until the
+  cluster notices a node's death, a call to its actor fails at once with ``ActorUnavailableError``, and a finite
+  number of retries (4, measured) was spent within a second, dropping those calls' blocks. Finish tasks are Ray
+  Core tasks of the driver: ``FINISH_RETRIES`` by Ray, then the driver's own tries.
+* ``MOST_ATTEMPTS``: the bound, per video, on all of these: an input that crashes its worker every time (a poison
+  pill) would otherwise hold the run forever. The stage that starts a video's work for the fourth time without any
+  earlier start having ended records the video failed (``worker_lost``, final: marked done, not retried by later
+  runs) instead of running it again.
 * ``--max-errored-blocks`` (``DEFAULT_ERRORED_BLOCKS``): the error budget. A block whose task failed beyond its
   retries is dropped and the run goes on, up to this many; one more aborts the run (Ray Data's default, 0, aborts a
   bucket on its first). A run that dropped any block ends with exit code 3 and names the inputs it lost; they have
@@ -38,9 +38,8 @@ import os
 import time
 from collections import Counter
 
-TASK_RETRIES = 4
-ACTOR_RESTARTS = -1  # without limit
-ACTOR_TASK_RETRIES = -1  # without limit: bounded per video by MOST_ATTEMPTS instead (see the docstring)
+# Ray Data's retries (-1: without limit) for its tasks, its actors' restarts and their calls: relied on, checked
+RAY_DATA_RETRIES = {"max_retries": -1, "max_restarts": -1, "max_task_retries": -1}
 MOST_ATTEMPTS = 3  # starts of one video's work that never ended: the next start records it failed (worker_lost)
 FINISH_RETRIES = 5
 DEFAULT_ERRORED_BLOCKS = 10

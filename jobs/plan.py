@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from framepipe.config import Settings
 
-from jobs import faults
 from jobs.listing import list_inputs
 from jobs.stages import FaceActor, StageContext, VideoActor, decode_video
 
@@ -71,19 +70,17 @@ def plan_resources(args, cluster: dict) -> Resources:
 
 
 def build_dataset(args, settings: Settings, res: Resources, run_id: str = "", attempts=None):
-    """The dataset, with what it survives said explicitly (jobs/faults.py): task retries, actor restarts and the
-    error budget (``DataContext.max_errored_blocks``, captured here with the dataset)."""
+    """The dataset, with its error budget (``DataContext.max_errored_blocks``, captured here with the dataset). Its
+    retries are Ray Data's defaults, which Ray 2.60 no longer lets a job set per stage (jobs/faults.py)."""
     import ray
     from ray.data import ActorPoolStrategy
 
     ray.data.DataContext.get_current().max_errored_blocks = args.max_errored_blocks
-    actor_faults = {"max_restarts": faults.ACTOR_RESTARTS, "max_task_retries": faults.ACTOR_TASK_RETRIES}
     ctx = StageContext.of(settings, args.dest, args.force, run_id, attempts)
     actor_ctx = ctx.with_settings(settings.with_overrides(
         intra_op_threads=res.actor_threads, device="cuda" if res.actor_gpus else settings.device))
     ds = ray.data.from_items([{"root": args.source}]).map_batches(
         list_inputs, batch_size=1,  # one CPU, fused with the repartition below into one task
-        max_retries=faults.TASK_RETRIES,
         fn_kwargs={"root": args.source, "images": args.images, "timeout_s": settings.http_timeout_s},
     )
     # a block per input, streamed (no all-to-all): each video gets its own decode task, or actor call when fused
@@ -101,7 +98,6 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = "", at
             num_cpus=res.actor_cpus,
             resources=res.actor_resources or None,
             fn_constructor_kwargs={"ctx": actor_ctx},
-            **actor_faults,
         )
     ds = ds.map_batches(
         decode_video,
@@ -113,7 +109,6 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = "", at
         memory=DECODE_MEMORY,
         resources=res.decode_resources or None,
         fn_kwargs={"ctx": ctx},
-        max_retries=faults.TASK_RETRIES,
     )
     return ds.map_batches(
         FaceActor,
@@ -124,5 +119,4 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = "", at
         num_gpus=res.actor_gpus,
         resources=res.actor_resources or None,
         fn_constructor_kwargs={"ctx": actor_ctx},
-        **actor_faults,
     )

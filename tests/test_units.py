@@ -610,6 +610,26 @@ def test_backfill_passes_settings_but_never_credentials_to_ray():
     assert not any(PASSED_ENV.match(k) for k in kept)
 
 
+def test_the_retries_the_backfill_relies_on_are_ray_datas_defaults():
+    """The backfill survives lost nodes through Ray Data's retries (jobs/faults.py): its tasks and its actors' calls
+    re-run, its actors restarted, all without limit. Ray 2.60 no longer lets a job set them per stage, so an upgrade
+    that changes them must fail here, not silently in a bucket's run."""
+    import ray
+    from ray.data import DataContext
+    from ray.data._internal.execution.operators.actor_pool_map_operator import ActorPoolMapOperator
+    from ray.data._internal.remote_fn import cached_remote_fn
+
+    from jobs.faults import RAY_DATA_RETRIES
+
+    actor = ActorPoolMapOperator._apply_default_remote_args({}, DataContext.get_current())
+    assert (actor["max_restarts"], actor["max_task_retries"]) == (RAY_DATA_RETRIES["max_restarts"],
+                                                                  RAY_DATA_RETRIES["max_task_retries"])
+    task = cached_remote_fn(lambda: None)
+    assert task._default_options["max_retries"] == RAY_DATA_RETRIES["max_retries"]
+    assert DataContext.get_current().max_errored_blocks == 0  # its default: why the backfill sets its own budget
+    assert ray.__version__ == "2.60.0"  # the version these were read from (pyproject.toml pins it)
+
+
 def test_backfill_layout_fuses_on_cpus_and_splits_for_accelerators_or_pinned_stages():
     from jobs.backfill import parse_args
     from jobs.plan import plan_resources
