@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from framepipe import providers
+from framepipe import clustering, providers
 from framepipe.config import Settings
 from framepipe.errors import ModelNotFound
 
@@ -55,21 +55,14 @@ def _once(faces: list["Face"], preferred: list["Face"] = ()) -> list["Face"]:
     every = [*preferred, *faces]
     if len(every) < 2:
         return every
-    boxes = [[float(f.bbox[0]), float(f.bbox[1]), float(f.bbox[2] - f.bbox[0]), float(f.bbox[3] - f.bbox[1])]
-             for f in every]
+    xyxy = np.array([f.bbox for f in every], dtype=np.float32)
+    boxes = np.column_stack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]]).tolist()  # x, y, width, height
     ranks = [f.det_score + (1.0 if i < len(preferred) else 0.0) for i, f in enumerate(every)]  # scores are <= 1
-    kept = [every[int(i)] for i in np.asarray(cv2.dnn.NMSBoxes(boxes, ranks, 0.0, SAME_FACE_IOU)).ravel()]
-    for face in kept:  # one face: as sure as the surer of its two detections
-        face.det_score = max(f.det_score for f in every if f is face or _iou(f.bbox, face.bbox) >= SAME_FACE_IOU)
-    return sorted(kept, key=lambda f: -f.det_score)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0])))
-    h = max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
-    inter = w * h
-    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
-    return inter / union if union > 0 else 0.0
+    keep = np.asarray(cv2.dnn.NMSBoxes(boxes, ranks, 0.0, SAME_FACE_IOU), dtype=int).ravel()
+    scores = np.array([f.det_score for f in every])
+    for i, overlap in zip(keep, clustering.iou(xyxy[keep], xyxy)):  # one face: as sure as its surer detection
+        every[i].det_score = float(scores[overlap >= SAME_FACE_IOU].max())
+    return sorted((every[i] for i in keep), key=lambda f: -f.det_score)
 
 
 QUALITY_WEIGHTS = {"confidence": 0.20, "size": 0.20, "sharpness": 0.20, "frontal": 0.25, "exposure": 0.15}

@@ -242,20 +242,14 @@ class VideoActor:
         row = {"video_id": ids.video_id(source), "source": source, "status": "skipped", "people": 0, "error": "",
                "started": time.time(), "node": self.node}
         attempt = faults.started(self.attempts, "video", row["video_id"], row["video_id"])
-        if attempt <= faults.MOST_ATTEMPTS:
-            faults.failpoint("analysis", row["video_id"])
         try:
             if attempt > faults.MOST_ATTEMPTS:
-                run = VideoRun(source, self.destination, self.settings, identity, self.run_id)
-                if self.force or not run.is_done():
-                    result = run.fail(FramepipeError.with_code(ErrorCode.WORKER_LOST, faults.worker_lost(attempt)))
-                    run.mark_done(result)
-                    row.update(result_row(result))
-                faults.ended(self.attempts, "video", row["video_id"])
-                return {**row, "finished": time.time()}
-            result = pipeline.process_unless_done(
-                source, identity, self.destination, self.settings, self.analyzer, self.force, self.run_id,
-                on_written=lambda: faults.failpoint("finish", row["video_id"]))
+                result = self._worker_lost(source, identity, attempt)
+            else:
+                faults.failpoint("analysis", row["video_id"])
+                result = pipeline.process_unless_done(
+                    source, identity, self.destination, self.settings, self.analyzer, self.force, self.run_id,
+                    on_written=lambda: faults.failpoint("finish", row["video_id"]))
             if result is not None:
                 row.update(result_row(result))
         except Exception as e:  # the destination failed under the failure record too: this video, not the dataset
@@ -263,6 +257,16 @@ class VideoActor:
             row.update(status="failed", error=error.line)
         faults.ended(self.attempts, "video", row["video_id"])
         return {**row, "finished": time.time()}
+
+    def _worker_lost(self, source: str, identity: str, attempt: int) -> schema.Result | None:
+        """The failed record of a video whose earlier calls never ended (a poison pill), marked done; None when
+        it is done already."""
+        run = VideoRun(source, self.destination, self.settings, identity, self.run_id)
+        if not self.force and run.is_done():
+            return None
+        result = run.fail(FramepipeError.with_code(ErrorCode.WORKER_LOST, faults.worker_lost(attempt)))
+        run.mark_done(result)
+        return result
 
 
 FUSED_COLUMNS = ("video_id", "source", "status", "people", "error", "started", "finished", "node")

@@ -627,6 +627,13 @@ def test_the_retries_the_backfill_relies_on_are_ray_datas_defaults():
     task = cached_remote_fn(lambda: None)
     assert task._default_options["max_retries"] == RAY_DATA_RETRIES["max_retries"]
     assert DataContext.get_current().max_errored_blocks == 0  # its default: why the backfill sets its own budget
+    import importlib
+    import inspect
+
+    from jobs.faults import ErroredBlocks
+
+    says = inspect.getsource(importlib.import_module(ErroredBlocks.LOGGER))  # the summary counts dropped blocks by it
+    assert ErroredBlocks.SAYS.split(" max_errored_blocks")[0] in says
     assert ray.__version__ == "2.60.0"  # the version these were read from (pyproject.toml pins it)
 
 
