@@ -49,7 +49,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from framepipe import faces, pipeline, state
+from framepipe import faces, pipeline, state, tracking
 from framepipe.people import grouping, registry
 from framepipe.analyzer import LocalAnalyzer
 from framepipe.config import Settings
@@ -152,6 +152,9 @@ def analysed(key: str, path: Path, settings: Settings, analyzer: Callable[[], Lo
     if path.suffix.lower() in PHOTO_SUFFIXES:  # a photo's detection (close-ups: a padded canvas too)
         knobs["photo_pad"] = faces.PHOTO_PAD
         knobs["photo_path"] = 3  # 3: decoded by OpenCV, the canvas's detection preferred, surer score kept
+    elif settings.reuse_track_embeddings:  # a video's faces skipped by the recognizer (framepipe.tracking)
+        knobs["tracking"] = [1, tracking.LINK_IOU, tracking.NEAR_IOU, tracking.AGREE, tracking.REFRESH,
+                             tracking.SEGMENT]
     digest = hashlib.sha1(json.dumps([key, knobs], sort_keys=True, default=str).encode()).hexdigest()[:16]
     cached = CACHE / f"{digest}.pkl"
     if cached.exists() and not fresh:
@@ -215,7 +218,8 @@ def evaluate(videos, settings: Settings, verbose: bool = False) -> pd.DataFrame:
                       "in_range": low <= n <= high, "F1": round(s["f1"], 2), "purity": round(s["purity"], 3),
                       "ppi": round(s["ppi"], 2), "ids": s["identities"], "second": len(second), "shots": shots.count,
                       "rep/shot": max(map(rep_shots.count, set(rep_shots)), default=0),
-                      "unlisted": red.unlisted_faces, "reduce_ms": round(reduce_ms, 1)})
+                      "unlisted": red.unlisted_faces, "faces": red.faces_detected, "embedded": red.faces_embedded,
+                      "reduce_ms": round(reduce_ms, 1)})
         if verbose:
             for p in red.people:
                 print(f"  {key} person {p.person_id}: best {p.best.pts_s:.2f} seen {[round(t, 1) for t in p.seen_s]}")
@@ -265,7 +269,8 @@ def summary(df: pd.DataFrame) -> str:
             f"{name:4}: in range {int(part['in_range'].sum())}/{len(part)}; purity min {part['purity'].min():.3f} "
             f"mean {part['purity'].mean():.3f}; persons per identity {pooled:.3f} (worst video "
             f"{part['ppi'].max():.2f}); F1 mean {part['F1'].mean():.3f}; within-video joins {int(part['joins'].sum())}; "
-            f"most representative frames of one shot where >= 10 shots: {int(many['rep/shot'].max()) if len(many) else '-'}")
+            f"most representative frames of one shot where >= 10 shots: {int(many['rep/shot'].max()) if len(many) else '-'}"
+            f"; recognizer on {int(part['embedded'].sum())} of {int(part['faces'].sum())} faces")
     return "\n".join(lines)
 
 

@@ -1,7 +1,9 @@
 """Where faces are found: one small interface, several homes for the models.
 
 An :class:`Analyzer` turns a batch of frames into the faces of each (:class:`~framepipe.faces.Face`, with
-embedding and quality). The per-video pipeline (:mod:`framepipe.pipeline`) only talks to this interface:
+embedding and quality), in one step (``analyze``) or two (``detect``, then ``embed`` for the faces that need it:
+:mod:`framepipe.tracking` decides which). The per-video pipeline (:mod:`framepipe.pipeline`) only talks to this
+interface:
 
 * :class:`LocalAnalyzer`: the models in this process (``framepipe extract``, the Ray backfill's actors);
 * ``serve.model.HandleAnalyzer``: the Serve model deployment, through its handle (batched across callers).
@@ -26,6 +28,12 @@ class Analyzer(Protocol):
     def analyze(self, images: Sequence[np.ndarray], photo: bool = False) -> list[list[Face]]: ...
     # photo: the images are one-frame inputs (photos), searched for close-ups too (FaceModel.detect)
 
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]: ...
+    # the faces of video frames, aligned (Face.crop) and scored, not embedded
+
+    def embed(self, faces: list[Face]) -> None: ...
+    # sets these detected faces' embeddings
+
 
 class LocalAnalyzer:
     """The face models loaded in this process (once per process and settings)."""
@@ -41,3 +49,9 @@ class LocalAnalyzer:
 
     def analyze(self, images: Sequence[np.ndarray], photo: bool = False) -> list[list[Face]]:
         return self.model.analyze_batch(list(images), photo)
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        return self.model.detect_batch(list(images))
+
+    def embed(self, faces: list[Face]) -> None:
+        self.model.embed(faces)

@@ -105,7 +105,8 @@ def _summary(result) -> str:
         f"  image: {v.width}x{v.height}, {v.codec}"
         if v.media_type == "image"
         else f"  video: {v.width}x{v.height}, {v.fps} fps, {v.total_frames} frames, {v.duration_s} s, {v.codec}",
-        f"  took {p.duration_s:.1f} s on {p.device} ({p.frames_sampled} frames analysed, {p.faces_detected} faces), "
+        f"  took {p.duration_s:.1f} s on {p.device} ({p.frames_sampled} frames analysed, {p.faces_detected} faces, "
+        f"{p.faces_embedded} embedded), "
         f"est. ${p.estimated_cost_usd:.5f}",
     ]
     for t in result.talent_frames:

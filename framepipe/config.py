@@ -188,6 +188,15 @@ class Settings(BaseSettings):
         description="Colour-histogram distance (0-1) between consecutive samples above which a shot "
         "cut lies between them.",
     )
+    reuse_track_embeddings: bool = setting(
+        "faces and people",
+        outputs=True,
+        default=True,
+        description="A face that surely continues a track (the next sample of the same shot, its box where the "
+        "track's was, nobody near) takes the embedding of the look at the track before it, when that look and the "
+        "next agree, instead of running the recognizer; a track's first, clearest and last faces are always "
+        "embedded (framepipe/tracking.py). False: every face is embedded.",
+    )
     singleton_min_quality: float = setting(
         "faces and people",
         outputs=True,

@@ -76,6 +76,8 @@ class Face:
     quality: float = 0.0
     factors: dict = field(default_factory=dict)
     embedding: np.ndarray | None = field(default=None, repr=False)  # L2-normalised
+    embedded: bool = True  # False: the embedding is its track's, the face itself was not embedded (tracking.py)
+    crop: np.ndarray | None = field(default=None, repr=False)  # aligned 112x112 BGR, until it is embedded
 
     @property
     def size_px(self) -> float:
@@ -228,24 +230,36 @@ class FaceModel:
         return self.analyze_batch([image], photo)[0]
 
     def analyze_batch(self, images: list[np.ndarray], photo: bool = False) -> list[list[Face]]:
-        """Faces of each frame: detection per frame, then every face of every frame aligned, scored and embedded
-        in one recognizer call (the recognizer takes any batch size). ``photo``: the frames are one-frame inputs
-        (:meth:`detect`)."""
+        """Faces of each frame, every one embedded (:meth:`detect_batch`, then :meth:`embed` in one recognizer
+        call). ``photo``: the frames are one-frame inputs (:meth:`detect`)."""
+        found = self.detect_batch(images, photo)
+        self.embed([f for faces in found for f in faces])
+        return found
+
+    def detect_batch(self, images: list[np.ndarray], photo: bool = False) -> list[list[Face]]:
+        """Faces of each frame, aligned (``Face.crop``) and scored, not embedded yet: what decides which faces the
+        recognizer must see (:mod:`framepipe.tracking`)."""
         found = [self.detect(image, photo) for image in images]
-        aligned = []
         for image, faces in zip(images, found):
             for face in faces:
-                crop = self._norm_crop(image, landmark=face.kps, image_size=112)
-                face.factors = quality_factors(face.det_score, face.bbox, face.kps, crop)
+                face.crop = self._norm_crop(image, landmark=face.kps, image_size=112)
+                face.factors = quality_factors(face.det_score, face.bbox, face.kps, face.crop)
                 face.quality = quality_score(face.factors)
-                aligned.append(crop)
-        if aligned:
-            feats = self.recognizer.get_feat(aligned).reshape(len(aligned), -1).astype(np.float32)
-            feats /= np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12
-            flat = [f for faces in found for f in faces]
-            for face, feat in zip(flat, feats):
-                face.embedding = feat
         return found
+
+    def embed(self, faces: list[Face]) -> None:
+        """Embeds these aligned faces in one recognizer call (it takes any batch size; a face's embedding does not
+        depend on the others in the batch: tests/test_units.py); their crops are let go."""
+        if not faces:
+            return
+        feats = self.embed_crops([f.crop for f in faces])
+        for face, feat in zip(faces, feats):
+            face.embedding, face.crop = feat, None
+
+    def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Unit embeddings of aligned 112x112 BGR faces, one row each."""
+        feats = self.recognizer.get_feat(crops).reshape(len(crops), -1).astype(np.float32)
+        return feats / (np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12)
 
 
 @functools.lru_cache(maxsize=4)

@@ -58,6 +58,8 @@ class SampledFrame:
     pts_s: float
     image: np.ndarray = field(repr=False)  # H x W x 3, BGR, uint8, upright
     measure: FrameMeasure
+    lane: int = 0  # the reader (part of the video) that read it: a lane's frames come in time order ...
+    index: int = 0  # ... and this is its position among them (what framepipe.tracking follows faces by)
 
 
 def split_times(times: list[float], parts: int, min_per_part: int) -> list[list[float]]:
@@ -88,14 +90,14 @@ class FrameSource:
     def backend(self) -> str:
         return self.stream.backend
 
-    def _read(self, stream: VideoStream, times: list[float]) -> Iterator[SampledFrame]:
+    def _read(self, stream: VideoStream, times: list[float], lane: int = 0) -> Iterator[SampledFrame]:
         """One reader's frames (run in the reader's own thread, which also closes it)."""
         keyframes = self.settings.sampling == "keyframes"
         try:
-            for frame in stream.read(times, keyframes=keyframes):
+            for index, frame in enumerate(stream.read(times, keyframes=keyframes)):
                 if self.cancel.is_set():
                     raise self.cancel.error
-                yield SampledFrame(frame.pts_s, frame.image, measure(frame.image, frame.corrupt))
+                yield SampledFrame(frame.pts_s, frame.image, measure(frame.image, frame.corrupt), lane, index)
         finally:
             self.warnings += stream.warnings
             stream.close()
@@ -115,7 +117,7 @@ class FrameSource:
             for s in streams:
                 s.close()
             raise
-        readers = [self._read(s, p) for s, p in zip(streams, parts)]
+        readers = [self._read(s, p, lane) for lane, (s, p) in enumerate(zip(streams, parts))]
         with prefetch(*readers, depth=self.settings.prefetch_frames) as items:
             yield self._once(items)
 

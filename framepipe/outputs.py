@@ -205,7 +205,8 @@ def write_success(
     figures; it is called again just before the documents are written (so they include writing the frames)."""
     warnings = list(warnings)
     counted = processing
-    processing = lambda: counted().model_copy(update={"faces_unlisted": reduction.unlisted_faces})  # noqa: E731
+    processing = lambda: counted().model_copy(update={"faces_unlisted": reduction.unlisted_faces,  # noqa: E731
+                                                      "faces_embedded": reduction.faces_embedded})
     if not reduction.people:
         warnings.append("no faces found" if not reduction.faces_detected else "no face good enough for a person")
     if reduction.representatives.short_video and meta.media_type == "video":

@@ -63,6 +63,8 @@ class Processing(BaseModel):
     models: str | None = None
     frames_sampled: int = 0
     faces_detected: int = 0
+    faces_embedded: int = Field(0, description="Faces the recognizer embedded; the others continue a track whose "
+                                "embeddings agree and take its embedding (framepipe.tracking).")
     faces_unlisted: int = Field(0, description="Faces of no listed person: too small or blurred to identify and "
                                 "matching no person surely, background faces, stray detections.")
     sampling: str = "exact"

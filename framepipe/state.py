@@ -52,6 +52,7 @@ class VideoReduction:
     frames_sampled: int
     faces_detected: int
     unlisted_faces: int = 0  # faces of no listed person (too weak to identify, background faces, stray detections)
+    faces_embedded: int = 0  # faces the recognizer saw (the others took their track's embedding: tracking.py)
 
 
 def _once(jpeg: Jpeg) -> Callable[[], bytes]:
@@ -155,7 +156,9 @@ def reduce(
     people, unlisted = people_state.group(settings, representatives.shots, one_frame=frames_sampled == 1)
     frames = {p.best.pts_s: people_state.face_frames[p.best.pts_s] for p in people}
     frames.update({f.pts_s: f.jpeg for f in representatives.frames})
-    return VideoReduction(people, representatives, frames, frames_sampled, len(people_state.records), unlisted)
+    embedded = sum(r.face.embedded for r in people_state.records)
+    return VideoReduction(people, representatives, frames, frames_sampled, len(people_state.records), unlisted,
+                          embedded)
 
 
 class VideoState:

@@ -98,7 +98,6 @@ def parse_args_parser() -> argparse.ArgumentParser:
                     help="CPUs reserved per finish task (default 0: the work is short and mostly I/O, and must never "
                     "wait behind the dataset's own tasks)")
     ap.add_argument("--finish-resources", help="custom resources per finish task, JSON (split layout)")
-    ap.add_argument("--batch-size", type=int, default=8, help="frames per actor call")
     ap.add_argument("--max-finishing", type=int, default=2,
                     help="finish tasks in flight at once (default 2: bounds memory, and a task that reserves no CPU "
                     "gets a worker process of its own per concurrent call, each start costing more than a finish)")

@@ -27,7 +27,6 @@ class Resources:
     actor_resources: dict
     decode_cpus: float
     decode_resources: dict
-    batch_size: int
     actor_threads: int
 
 
@@ -66,7 +65,7 @@ def plan_resources(args, cluster: dict) -> Resources:
             f"{'decoding need' if layout == 'split' else 'listing needs'} of {cpus:g}: lower one of them"
         )
     return Resources(layout, actors, actor_cpus, actor_gpus, json.loads(args.actor_resources or "{}"),
-                     args.decode_cpus, json.loads(args.decode_resources or "{}"), args.batch_size, threads)
+                     args.decode_cpus, json.loads(args.decode_resources or "{}"), threads)
 
 
 def build_dataset(args, settings: Settings, res: Resources, run_id: str = "", attempts=None):
@@ -112,7 +111,7 @@ def build_dataset(args, settings: Settings, res: Resources, run_id: str = "", at
     )
     return ds.map_batches(
         FaceActor,
-        batch_size=res.batch_size,
+        batch_size=None,  # whole blocks: a decode task's yields, whole tracking segments (stages.FRAMES_PER_BATCH)
         batch_format="numpy",
         compute=ActorPoolStrategy(size=res.actors),  # all started at once: no ramp-up while frames queue
         num_cpus=res.actor_cpus,

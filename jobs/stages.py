@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from framepipe import ids, outputs, pipeline, schema, selection, state
+from framepipe import ids, outputs, pipeline, schema, selection, state, tracking
 from framepipe.config import Settings
 from framepipe.errors import ErrorCode, FramepipeError
 from framepipe.storage import Destination
@@ -22,7 +22,9 @@ from jobs import faults
 
 log = logging.getLogger("framepipe.backfill")
 
-FRAMES_PER_BATCH = 8  # frames per yield of a decode task
+# frames per yield of a decode task, all of one lane: a face actor's call takes whole blocks (made of whole yields),
+# so that the faces a track reuses embeddings for are those the CLI would (tracking.SEGMENT)
+FRAMES_PER_BATCH = tracking.SEGMENT
 
 
 @dataclass(frozen=True)
@@ -109,19 +111,21 @@ def _decode_one(run: VideoRun, force: bool, attempt: int = 1):
             picks = state.FramePicks(fs.info, settings)
             photo = fs.info.media_type == "image"  # its frame is searched for close-ups too (FaceModel.detect)
             quality = settings.jpeg_quality
-            rows: list = []
+            lanes: dict[int, list] = {}  # a video's parts are read at once: each part's frames in time order
             with fs.frames() as frames:
                 for f in frames:
                     picks.add(f.pts_s, f.measure, lambda img=f.image: outputs.encode_jpeg(img, quality))
+                    rows = lanes.setdefault(f.lane, [])
                     rows.append(f)
-                    if len(rows) == FRAMES_PER_BATCH:
+                    if len(rows) == FRAMES_PER_BATCH:  # a lane's segment: one yield
                         yield _frame_rows(vid, rows, photo)
                         summary.frames += len(rows)
-                        rows = []
+                        lanes[f.lane] = []
                         faults.failpoint("decode", vid)
-            if rows:
-                yield _frame_rows(vid, rows, photo)
-                summary.frames += len(rows)
+            for rows in lanes.values():
+                if rows:
+                    yield _frame_rows(vid, rows, photo)
+                    summary.frames += len(rows)
             summary.representatives = picks.pick() if picks.frames_sampled else None
             summary.warnings = list(fs.warnings)
     except Exception as e:  # one bad input is one failed row, never a failed dataset
@@ -134,17 +138,24 @@ def _decode_one(run: VideoRun, force: bool, attempt: int = 1):
         "pts": np.array([math.nan]),
         "image": np.zeros((1, 1, 1, 3), np.uint8),
         "photo": np.array([False]),
+        "lane": np.array([-1]),
+        "index": np.array([-1]),
+        "colour": [b""],
         "last": np.array([True]),
         "summary": [pickle.dumps(summary)],
     }
 
 
 def _frame_rows(vid: str, frames: list, photo: bool) -> dict:
+    """Frames of one video."""
     return {
         "video_id": [vid] * len(frames),
         "pts": np.array([f.pts_s for f in frames]),
         "image": np.stack([f.image for f in frames]),  # one video: one shape; a tensor column
         "photo": np.full(len(frames), photo),
+        "lane": np.array([f.lane for f in frames]),  # what tracking.Tracks follows faces by
+        "index": np.array([f.index for f in frames]),
+        "colour": [f.measure.colour for f in frames],
         # typed columns: an all-None column would come back as float NaNs from a block that holds no summary
         "last": np.zeros(len(frames), dtype=bool),
         "summary": [b""] * len(frames),
@@ -179,6 +190,41 @@ class FaceActor:
         faults.ended(self.attempts, "analysis", key)
         return out
 
+    @staticmethod
+    def _runs(batch: dict, todo: list[int]) -> list[tuple[list[int], bool]]:
+        """(rows, photo): the photos (one-frame inputs) together; the consecutive frames of each lane of a video
+        together."""
+        runs: list[tuple[list[int], bool]] = []
+        for i in todo:
+            photo = bool(batch["photo"][i])
+            last = runs[-1][0][-1] if runs else None
+            follows = last is not None and batch["video_id"][last] == batch["video_id"][i] and \
+                batch["lane"][last] == batch["lane"][i] and batch["index"][last] + 1 == batch["index"][i]
+            if last is not None and runs[-1][1] == photo and (photo or follows):
+                runs[-1][0].append(i)
+            else:
+                runs.append(([i], photo))
+        return runs
+
+    def _faces(self, batch: dict, rows: list[int], photo: bool) -> dict[int, list]:
+        """Row -> its faces, in calls of the analyzer's batch size. Photos: searched for close-ups too, every face
+        embedded; a video's frames: the same tracking as the CLI's (a call holds whole segments, tracking.SEGMENT,
+        and a run of frames starts and ends its tracks: whichever actor runs it, the same faces are embedded)."""
+        size, out = self.analyzer.batch_size, {}
+        tracks = tracking.Tracks(self.settings.shot_cut_distance, self.settings.reuse_track_embeddings)
+        for at in range(0, len(rows), size):
+            chunk = rows[at:at + size]
+            images = [batch["image"][i] for i in chunk]
+            if photo:
+                found = self.analyzer.analyze(images, photo=True)
+            else:
+                found = tracking.analyse_frames(self.analyzer, images, [batch["colour"][i] for i in chunk], tracks,
+                                                [(int(batch["lane"][i]), int(batch["index"][i])) for i in chunk])
+            out.update(zip(chunk, found))
+        if not photo:
+            tracking.conclude(self.analyzer, tracks)
+        return out
+
     def _call(self, batch: dict, n: int, attempt: int = 1) -> dict:
         faces, jpegs, codes, messages = [b""] * n, [b""] * n, [""] * n, [""] * n
         todo = [i for i in range(n) if not batch["last"][i]]
@@ -186,23 +232,18 @@ class FaceActor:
             for i in todo:
                 codes[i], messages[i] = ErrorCode.WORKER_LOST, faults.worker_lost(attempt)
             todo = []
-        size = self.analyzer.batch_size
-        # a batch's frames by kind: photos (one-frame inputs) are searched for close-ups too
-        runs = [[i for i in todo if bool(batch["photo"][i]) == kind] for kind in (False, True)]
-        chunks = [(run[at:at + size], kind) for kind, run in zip((False, True), runs)
-                  for at in range(0, len(run), size)]
-        for chunk, photo in chunks:
+        found: dict[int, list] = {}
+        for rows, photo in self._runs(batch, todo):
             try:
-                found = self.analyzer.analyze([batch["image"][i] for i in chunk], photo=photo)
+                found.update(self._faces(batch, rows, photo))
             except Exception as e:  # costs the video (a transient failure, retried by the next run), not the job
                 error = typed_error(e, "the face models")
-                for i in chunk:
+                for i in rows:
                     codes[i], messages[i] = error.code, f"face models failed: {error.message}"
-                continue
-            for i, found_faces in zip(chunk, found):
-                faces[i] = pickle.dumps(found_faces)
-                if found_faces:
-                    jpegs[i] = outputs.encode_jpeg(batch["image"][i], self.settings.jpeg_quality)
+        for i, found_faces in found.items():
+            faces[i] = pickle.dumps(found_faces)
+            if found_faces:
+                jpegs[i] = outputs.encode_jpeg(batch["image"][i], self.settings.jpeg_quality)
         return {
             "video_id": batch["video_id"],
             "pts": batch["pts"],

@@ -21,8 +21,14 @@ class FaceModelDeployment:
         return {"device": self.model.device, "pack": self.model.pack}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def analyze(self, images: list) -> list:
-        return self.model.analyze_batch(images)
+    async def detect(self, images: list) -> list:
+        """Each frame's faces, aligned (their crops travel back: 112x112, the recognizer's input) and scored."""
+        return self.model.detect_batch(images)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def embed(self, crops: list) -> list:
+        """The unit embedding of each aligned face (framepipe.tracking asked for it)."""
+        return list(self.model.embed_crops(crops))
 
     def analyze_photo(self, image) -> list:
         """A one-frame input's faces (close-ups too: ``FaceModel.detect``), not batched: one picture a call."""
@@ -37,9 +43,23 @@ class HandleAnalyzer:
         self.handle, self.device, self.pack, self.batch_size = handle, info["device"], info["pack"], batch_size
 
     def analyze(self, images, photo: bool = False):
+        if not photo:
+            found = self.detect(images)
+            self.embed([f for faces in found for f in faces])
+            return found
+        return self._each(self.handle.analyze_photo, images)
+
+    def detect(self, images):
+        return self._each(self.handle.detect, images)
+
+    def embed(self, faces) -> None:
+        for face, embedding in zip(faces, self._each(self.handle.embed, [f.crop for f in faces])):
+            face.embedding, face.crop = embedding, None
+
+    @staticmethod
+    def _each(method, items) -> list:
         try:
-            method = self.handle.analyze_photo if photo else self.handle.analyze
-            responses = [method.remote(image) for image in images]
+            responses = [method.remote(item) for item in items]
             return [r.result() for r in responses]
         except RayError as e:  # the model replica died or restarts: the job is run again once it is back
             raise ModelUnavailable(f"the model deployment failed: {type(e).__name__}") from None

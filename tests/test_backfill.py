@@ -161,7 +161,7 @@ def test_interrupted_backfill_finishes_the_rest(s3_server, videos_bucket):
 @pytest.mark.parametrize("layout,actor", [("fused", "VideoActor"), ("split", "FaceActor")])
 def test_actor_killed_mid_run_costs_a_retry_not_a_video(s3_server, videos_bucket, layout, actor):
     args = ["--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/killed-{layout}",
-            "--batch-size", "2", "--layout", layout]
+            "--layout", layout]
     proc = subprocess.Popen([sys.executable, "-m", "jobs.backfill", *args], cwd=ROOT, env=job_env(s3_server),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     killed = None
@@ -225,12 +225,17 @@ def test_ray_job_submit_to_a_head_started_here(s3_server, videos_bucket):
 
 
 @pytest.mark.parametrize("layout", ["fused", "split"])
-def test_a_one_video_backfill_is_quiet_and_loads_one_model_actor(tmp_path, layout):
+def test_a_one_video_backfill_is_quiet_and_loads_one_model_actor(tmp_path, layout, settings, model):
     """A run with fewer inputs than actors gets an actor per input (no model loaded for nothing, and no Ray Data
-    warning about a pool larger than its inputs); no Ray warning at all."""
+    warning about a pool larger than its inputs); no Ray warning at all. Its results are `framepipe extract`'s,
+    the faces the recognizer ran on included (a minute of video: two parts decoded at once, whose frames the split
+    layout's face actors see in blocks)."""
+    from framepipe import pipeline
+
+    video = MEDIA / "videos/talk/bitornobit-openface-tutorial_meeting_etiquette_skit_63s.mp4"
     src = tmp_path / "src"
     src.mkdir()
-    os.symlink(MEDIA / CLIPS["in/drama/tears.mp4"], src / "tears.mp4")
+    os.symlink(video, src / video.name)
     proc = subprocess.run([sys.executable, "-m", "jobs.backfill", "--source", str(src), "--dest", str(tmp_path / "out"),
                            "--layout", layout], cwd=ROOT, env={**os.environ, "FRAMEPIPE_MODELS": str(PACK)},
                           capture_output=True, text=True, timeout=300)
@@ -239,6 +244,11 @@ def test_a_one_video_backfill_is_quiet_and_loads_one_model_actor(tmp_path, layou
     assert "actors=1," in proc.stdout + proc.stderr
     summary = summary_of(proc.stdout)
     assert (summary["listed"], summary["succeeded"]) == (1, 1)
+    local = pipeline.extract(str(src / video.name), str(tmp_path / "local"), settings, model=model)
+    remote = json.loads((tmp_path / "out" / local.video_id / "result.json").read_text())
+    assert remote["processing"]["faces_embedded"] == local.processing.faces_embedded < local.processing.faces_detected
+    assert [(t["timestamp_s"], t["bbox"]) for t in remote["talent_frames"]] == [
+        (t.timestamp_s, t.bbox) for t in local.talent_frames]
 
 
 def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):

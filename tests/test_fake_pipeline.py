@@ -23,9 +23,14 @@ class FakeAnalyzer:
     device, pack, batch_size = "cpu", "fake", 4
 
     def __init__(self, fail_after: int | None = None):
-        self.calls, self.fail_after = 0, fail_after
+        self.calls, self.fail_after, self.embedded = 0, fail_after, 0
 
     def analyze(self, images, photo=False):
+        found = self.detect(images)
+        self.embed([f for faces in found for f in faces])
+        return found
+
+    def detect(self, images):
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise RuntimeError("the fake model broke")
@@ -36,6 +41,11 @@ class FakeAnalyzer:
             out.append(faces)
         return out
 
+    def embed(self, faces):
+        self.embedded += len(faces)
+        for f in faces:  # the fake's "crop" is the face's embedding to be
+            f.embedding, f.crop = f.crop, None
+
     @staticmethod
     def _face(who: int, x: int):
         from framepipe.faces import Face
@@ -44,7 +54,7 @@ class FakeAnalyzer:
         emb[who] = 1.0
         kps = np.array([[x + 30, 40], [x + 70, 40], [x + 50, 60], [x + 35, 80], [x + 65, 80]], np.float32)
         return Face(bbox=np.array([x, 10, x + 100, 110], np.float32), kps=kps, det_score=0.9, quality=0.8,
-                    embedding=emb)
+                    crop=emb)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +81,31 @@ def test_fixed_faces_become_two_people_with_shots_and_appearances(clip, tmp_path
     people = manifests.load_people(tmp_path).to_dict("records")
     assert [len(p["time_ranges"]) for p in people] == [2, 1]
     assert people[0]["embedding_model"] == "fake" and len(people[0]["embedding"]) == 512
+
+
+def test_a_face_followed_through_a_shot_is_embedded_only_until_its_track_agrees(clip, tmp_path):
+    from framepipe import pipeline
+    from framepipe.config import Settings
+
+    runs = {}
+    for reuse in (True, False):
+        analyzer = FakeAnalyzer()
+        result = pipeline.process_video(str(clip), str(tmp_path / str(reuse)), Settings(
+            models="fake", reuse_track_embeddings=reuse), analyzer)
+        assert result.status == "succeeded", result.error
+        assert result.processing.faces_embedded == analyzer.embedded
+        runs[reuse] = result
+    every, reused = runs[False], runs[True]
+    assert every.processing.frames_sampled == 20  # 10 red, 10 blue
+    assert every.processing.faces_detected == reused.processing.faces_detected == every.processing.faces_embedded
+    assert every.processing.faces_detected == 30  # A in all 20 samples, B in the 10 blue ones
+    # A in the red shot (samples 0-9): a look at its first face, again after 8 samples, and at its last face (3);
+    # the cut ends the track (the same place on screen after a cut may be somebody else): A and B in the blue shot,
+    # a look at the first and the last face of each segment (10-15, 16-19: every front door starts tracks afresh at
+    # sample 16), 4 each
+    assert reused.processing.faces_embedded == 3 + 4 + 4
+    assert [t.model_dump(exclude={"url", "face_url"}) for t in reused.talent_frames] == [
+        t.model_dump(exclude={"url", "face_url"}) for t in every.talent_frames]
 
 
 def test_a_failing_analyzer_is_one_failed_video_with_its_record(clip, tmp_path):
@@ -159,8 +194,8 @@ def test_settings_a_then_b_then_a_redoes_a(clip, tmp_path):
 
 
 class OneFaceAnalyzer(FakeAnalyzer):
-    def analyze(self, images, photo=False):
-        return [faces[:1] for faces in super().analyze(images, photo)]
+    def detect(self, images):
+        return [faces[:1] for faces in super().detect(images)]
 
 
 def test_a_redo_leaves_only_what_its_result_names(clip, tmp_path):

@@ -36,6 +36,45 @@ def test_a_cancelled_video_writes_one_failed_result_and_nothing_else(settings, m
     assert not (tmp_path / result.video_id / "representative").exists()
 
 
+def test_faces_the_recognizer_skips_are_the_same_person_and_the_people_do_not_change(settings, model):
+    """Real footage with cuts and four people (framepipe.tracking): the faces skipped take an embedding their own
+    would match as the same person, the people found are the same, and a face's embedding does not depend on the
+    other faces in the recognizer's batch (a statically exported model: the reuse relies on it)."""
+    import cv2
+    import numpy as np
+
+    from framepipe import pipeline
+    from framepipe.analyzer import LocalAnalyzer
+
+    source = str(MEDIA / "videos/pbs_oval_office_4people.mp4")
+    reused = pipeline.analyse_video(source, settings, LocalAnalyzer(model, 4))
+    every = pipeline.analyse_video(source, settings.with_overrides(reuse_track_embeddings=False),
+                                   LocalAnalyzer(model, 4))
+    pairs = list(zip(reused.people.records, every.people.records))
+    assert all(a.pts_s == b.pts_s and np.allclose(a.face.bbox, b.face.bbox) for a, b in pairs)
+    skipped = [(a.face.embedding, b.face.embedding) for a, b in pairs if not a.face.embedded]
+    assert all(b.face.embedded for _, b in pairs)
+    assert len(skipped) >= len(pairs) / 4, (len(skipped), len(pairs))  # 22 of 59
+    calibrated = 1.0 - model_distance(settings)  # the pack's "same person" similarity for clean photos
+    assert min(float(x @ y) for x, y in skipped) >= calibrated
+    found = [[(p.best.pts_s, p.appearances) for p in st.finish().people] for st in (reused, every)]
+    assert found[0] == found[1] and len(found[0]) >= 4
+
+    faces = every.people.records[:9]
+    frames = [cv2.imdecode(np.frombuffer(every.people.face_frames[r.pts_s], np.uint8), cv2.IMREAD_COLOR)
+              for r in faces]
+    aligned = [model._norm_crop(img, landmark=r.face.kps, image_size=112) for img, r in zip(frames, faces)]
+    together = model.embed_crops(aligned)
+    alone = np.concatenate([model.embed_crops([a]) for a in aligned])
+    assert np.allclose(together, alone, atol=1e-5)
+
+
+def model_distance(settings) -> float:
+    from framepipe import clustering
+
+    return clustering.Params.from_settings(settings, 512).cluster_max_distance
+
+
 def test_keyframes_with_parallel_parts_analyse_each_keyframe_once(settings, model):
     from framepipe import pipeline
     from framepipe.analyzer import LocalAnalyzer

@@ -758,3 +758,95 @@ def test_the_first_builds_neighbour_graph_finds_the_exact_parts(search):
         assert len(set(exact[part])) == 1
     assert len(parts) <= (exact.max() + 1) * 1.002, (len(parts), exact.max() + 1)
     assert len(parts) < n - 1000  # the recurring people were joined
+
+
+# --------------------------------------------------------------------------------------------------
+# tracking: which faces the recognizer sees
+# --------------------------------------------------------------------------------------------------
+
+
+class _Recognizer:
+    """Stands for the recognizer: a face's embedding is its person's unit vector (kept in the fake crop)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def embed(self, faces):
+        self.seen += faces
+        for f in faces:
+            f.embedding, f.crop = f.crop, None
+
+    def detect(self, images):  # frames are given as their faces already
+        return images
+
+
+def _person(who: int, x: float, quality: float = 0.7):
+    from framepipe.faces import Face
+
+    emb = np.zeros(8, np.float32)
+    emb[who] = 1.0
+    return Face(bbox=np.array([x, 10, x + 100, 110], np.float32), kps=np.zeros((5, 2), np.float32), det_score=0.9,
+                quality=quality, crop=emb)
+
+
+def _track_run(frames, batch: int = 4, signatures=None):
+    """Each frame's faces through tracking (batches of ``batch`` frames), as the pipeline runs it."""
+    from framepipe import tracking
+
+    grey = selection.colour_signature(np.full((36, 64, 3), 120, np.uint8))
+    signatures = signatures or [grey] * len(frames)
+    recognizer, tracks = _Recognizer(), tracking.Tracks(cut_distance=0.2)
+    for at in range(0, len(frames), batch):
+        tracking.analyse_frames(recognizer, frames[at:at + batch], signatures[at:at + batch], tracks)
+    tracking.conclude(recognizer, tracks)
+    return recognizer.seen
+
+
+def test_a_face_followed_through_a_shot_takes_the_embedding_of_the_looks_around_it():
+    from framepipe import tracking
+
+    frames = [[_person(0, 20), _person(1, 300)] for _ in range(12)]
+    seen = _track_run(frames)
+    every = [f for faces in frames for f in faces]
+    assert all(f.embedding is not None and f.crop is None for f in every)
+    for who in (0, 1):  # its first face, a look every REFRESH samples, its last face
+        looked = [i for i, faces in enumerate(frames) if any(f is faces[who] for f in seen)]
+        assert looked == [0, tracking.REFRESH, 11]
+        assert all(float(faces[who].embedding[who]) == 1.0 for faces in frames)  # nobody got the other's
+    assert sum(not f.embedded for f in every) == len(every) - len(seen)
+    # the same faces, however the frames are batched
+    for batch in (1, 3, 16):
+        again = [[_person(0, 20), _person(1, 300)] for _ in range(12)]
+        looked = _track_run(again, batch)
+        picked = {(i, j) for i, faces in enumerate(again) for j, f in enumerate(faces) if any(f is g for g in looked)}
+        assert picked == {(i, j) for i, faces in enumerate(frames) for j, f in enumerate(faces) if
+                          any(f is g for g in seen)}
+
+
+def test_somebody_else_in_the_same_place_without_a_visible_cut_is_embedded_on_their_own():
+    """Two photos of a montage at one place on screen, colours alike: the looks around the faces in between
+    disagree, so each of them is embedded (never given the first person's embedding)."""
+    frames = [[_person(0, 20)] for _ in range(3)] + [[_person(1, 24)] for _ in range(4)]
+    seen = _track_run(frames)
+    for i, faces in enumerate(frames):
+        assert int(np.argmax(faces[0].embedding)) == (0 if i < 3 else 1), i
+    assert all(any(f is g for g in seen) for faces in frames[1:3] for f in faces)  # the run was looked at again
+
+
+def test_a_face_in_doubt_is_embedded():
+    """A cut, a face far from where it was, two faces close together, a clearer face: each one is embedded."""
+    from framepipe import selection as sel
+
+    grey = sel.colour_signature(np.full((36, 64, 3), 120, np.uint8))
+    red = sel.colour_signature(np.full((36, 64, 3), (0, 0, 200), np.uint8))
+    cut = [[_person(0, 20)], [_person(0, 20)], [_person(1, 20)], [_person(1, 20)]]
+    seen = _track_run(cut, signatures=[grey, grey, red, red])
+    assert any(f is cut[2][0] for f in seen)
+    moved = [[_person(0, 20)], [_person(0, 20)], [_person(0, 400)], [_person(0, 400)]]
+    assert any(f is moved[2][0] for f in _track_run(moved))
+    close = [[_person(0, 20), _person(1, 90)] for _ in range(4)]
+    assert len(_track_run(close)) == 8  # boxes overlapping each other: no link is sure
+    clearer = [[_person(0, 20, 0.5)], [_person(0, 20, 0.5)], [_person(0, 20, 0.9)], [_person(0, 20, 0.5)],
+               [_person(0, 20, 0.5)]]
+    looked = _track_run(clearer)
+    assert any(f is clearer[2][0] for f in looked) and not any(f is clearer[3][0] for f in looked)
