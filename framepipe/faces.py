@@ -249,7 +249,7 @@ class FaceModel:
 
     def embed(self, faces: list[Face]) -> None:
         """Embeds these aligned faces in one recognizer call (it takes any batch size; a face's embedding does not
-        depend on the others in the batch: tests/test_units.py); their crops are let go."""
+        depend on the others in the batch: tests/test_pipeline.py); their crops are let go."""
         if not faces:
             return
         feats = self.embed_crops([f.crop for f in faces])

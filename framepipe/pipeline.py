@@ -40,15 +40,10 @@ def analyse(fs: FrameSource, analyzer: Analyzer, state: VideoState, progress: Pr
     photo = fs.info.media_type == "image"  # a one-frame input: searched for close-ups too (FaceModel.detect)
     tracks = tracking.Tracks(fs.settings.shot_cut_distance, fs.settings.reuse_track_embeddings)
 
-    def faces_of(batch):
-        images = [f.image for f in batch]
-        if photo:  # no track: every face embedded
-            return analyzer.analyze(images, photo=True)
-        return tracking.analyse_frames(analyzer, images, [f.measure.colour for f in batch], tracks,
-                                       [(f.lane, f.index) for f in batch])
-
     def flush(batch):
-        for f, faces in zip(batch, faces_of(batch)):
+        found = tracking.analyse_frames(analyzer, [f.image for f in batch], [f.measure.colour for f in batch], tracks,
+                                        [(f.lane, f.index) for f in batch], photo)
+        for f, faces in zip(batch, found):
             state.add(f.pts_s, f.measure, faces, lambda img=f.image: outputs.encode_jpeg(img, quality))
         if progress:
             progress(state.frames_sampled, planned)
@@ -62,8 +57,7 @@ def analyse(fs: FrameSource, analyzer: Analyzer, state: VideoState, progress: Pr
                 batch = []
         if batch:
             flush(batch)
-    if not photo:
-        tracking.conclude(analyzer, tracks)  # the faces skipped since each track's last look
+    tracking.conclude(analyzer, tracks)  # the faces skipped since each track's last look
 
 
 def analyse_video(source: str | FrameSource, settings: Settings, analyzer: Analyzer) -> VideoState:

@@ -19,8 +19,9 @@ SORT/ByteTrack do, but between samples a second apart and only where nothing is 
 The grouping (:mod:`framepipe.clustering`) then sees a skipped face as the face seen again, which the two looks
 around it confirmed. Photos (one-frame inputs) have no track: every face is embedded. What is decided depends
 on boxes, quality and the frames' colour signatures only, never on how frames are batched or in which order the
-lanes deliver them, and tracks start afresh every ``SEGMENT`` frames of a lane: the CLI, Serve and both backfill layouts (whose face actors take a video in
-blocks of whole segments) embed the same faces and write the same outputs. Measured on the labelled footage and
+lanes deliver them, and tracks start afresh every ``SEGMENT`` frames of a lane: the CLI, Serve and both backfill
+layouts (whose face actors take a video in blocks of whole segments) embed the same faces and write the same
+outputs. Measured on the labelled footage and
 the 3-minute bench file: docs/pipeline.md.
 """
 
@@ -46,11 +47,15 @@ SEGMENT = 16  # tracks start afresh every this many frames of a lane, in every f
 
 
 def analyse_frames(analyzer: "Analyzer", images: Sequence[np.ndarray], signatures: Sequence[bytes | None],
-                   tracks: "Tracks", positions: Sequence[tuple[int, int]] | None = None) -> list[list[Face]]:
+                   tracks: "Tracks", positions: Sequence[tuple[int, int]] | None = None, photo: bool = False
+                   ) -> list[list[Face]]:
     """The faces of sampled frames of one video (their colour signatures; ``positions``: each frame's (lane, index),
     :class:`~framepipe.framesource.SampledFrame`; default: one lane, in order): one detector pass per frame, then
     the recognizer for the faces ``tracks`` asks for. A face skipped gets its embedding once a later look at its
-    track agrees (by :func:`conclude` at the latest), so call :func:`conclude` after the last frame."""
+    track agrees (by :func:`conclude` at the latest), so call :func:`conclude` after the last frame. ``photo``:
+    one-frame inputs, which have no track: searched for close-ups too (FaceModel.detect), every face embedded."""
+    if photo:
+        return analyzer.analyze(images, photo=True)
     found = analyzer.detect(images)
     todo = []
     for i, (signature, faces) in enumerate(zip(signatures, found)):
@@ -91,8 +96,6 @@ class Tracks:
         self.enabled = enabled
         self.lanes: dict[int, tuple[int, bytes | None, list[_Track]]] = {}  # lane -> its last frame's index,
         # colour signature and tracks
-        self.faces = 0  # faces seen
-        self.embedded = 0  # faces the recognizer was asked for
         self._waiting: list[tuple[list[Face], Face, Face]] = []  # (skipped faces, the looks before and after them)
 
     def plan(self, signature: bytes | None, faces: Sequence[Face], position: tuple[int, int] | None = None
@@ -120,8 +123,6 @@ class Tracks:
                 track.skipped.append(face)
             live.append(track)
         self.lanes[lane] = (index, signature, live)
-        self.faces += len(faces)
-        self.embedded += len(todo)
         return todo
 
     def settle(self) -> list[Face]:
@@ -138,14 +139,12 @@ class Tracks:
             else:
                 doubtful += skipped
         self._waiting = []
-        self.embedded += len(doubtful)
         return doubtful
 
     def finish(self) -> list[Face]:
         """Every track ends: the faces to embed now (each track's last face, if it was skipped)."""
         todo = [f for _, _, live in self.lanes.values() for t in live for f in self._close(t)]
         self.lanes = {}
-        self.embedded += len(todo)
         return todo
 
     def _close(self, track: _Track) -> list[Face]:

@@ -214,15 +214,11 @@ class FaceActor:
         tracks = tracking.Tracks(self.settings.shot_cut_distance, self.settings.reuse_track_embeddings)
         for at in range(0, len(rows), size):
             chunk = rows[at:at + size]
-            images = [batch["image"][i] for i in chunk]
-            if photo:
-                found = self.analyzer.analyze(images, photo=True)
-            else:
-                found = tracking.analyse_frames(self.analyzer, images, [batch["colour"][i] for i in chunk], tracks,
-                                                [(int(batch["lane"][i]), int(batch["index"][i])) for i in chunk])
+            found = tracking.analyse_frames(self.analyzer, [batch["image"][i] for i in chunk],
+                                            [batch["colour"][i] for i in chunk], tracks,
+                                            [(int(batch["lane"][i]), int(batch["index"][i])) for i in chunk], photo)
             out.update(zip(chunk, found))
-        if not photo:
-            tracking.conclude(self.analyzer, tracks)
+        tracking.conclude(self.analyzer, tracks)
         return out
 
     def _call(self, batch: dict, n: int, attempt: int = 1) -> dict:
