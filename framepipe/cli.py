@@ -353,6 +353,7 @@ def _destination_command(args) -> int:
             for model, u in updates.items():
                 how = "seeded by clustering" if u.seeded else "updated"
                 print(f"registry {model}: {how}: {u.created} new global people, {u.attached} attached to known ones, "
+                      f"{u.merged} joined to another (their ids kept as aliases), "
                       f"{u.detached} detached (inputs processed again)")
             named = index.dropna(subset=["name"]).drop_duplicates("global_person_id")
             listed = multi.head(LISTED)

@@ -452,6 +452,64 @@ def test_the_registry_keeps_apart_who_one_input_kept_apart_and_guards_look_alike
                           partial=True).created == created
 
 
+def test_an_update_joins_two_persons_as_the_batch_build_would_and_keeps_corrections(tmp_path):
+    """Two photos of one person at 0.40 (under the bar of two single photos) come one update each: two persons;
+    a third photo close to both joins one, and the update then joins the two persons as the batch build joins the
+    three photos (their average reaches the bar of a group of two against one). The younger id stays an alias of
+    the older, the update writes a segment, not the registry again. A person a correction split off, and two
+    persons that one input kept apart, are never joined that way."""
+    from framepipe.people import grouping, registry
+
+    rule = grouping.JoinRule(**RULE)
+    photos = {("x", 0): _at(1.0, 0.0), ("y", 0): _at(0.40, 0.9165), ("z", 0): _at(0.85, 0.5268)}
+    batch = registry.in_memory_index(_person_rows(photos).assign(embedding_model="m"), None)
+    reg = registry.Registry.empty("m", 64)
+    reports = [reg.update(_person_rows({k: e}), rule, partial=True) for k, e in photos.items()]
+    index = reg.index_rows()
+    assert index["global_person_id"].nunique() == 1 == reg.live_ids().size
+    assert [r.created for r in reports] == [1, 1, 0] and reports[-1].merged == 1
+    assert index["global_person_id"].iloc[0] == 0 and reg.resolve(1) == 0  # the older id lives on
+    assert reg.members["global_person_id"].tolist() == [0, 1, 0]  # stored where they were: an alias
+    assert batch["global_person_id"].nunique() == 1
+    assert set(reg.members_of([0])["video_id"]) == {"x", "y", "z"}
+    assert set(reg.members_of([0])["global_person_id"]) == {0}
+
+    from framepipe import commits, manifests, schema
+    from framepipe.people import files
+
+    dest = str(tmp_path / "dest")  # committed: the join is a segment, the base files stay
+    rows = _person_rows(photos)
+    d = manifests.destination(dest)
+    committed = []
+    for n in (1, 2, 3):
+        index, updates, _ = registry.update_destination(dest, people=rows.iloc[:n])
+        committed.append(commits.latest(d, schema.REGISTRY))
+    assert updates["m"].merged == 1 and index["global_person_id"].nunique() == 1
+    first, last = committed[0], committed[-1]
+    assert last.files["m/persons.parquet"] == first.files["m/persons.parquet"]
+    assert sum(bool(files.SEGMENT.match(k.rsplit("/", 1)[-1])) for k in last.files) == 4
+
+    sister = {("v", 0): _at(0.40, 0.9165), ("s1", 0): _at(1.0, 0.0), ("s2", 0): _at(0.95, 0.0, 0.3122)}
+    alone = registry.Registry.empty("m", 64)
+    assert sum(alone.update(_person_rows({k: e}), rule, partial=True).merged for k, e in sister.items()) == 0
+    assert alone.index_rows()["global_person_id"].nunique() == 2
+
+    split = reg.split("y", 0)  # a correction: y is somebody else
+    reg.update(_person_rows({("w", 0): _at(0.7, 0.7141)}), rule, partial=True)
+    ids = dict(zip(reg.index_rows()["video_id"], reg.index_rows()["global_person_id"]))
+    assert ids["y"] == split and ids["x"] == ids["z"] != split
+
+    # one video's two people at 0.41, kept apart, each joined by a photo: never one person
+    apart = {("v", 0): _at(1.0, 0.0), ("v", 1): _at(0.41, 0.9121)}
+    reg = registry.Registry.empty("m", 64)
+    reg.update(_person_rows(apart), rule)
+    for key, e in {("p", 0): _at(0.9, 0.2), ("q", 0): _at(0.5, 0.85)}.items():
+        reg.update(_person_rows({key: e}), rule, partial=True)
+    ids = dict(zip(zip(reg.index_rows()["video_id"], reg.index_rows()["person_id"]),
+                   reg.index_rows()["global_person_id"]))
+    assert ids[("v", 0)] != ids[("v", 1)]
+
+
 # ---- the representative-frame picker ---------------------------------------------------------------
 
 

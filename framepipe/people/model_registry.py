@@ -1,7 +1,7 @@
 """One embedding model's person registry and the changes made to it: attaching new people (an empty registry
-seeded at once by :func:`framepipe.people.grouping.seed_groups`), names, merges, splits. How it is read and written
-is :mod:`framepipe.people.model_store`; :mod:`framepipe.people.registry` keeps a destination's registries up to date
-and commits them (its docstring describes the whole)."""
+seeded at once by :func:`framepipe.people.grouping.seed_groups`) and joining the persons they link, names, merges,
+splits. How it is read and written is :mod:`framepipe.people.model_store`; :mod:`framepipe.people.registry` keeps a
+destination's registries up to date and commits them (its docstring describes the whole)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class Update:
     attached: int = 0  # new members put with an existing global person
     created: int = 0  # new global persons
     detached: int = 0  # members whose video was processed again (or removed)
+    merged: int = 0  # global persons joined into another, on the strongest evidence (the merged id: an alias)
     seeded: bool = False
 
 
@@ -38,21 +39,6 @@ class Registry(StoredRegistry):
     """One model's registry in memory (the fields and their layers: :class:`StoredRegistry`)."""
 
     # ---- reading -----------------------------------------------------------------------------------
-
-    def _sum(self, gid: int) -> np.ndarray:
-        if gid not in self._sums:
-            self._load_sums([gid])
-            self._sums[gid] = np.asarray(self.persons.at[gid, "embedding_sum"], dtype=np.float64)
-            self._counts[gid] = int(self.persons.at[gid, "members"])
-        return self._sums[gid]
-
-    def resolve(self, gid: int) -> int:
-        """The live id an id stands for (merged ids are aliases of their survivor)."""
-        seen = set()
-        while gid in self.persons.index and pd.notna(self.persons.at[gid, "merged_into"]) and gid not in seen:
-            seen.add(gid)
-            gid = int(self.persons.at[gid, "merged_into"])
-        return gid
 
     def nearest(self, embedding: np.ndarray, count: int) -> list[tuple[int, float]]:
         """(global id, cosine similarity) of the ``count`` nearest live persons: the base index's, less those
@@ -141,7 +127,7 @@ class Registry(StoredRegistry):
         mine = self.members.loc[rows]
         stale = [i for i, k, e in zip(rows, key(mine), mine["embedding"])
                  if k not in current or missing(e) or not np.allclose(current[k], e, atol=1e-6)]
-        gone = self.members.loc[stale, "global_person_id"].astype(int)
+        gone = [self.resolve(int(g)) for g in self.members.loc[stale, "global_person_id"]]
         self._load_sums(set(gone))
         for i, gid in zip(stale, gone):
             self._add_to(gid, self.members.at[i, "embedding"], -1)
@@ -157,8 +143,8 @@ class Registry(StoredRegistry):
         kept = self.members.index[self.members["video_id"].isin(set(new["video_id"]))]
         self._load_embeddings(kept)
         kept = self.members.loc[kept]
-        self._together = {v: list(zip(g["global_person_id"].astype(int), g["seen_s"], g["embedding"])) for v, g in
-                          kept.groupby("video_id")}
+        self._together = {v: list(zip(map(self.resolve, g["global_person_id"].astype(int)), g["seen_s"],
+                                      g["embedding"])) for v, g in kept.groupby("video_id")}
         rest = new.iloc[0:0]
         if len(new) and not len(self.live_ids()) and len(self.persons) == 0:
             report.seeded = True
@@ -167,6 +153,7 @@ class Registry(StoredRegistry):
             for m in self._new_members:  # the seeded people of a video, for the rows attached one by one
                 for v, g, seen, e in zip(m["video_id"], m["global_person_id"], m["seen_s"], m["embedding"]):
                     self._together.setdefault(v, []).append((int(g), seen, e))
+        created: set[int] = set()
         if not report.seeded or len(rest):
             embeddings = [unit(np.asarray(e, np.float32)) for e in new["embedding"]]
             self._load_sums({gid for e in embeddings for gid, _ in self.nearest(e, CANDIDATES)})  # one read
@@ -175,6 +162,7 @@ class Registry(StoredRegistry):
                 if gid is None:  # a new person: in the index at once, for the next rows of this update
                     gid = self._create(embeddings[i], 1)
                     self._touch(gid)
+                    created.add(gid)
                     report.created += 1
                     sim = 1.0
                 else:  # a known person: its sum grows now, its centroid is re-indexed once at the end
@@ -186,6 +174,7 @@ class Registry(StoredRegistry):
                     (gid, new.at[i, "seen_s"] if "seen_s" in new else None, embeddings[i]))
         for gid in touched:
             self._touch(gid)
+        report.merged = self._join_pass(touched | created, rule)
         self.flush()
         return report
 
@@ -254,12 +243,89 @@ class Registry(StoredRegistry):
         options.sort(reverse=True)
         (best, gid), runner = options[0], (options[1][0] if len(options) > 1 else -1.0)
         # the batch build's bar of a person against a group of n: two single photos need the strongest evidence
-        # here too (an update cannot later merge two persons as the batch build's next steps would: a split, which
-        # a correction mends, rather than a merge of look-alikes)
+        # here too (two persons this leaves apart are joined by _join_pass once the evidence for it comes)
         bar = float(rule.similarity(1, self._counts[gid]))
         if best - runner < rule.margin:  # a look-alike nearly as close: that alone is not enough
             bar = max(bar, rule.single)
         return (gid, best) if best >= bar else (None, 0.0)
+
+    def _join_pass(self, changed: set[int], rule: JoinRule) -> int:
+        """Joins of persons already made, for the persons this update changed: a changed person and one of its
+        nearest live persons whose average similarity (member by member, through the embedding sums) reaches
+        ``rule.single`` are one person, and are joined (two photos of one person too unlike each other to join
+        alone, once a third joins one of them). The batch build's average linkage would join them too (its bar
+        for groups is lower), but in its order, closest first, while an update sees the people in the order they
+        came, and a later arrival cannot undo a join: so only the strongest evidence, whatever the sizes (with the
+        groups' bar, a look-alike sister's photo joined a pair of her sister's that had not yet met the rest). Never
+        two persons holding people one input kept apart, a person a correction placed (a split-off member) or two
+        persons named differently. The younger id becomes an alias of the older (``merged_into``) and its members
+        stay stored where they are, so the update still writes a segment. Returns how many joins it made."""
+        self.flush()
+        queue = sorted({self.resolve(g) for g in changed}, reverse=True)
+        joins = 0
+        live = None  # each member's live id, read once a pair reaches the bar
+        while queue:
+            gid = queue.pop()
+            if self.resolve(gid) != gid or self._count(gid) <= 0:
+                continue
+            size, total = self._count(gid), self._sum(gid)
+            near = [other for other, _ in self.nearest(unit(total), CANDIDATES) if other != gid]
+            self._load_sums(near)  # one read
+            options = sorted(((float(total @ self._sum(o)) / (size * self._count(o)), o) for o in near), reverse=True)
+            for sim, other in options:
+                if sim < rule.single:
+                    break
+                live = self._live_ids() if live is None else live
+                if self._joinable(gid, other, rule, live):
+                    keep, gone = min(gid, other), max(gid, other)
+                    self._alias_join(keep, gone)
+                    live[live == gone] = keep
+                    joins += 1
+                    queue.append(keep)
+                    break
+        return joins
+
+    def _joinable(self, a: int, b: int, rule: JoinRule, live: np.ndarray) -> bool:
+        """Whether two live persons may be joined without a correction's say: neither holds a member a correction
+        placed, they are not named differently, and no input holds a person of each that the per-video step kept
+        apart (seen at the same time, or less alike than ``rule.same_input``). ``live``: each member's live id."""
+        names = [self.persons.at[g, "name"] for g in (a, b)]
+        if all(isinstance(n, str) and n for n in names) and names[0] != names[1]:
+            return False
+        rows = self.members.index[(live == a) | (live == b)]
+        mine = self.members.loc[rows]
+        if mine["pinned"].any():
+            return False
+        side = live[rows] == a
+        shared = set(mine["video_id"][side]) & set(mine["video_id"][~side])
+        if not shared:
+            return True
+        pick = rows[mine["video_id"].isin(shared).to_numpy()]
+        self._load_embeddings(pick)
+        both = self.members.loc[pick]
+        for _, group in both.groupby("video_id"):
+            ids = live[group.index]
+            for seen_a, e_a in zip(group["seen_s"][ids == a], group["embedding"][ids == a]):
+                for seen_b, e_b in zip(group["seen_s"][ids == b], group["embedding"][ids == b]):
+                    if seen_a is not None and seen_b is not None and set(seen_a) & set(seen_b):
+                        return False  # seen at the same time: two people
+                    if not missing(e_a) and not missing(e_b) and float(
+                            unit(np.asarray(e_a, np.float32)) @ unit(np.asarray(e_b, np.float32))) < rule.same_input:
+                        return False
+        return True
+
+    def _alias_join(self, keep: int, other: int) -> int:
+        """``other`` joined into ``keep`` as an alias: sums, counts and the name move, the members stay stored
+        under their id (read through :meth:`live_member_ids`)."""
+        self._sums[keep] = self._sum(keep) + self._sum(other)
+        self._counts[keep] += self._counts[other]
+        self._sums[other], self._counts[other] = np.zeros_like(self._sums[other]), 0
+        if pd.isna(self.persons.at[keep, "name"]):
+            self.persons.at[keep, "name"] = self.persons.at[other, "name"]
+        self.persons.at[other, "merged_into"] = keep
+        self._touch(other)
+        self._touch(keep)
+        return keep
 
     # ---- corrections ---------------------------------------------------------------------------------
 
@@ -301,8 +367,9 @@ class Registry(StoredRegistry):
         if not len(rows):
             raise CorrectionError(f"no person {person_id} of video {video_id} in the registry")
         i = rows[0]
-        old = int(self.members.at[i, "global_person_id"])
-        if bool(self.members.at[i, "pinned"]) and (self.members["global_person_id"] == old).sum() == 1:
+        live = self.live_member_ids()
+        old = int(live[i])
+        if bool(self.members.at[i, "pinned"]) and (live == old).sum() == 1:
             return old  # split off already (the same correction applied again after a concurrent commit)
         self._load_embeddings([i])
         emb = np.asarray(self.members.at[i, "embedding"], np.float32)
@@ -316,19 +383,3 @@ class Registry(StoredRegistry):
         self._touch(gid)
         self.flush()
         return gid
-
-    # ---- the people index view -----------------------------------------------------------------------
-
-    def index_rows(self) -> pd.DataFrame:
-        """Members as people-index rows (:data:`~framepipe.schema.PEOPLE_INDEX_SCHEMA`), with names."""
-        self.flush()
-        m = self.members
-        names = self.persons["name"]
-        return pd.DataFrame({
-            "global_person_id": m["global_person_id"].astype(int),
-            "name": m["global_person_id"].map(names),
-            "video_id": m["video_id"], "person_id": m["person_id"].astype(int), "similarity": m["similarity"],
-            "source": m["source"], "face_url": m["face_url"], "frame_url": m["frame_url"],
-            "timestamp_s": m["timestamp_s"], "quality": m["quality"], "embedding_model": self.model or None,
-            "schema_version": schema.SCHEMA_VERSION,
-        })

@@ -1,8 +1,9 @@
 """How one embedding model's person registry is read and written (:class:`StoredRegistry`, the base of
 :class:`framepipe.people.model_registry.Registry`): a base of four Parquet files sorted by global id plus the
 segments written since, read whole or ``light`` (without centroid sums and member embeddings, which are read by row
-group when needed), the HNSW index of the base's centroids memory-mapped, and what a new version commits (a segment,
-or the base anew). :mod:`framepipe.people.files` holds the files' layout."""
+group when needed), the HNSW index of the base's centroids memory-mapped, what a new version commits (a segment,
+or the base anew), and each member's live id (a merged id is an alias of its survivor; a join by an update leaves
+its members stored where they are). :mod:`framepipe.people.files` holds the files' layout."""
 
 from __future__ import annotations
 
@@ -146,11 +147,12 @@ class StoredRegistry:
 
     def _load_sums(self, gids) -> None:
         """Read the centroid sums a light read left out, of these persons (by row group), into ``persons``."""
-        column = self.persons["embedding_sum"].to_numpy(dtype=object).copy()
         at = self.persons.index.get_indexer(pd.Index(list(gids), dtype="int64"))
-        want = sorted({int(self.persons.index[p]) for p in at if p >= 0 and missing(column[p])})
-        if not want:
+        sums = self.persons["embedding_sum"]
+        want = sorted({int(self.persons.index[p]) for p in at if p >= 0 and missing(sums.iat[p])})
+        if not want:  # all read already: no copy of the column
             return
+        column = sums.to_numpy(dtype=object).copy()
         path, fs = self._base["sums"]
         got = pq.read_table(path, filesystem=fs, columns=["global_person_id", "embedding_sum"],
                             filters=[("global_person_id", "in", want)] if len(want) < 4 * ROW_GROUP else None)
@@ -178,13 +180,6 @@ class StoredRegistry:
             e = found.get((videos[i], int(persons[i])))
             column[i] = None if e is None else np.asarray(e, np.float32)
         self.members["embedding"] = column
-
-    def members_of(self, gids: list[int]) -> pd.DataFrame:
-        """The members (with their embeddings) of these global persons."""
-        self.flush()
-        rows = self.members.index[self.members["global_person_id"].isin(gids)]
-        self._load_embeddings(rows)
-        return self.members.loc[rows]
 
     def flush(self) -> None:
         """Fold the pending changes into ``persons`` and ``members``."""
@@ -259,6 +254,72 @@ class StoredRegistry:
         if not len(p):
             return np.zeros(0, dtype=np.int64)
         return p.index[p["merged_into"].isna() & (p["members"] > 0)].to_numpy(dtype=np.int64)
+
+    # ---- sums and live ids (a merged id is an alias of its survivor) ----------------------------------------
+
+    def _sum(self, gid: int) -> np.ndarray:
+        if gid not in self._sums:
+            self._load_sums([gid])
+            self._sums[gid] = np.asarray(self.persons.at[gid, "embedding_sum"], dtype=np.float64)
+            self._counts[gid] = int(self.persons.at[gid, "members"])
+        return self._sums[gid]
+
+    def _count(self, gid: int) -> int:
+        self._sum(gid)  # (re)reads the sum and the count together
+        return self._counts[gid]
+
+    def resolve(self, gid: int) -> int:
+        """The live id an id stands for (merged ids are aliases of their survivor)."""
+        seen = set()
+        while gid in self.persons.index and pd.notna(self.persons.at[gid, "merged_into"]) and gid not in seen:
+            seen.add(gid)
+            gid = int(self.persons.at[gid, "merged_into"])
+        return gid
+
+    def _aliases(self) -> dict[int, int]:
+        """Merged id -> the live id it stands for, of every merged person (of ``persons``: flushed)."""
+        merged = self.persons.index[self.persons["merged_into"].notna()]
+        return {int(g): self.resolve(int(g)) for g in merged}
+
+    def live_member_ids(self) -> np.ndarray:
+        """Each member row's live global id: the id it is stored under, or the survivor that id is an alias of
+        (a join by an update leaves the members where they are stored)."""
+        self.flush()
+        return self._live_ids()
+
+    def _live_ids(self) -> np.ndarray:
+        alias = self._aliases()
+        ids = self.members["global_person_id"].to_numpy(dtype=np.int64).copy()
+        if alias:
+            hit = np.isin(ids, np.fromiter(alias, dtype=np.int64, count=len(alias)))
+            ids[hit] = [alias[int(i)] for i in ids[hit]]
+        return ids
+
+    def members_of(self, gids: list[int]) -> pd.DataFrame:
+        """The members (with their embeddings) of these live global persons, under their live ids."""
+        self.flush()
+        wanted = {int(g) for g in gids}
+        stored = wanted | {a for a, g in self._aliases().items() if g in wanted}
+        rows = self.members.index[self.members["global_person_id"].isin(stored)]
+        self._load_embeddings(rows)
+        out = self.members.loc[rows].copy()
+        out["global_person_id"] = [self.resolve(int(g)) for g in out["global_person_id"]]
+        return out
+
+    def index_rows(self) -> pd.DataFrame:
+        """Members as people-index rows (:data:`~framepipe.schema.PEOPLE_INDEX_SCHEMA`), with names."""
+        self.flush()
+        m = self.members
+        live = pd.Series(self._live_ids(), index=m.index)
+        names = self.persons["name"]
+        return pd.DataFrame({
+            "global_person_id": live.astype(int),
+            "name": live.map(names),
+            "video_id": m["video_id"], "person_id": m["person_id"].astype(int), "similarity": m["similarity"],
+            "source": m["source"], "face_url": m["face_url"], "frame_url": m["frame_url"],
+            "timestamp_s": m["timestamp_s"], "quality": m["quality"], "embedding_model": self.model or None,
+            "schema_version": schema.SCHEMA_VERSION,
+        })
 
 
 def persons_at(d: Destination, version: commits.Version) -> pd.DataFrame | None:

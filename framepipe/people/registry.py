@@ -32,9 +32,16 @@ processed again with other people) and never touches what is already attached:
 * after that (and beyond that count) each new person is compared with its nearest live global persons as
   average linkage compares groups and joins the nearest that reaches the rule's bar for its size, by a margin over
   the next (else only on the strongest evidence: the look-alike guard), unless that person holds someone the
-  per-video step kept apart from it; otherwise it becomes a new global person with the next id. An update cannot
-  merge two global persons as the batch build's later steps would, so updates input by input split more than a
-  batch build (``bench/registry_level.py`` measures how often they differ).
+  per-video step kept apart from it; otherwise it becomes a new global person with the next id;
+* then the persons the update changed are compared with their nearest live persons: two whose average similarity
+  (member by member) reaches the bar of two single photos are joined (two photos of one person too unlike each
+  other to join alone, once a third joins one of them), under the same guards, and never a person a correction
+  placed or two persons named differently. The batch build joins such groups on a lower bar, closest first; an
+  update sees people in the order they come and cannot undo a join, so it joins persons already made only on the
+  strongest evidence. The younger id becomes an alias of the older (``merged_into``, as a correction's merge), its
+  members stay stored under it (read under the live id), so the update still writes a segment. Input by input
+  still splits a little more than a batch build (``bench/registry_level.py`` measures how often the two differ);
+  ids already given are never taken back.
 
 Global ids are never renumbered or reused: they come from the committed version only, and all of one version's
 files change together. Corrections (:meth:`name`, :meth:`merge`, :meth:`split`) are stored in the same files, so
