@@ -345,18 +345,11 @@ class Registry(StoredRegistry):
         keep, other = self._live(keep), self._live(other)
         if keep == other:
             return keep
-        self._sums[keep] = self._sum(keep) + self._sum(other)
-        self._counts[keep] += self._counts[other]
-        self._sums[other], self._counts[other] = np.zeros_like(self._sums[other]), 0
-        if pd.isna(self.persons.at[keep, "name"]):
-            self.persons.at[keep, "name"] = self.persons.at[other, "name"]
-        self.persons.at[other, "merged_into"] = keep
+        self._alias_join(keep, other)
         self._rewrite = True  # members change their global id: the base files are written anew
         moved = self.members["global_person_id"] == other
         self._load_embeddings(self.members.index[moved])  # found by their old id only
         self.members.loc[moved, "global_person_id"] = keep
-        self._touch(other)
-        self._touch(keep)
         self.flush()
         return keep
 
