@@ -128,7 +128,8 @@ def test_backfill_s3_to_s3_then_rerun(s3_server, videos_bucket, settings, model,
     # re-running redoes nothing; --force redoes
     again = backfill(s3_server, "--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/out")
     assert again["skipped"] == 7 and again["succeeded"] == again["failed"] == 0
-    assert again["people_registry"][pack] == {"attached": 0, "created": 0, "detached": 0, "seeded": False}
+    assert again["people_registry"][pack] == {"attached": 0, "created": 0, "detached": 0, "merged": 0,
+                                               "seeded": False}
     assert fp_manifests.load_people_index(f"s3://{videos_bucket}/out").equals(index)  # ids unchanged
     forced = backfill(s3_server, "--source", f"s3://{videos_bucket}/in", "--dest", f"s3://{videos_bucket}/out",
                       "--force", "--limit", "1")
