@@ -35,6 +35,15 @@ class Update:
     seeded: bool = False
 
 
+def kept_apart(seen_a, embedding_a, seen_b, embedding_b, rule: JoinRule) -> bool:
+    """Whether two people of one input were kept apart by the per-video step: seen at the same time, or less alike
+    than ``rule.same_input`` (:func:`framepipe.people.grouping.kept_apart` for one pair, as an update sees them)."""
+    if seen_a is not None and seen_b is not None and set(seen_a) & set(seen_b):
+        return True
+    return not missing(embedding_a) and not missing(embedding_b) and float(
+        unit(np.asarray(embedding_a, np.float32)) @ unit(np.asarray(embedding_b, np.float32))) < rule.same_input
+
+
 class Registry(StoredRegistry):
     """One model's registry in memory (the fields and their layers: :class:`StoredRegistry`)."""
 
@@ -229,13 +238,11 @@ class Registry(StoredRegistry):
         groups (the new person against each member, through the person's embedding sum): the nearest joins when
         it reaches ``rule``'s bar for its size (``rule.single`` when the next is within ``rule.margin``: the
         look-alike guard) and holds no person of this input that the per-video step kept apart from this one."""
-        seen = set(row["seen_s"]) if "seen_s" in row and row["seen_s"] is not None else set()
+        seen = row["seen_s"] if "seen_s" in row else None
         same_input = self._together.get(row["video_id"], [])
         options = []
         for gid, _ in self.nearest(e, CANDIDATES):
-            if any(g == gid and ((seen and s is not None and seen & set(s)) or
-                                 (m is not None and float(e @ unit(np.asarray(m, np.float32))) < rule.same_input))
-                   for g, s, m in same_input):
+            if any(g == gid and kept_apart(seen, row["embedding"], s, m, rule) for g, s, m in same_input):
                 continue  # kept apart from someone of this person already in this input
             options.append((float(e @ self._sum(gid)) / max(self._counts[gid], 1), gid))
         if not options:
@@ -266,9 +273,10 @@ class Registry(StoredRegistry):
         live = None  # each member's live id, read once a pair reaches the bar
         while queue:
             gid = queue.pop()
-            if self.resolve(gid) != gid or self._count(gid) <= 0:
+            size = self._count(gid)
+            if self.resolve(gid) != gid or size <= 0:
                 continue
-            size, total = self._count(gid), self._sum(gid)
+            total = self._sum(gid)
             near = [other for other, _ in self.nearest(unit(total), CANDIDATES) if other != gid]
             self._load_sums(near)  # one read
             options = sorted(((float(total @ self._sum(o)) / (size * self._count(o)), o) for o in near), reverse=True)
@@ -306,12 +314,9 @@ class Registry(StoredRegistry):
         for _, group in both.groupby("video_id"):
             ids = live[group.index]
             for seen_a, e_a in zip(group["seen_s"][ids == a], group["embedding"][ids == a]):
-                for seen_b, e_b in zip(group["seen_s"][ids == b], group["embedding"][ids == b]):
-                    if seen_a is not None and seen_b is not None and set(seen_a) & set(seen_b):
-                        return False  # seen at the same time: two people
-                    if not missing(e_a) and not missing(e_b) and float(
-                            unit(np.asarray(e_a, np.float32)) @ unit(np.asarray(e_b, np.float32))) < rule.same_input:
-                        return False
+                if any(kept_apart(seen_a, e_a, seen_b, e_b, rule)
+                       for seen_b, e_b in zip(group["seen_s"][ids == b], group["embedding"][ids == b])):
+                    return False
         return True
 
     def _alias_join(self, keep: int, other: int) -> int:

@@ -298,12 +298,12 @@ class StoredRegistry:
     def members_of(self, gids: list[int]) -> pd.DataFrame:
         """The members (with their embeddings) of these live global persons, under their live ids."""
         self.flush()
-        wanted = {int(g) for g in gids}
-        stored = wanted | {a for a, g in self._aliases().items() if g in wanted}
+        wanted, alias = {int(g) for g in gids}, self._aliases()
+        stored = wanted | {a for a, g in alias.items() if g in wanted}
         rows = self.members.index[self.members["global_person_id"].isin(stored)]
         self._load_embeddings(rows)
         out = self.members.loc[rows].copy()
-        out["global_person_id"] = [self.resolve(int(g)) for g in out["global_person_id"]]
+        out["global_person_id"] = [alias.get(int(g), int(g)) for g in out["global_person_id"]]
         return out
 
     def index_rows(self) -> pd.DataFrame:
