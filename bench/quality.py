@@ -153,7 +153,7 @@ def analysed(key: str, path: Path, settings: Settings, analyzer: Callable[[], Lo
         knobs["photo_pad"] = faces.PHOTO_PAD
         knobs["photo_path"] = 3  # 3: decoded by OpenCV, the canvas's detection preferred, surer score kept
     elif settings.reuse_track_embeddings:  # a video's faces skipped by the recognizer (framepipe.tracking)
-        knobs["tracking"] = [1, tracking.LINK_IOU, tracking.NEAR_IOU, tracking.AGREE, tracking.REFRESH,
+        knobs["tracking"] = [2, tracking.LINK_IOU, tracking.NEAR_IOU, tracking.AGREE, tracking.REFRESH,
                              tracking.SEGMENT]
     digest = hashlib.sha1(json.dumps([key, knobs], sort_keys=True, default=str).encode()).hexdigest()[:16]
     cached = CACHE / f"{digest}.pkl"

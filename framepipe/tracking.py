@@ -9,9 +9,11 @@ SORT/ByteTrack do, but between samples a second apart and only where nothing is 
 * **a link** continues a track when the face is in the next frame of the same lane (a video's parallel readers
   each read a part of it in time order), shot and segment, its box overlaps the track's last box by ``LINK_IOU``,
   and no other face or track overlaps either of them by ``NEAR_IOU``;
-* **a look** (the recognizer runs) at a track's first face, at every face clearer than all its faces embedded so
-  far (so the best faces of each track, and every person's talent face, always are), every ``REFRESH`` samples,
-  and at its last face when it ends (a cut, the face gone, a new segment, the end of the frames);
+* **a look** (the recognizer runs) at a track's first face, every ``REFRESH`` samples, and at its last face when it
+  ends (a cut, the face gone, a new segment, the end of the frames); and, at each look, at the clearest face
+  skipped since the one before when it is clearer than every face of the track embedded so far: so a track's
+  best face, and every person's talent face, always is, but a face growing clearer over a few samples (turning
+  towards the camera) is embedded once, at its clearest, not at each step;
 * **the faces between two looks** take the first look's embedding (``Face.embedded`` False) when the two looks
   agree (cosine >= ``AGREE``); when they do not, each is embedded on its own: a cut the colours did not show (two
   photos of a montage in one place on screen) costs embeddings, never a face given somebody else's.
@@ -115,9 +117,8 @@ class Tracks:
         for i, face in enumerate(faces):
             track = linked.get(i) or _Track(box=face.bbox)
             track.box = face.bbox
-            if not self.enabled or self._needs_embedding(track, face):
-                todo.append(face)
-                self._look(track, face)
+            if not self.enabled or self._needs_embedding(track):
+                todo += self._look(track, face)
             else:
                 track.since += 1
                 track.skipped.append(face)
@@ -152,24 +153,38 @@ class Tracks:
         against it)."""
         if not track.skipped:
             return []
-        last = track.skipped.pop()
-        self._look(track, last)
-        return [last]
+        return self._look(track, track.skipped.pop())
 
-    def _look(self, track: _Track, face: Face) -> None:
-        if track.skipped:  # the faces skipped since the last look: checked once both looks are embedded
-            self._waiting.append((track.skipped, track.look, face))
-            track.skipped = []
+    def _look(self, track: _Track, face: Face) -> list[Face]:
+        """A look at ``face``: the faces to embed, ``face`` and, when one of the faces skipped since the last look is
+        clearer than it and than every face of the track embedded so far, that one too (a track's best face is
+        always embedded, but only once the track has shown it, not at each face clearer than the ones before)."""
+        todo = [face]
+        skipped, track.skipped = track.skipped, []
+        if skipped:  # the faces skipped since the last look: checked once the looks around them are embedded
+            best = max(range(len(skipped)), key=lambda i: skipped[i].quality)
+            if skipped[best].quality > max(track.best_quality, face.quality):
+                todo.insert(0, skipped[best])
+                track.best_quality = skipped[best].quality
+                self._wait(skipped[:best], track.look, skipped[best])
+                self._wait(skipped[best + 1:], skipped[best], face)
+            else:
+                self._wait(skipped, track.look, face)
         track.look = face
         track.best_quality = max(track.best_quality, face.quality)
         track.since = 0
+        return todo
+
+    def _wait(self, skipped: list[Face], before: Face | None, after: Face) -> None:
+        if skipped:
+            self._waiting.append((skipped, before, after))
 
     @staticmethod
-    def _needs_embedding(track: _Track, face: Face) -> bool:
-        """A new track's first face, a face clearer than every face of its track embedded so far (so a track's
-        best face, and every person's talent face, always is), and a look every REFRESH samples. None of it
-        depends on embeddings: the same faces are embedded however the frames are batched."""
-        return track.look is None or face.quality > track.best_quality or track.since + 1 >= REFRESH
+    def _needs_embedding(track: _Track) -> bool:
+        """A new track's first face, and a look every REFRESH samples (its clearest faces are looked at with the
+        looks, :meth:`_look`). None of it depends on embeddings: the same faces are embedded however the frames
+        are batched."""
+        return track.look is None or track.since + 1 >= REFRESH
 
     @staticmethod
     def _link(previous: list[_Track], faces: Sequence[Face]) -> dict[int, _Track]:

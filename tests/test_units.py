@@ -881,6 +881,27 @@ def test_a_face_followed_through_a_shot_takes_the_embedding_of_the_looks_around_
                           any(f is g for g in seen)}
 
 
+def test_a_track_growing_clearer_is_embedded_at_its_clearest_face_not_at_each_step():
+    """Quality rising and falling through one segment: the recognizer sees the first face, the clearest face (once
+    the track has shown it) and the last; every face of the track gets its person's embedding, and the faces after
+    the clearest take the clearest face's."""
+    qualities = [0.3, 0.4, 0.5, 0.6, 0.7, 0.6, 0.5]
+    frames = [[_person(0, 20, q)] for q in qualities]
+    seen = _track_run(frames)
+    assert [i for i, faces in enumerate(frames) if any(f is faces[0] for f in seen)] == [0, 4, 6]
+    assert all(faces[0].embedding is not None and float(faces[0].embedding[0]) == 1.0 for faces in frames)
+    assert all(frames[i][0].embedding is frames[0][0].embedding for i in (1, 2, 3))
+    assert frames[5][0].embedding is frames[4][0].embedding
+    # a clearer face on a refresh: embedded then, nothing later
+    flat = [[_person(0, 20, 0.9 if i == 8 else 0.5)] for i in range(12)]
+    seen = _track_run(flat)
+    assert [i for i, faces in enumerate(flat) if any(f is faces[0] for f in seen)] == [0, 8, 11]
+    # the clearest face of a run that ends without a last look of its own (the last face is the clearest)
+    rising = [[_person(0, 20, 0.3 + 0.1 * i)] for i in range(5)]
+    seen = _track_run(rising)
+    assert [i for i, faces in enumerate(rising) if any(f is faces[0] for f in seen)] == [0, 4]
+
+
 def test_somebody_else_in_the_same_place_without_a_visible_cut_is_embedded_on_their_own():
     """Two photos of a montage at one place on screen, colours alike: the looks around the faces in between
     disagree, so each of them is embedded (never given the first person's embedding)."""
