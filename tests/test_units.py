@@ -896,7 +896,7 @@ def test_a_track_growing_clearer_is_embedded_at_its_clearest_face_not_at_each_st
     flat = [[_person(0, 20, 0.9 if i == 8 else 0.5)] for i in range(12)]
     seen = _track_run(flat)
     assert [i for i, faces in enumerate(flat) if any(f is faces[0] for f in seen)] == [0, 8, 11]
-    # the clearest face of a run that ends without a last look of its own (the last face is the clearest)
+    # a track whose last face is its clearest: the closing look is that face, nothing more
     rising = [[_person(0, 20, 0.3 + 0.1 * i)] for i in range(5)]
     seen = _track_run(rising)
     assert [i for i, faces in enumerate(rising) if any(f is faces[0] for f in seen)] == [0, 4]

@@ -204,6 +204,11 @@ class JoinRule:
         return 1.0 - self.similarity(a, b)
 
 
+def seen_together(seen_a, seen_b) -> bool:
+    """Whether two people of one input were on screen at the same time (their ``seen_s``; None: not known)."""
+    return seen_a is not None and seen_b is not None and bool(set(seen_a) & set(seen_b))
+
+
 def kept_apart(part: pd.DataFrame, sim: np.ndarray, rule: JoinRule) -> np.ndarray:
     """Pairs (boolean n x n) of people the per-video step kept apart (``sim``: their similarities): two people of
     one input seen at the same time (always), or less alike than ``rule.same_input``."""
@@ -216,8 +221,8 @@ def kept_apart(part: pd.DataFrame, sim: np.ndarray, rule: JoinRule) -> np.ndarra
     seen = part["seen_s"].to_numpy() if "seen_s" in part else None
     if seen is not None:
         for i, j in zip(*np.nonzero(np.triu(same & ~cannot, 1))):
-            if seen[i] is not None and seen[j] is not None and set(seen[i]) & set(seen[j]):
-                cannot[i, j] = True  # seen together: two people, however alike
+            if seen_together(seen[i], seen[j]):
+                cannot[i, j] = True  # two people, however alike
     cannot |= cannot.T
     np.fill_diagonal(cannot, False)
     return cannot

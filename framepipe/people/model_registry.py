@@ -38,7 +38,7 @@ class Update:
 def kept_apart(seen_a, embedding_a, seen_b, embedding_b, rule: JoinRule) -> bool:
     """Whether two people of one input were kept apart by the per-video step: seen at the same time, or less alike
     than ``rule.same_input`` (:func:`framepipe.people.grouping.kept_apart` for one pair, as an update sees them)."""
-    if seen_a is not None and seen_b is not None and set(seen_a) & set(seen_b):
+    if grouping.seen_together(seen_a, seen_b):
         return True
     return not missing(embedding_a) and not missing(embedding_b) and float(
         unit(np.asarray(embedding_a, np.float32)) @ unit(np.asarray(embedding_b, np.float32))) < rule.same_input
@@ -319,7 +319,7 @@ class Registry(StoredRegistry):
                     return False
         return True
 
-    def _alias_join(self, keep: int, other: int) -> int:
+    def _alias_join(self, keep: int, other: int) -> None:
         """``other`` joined into ``keep`` as an alias: sums, counts and the name move, the members stay stored
         under their id (read through :meth:`live_member_ids`)."""
         self._sums[keep] = self._sum(keep) + self._sum(other)
@@ -330,7 +330,6 @@ class Registry(StoredRegistry):
         self.persons.at[other, "merged_into"] = keep
         self._touch(other)
         self._touch(keep)
-        return keep
 
     # ---- corrections ---------------------------------------------------------------------------------
 
